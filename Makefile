@@ -1,0 +1,39 @@
+# `make run` and `make test` set everything up from a fresh clone: venv, package, Fashion-MNIST.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: run test bench setup data clean
+
+run: setup data
+	$(BIN)/advbench $(ARGS)
+
+test: setup data
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: setup data
+	$(BIN)/pip install -q torchattacks
+	$(BIN)/python benchmarks/attack_speed.py
+
+setup: $(BIN)/advbench
+
+# The stamp is the console script: it exists once the editable install has succeeded.
+$(BIN)/advbench: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+# Debian's dataset-fashion-mnist where apt-get runs as root; otherwise torchvision downloads it on first use
+# (advbench dataset.download=true).
+data:
+	@if [ -f $(FMNIST) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+		 (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null; \
+	else echo "Fashion-MNIST not installed and apt-get not usable as root: run with dataset.download=true"; fi
+
+clean:
+	rm -rf $(VENV) outputs multirun

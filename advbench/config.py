@@ -1,0 +1,130 @@
+"""Typed schemas for the configuration, registered in Hydra's ConfigStore; the YAML in conf/ fills them in."""
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+
+class Device(Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Amp(Enum):
+    off = "off"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class AttackName(Enum):
+    none = "none"
+    fgsm = "fgsm"
+    pgd = "pgd"
+    fgm = "fgm"
+
+
+class Norm(Enum):
+    linf = "linf"
+    l2 = "l2"
+
+
+class BnMode(Enum):
+    eval = "eval"
+    train = "train"
+
+
+class TrainingName(Enum):
+    standard = "standard"
+    adversarial = "adversarial"
+    mixed = "mixed"
+
+
+class Schedule(Enum):
+    constant = "constant"
+    piecewise = "piecewise"
+    onecycle = "onecycle"
+
+
+@dataclass
+class DatasetConf:
+    name: str = MISSING
+    root: str = "data"  # relative paths resolve against the directory advbench is started from
+    download: bool = False
+    val_size: int = 0
+    split_seed: int = 0
+    n_train: Optional[int] = None  # keep only the first n training examples (quick runs)
+    augment: bool = False
+    mean: List[float] = MISSING
+    std: List[float] = MISSING
+    # synthetic only
+    n_classes: int = 10
+    channels: int = 1
+    image_size: int = 8
+    n_test: int = 200
+    noise: float = 0.2
+
+
+@dataclass
+class AttackConf:
+    name: AttackName = AttackName.none
+    norm: Norm = Norm.linf
+    eps: Optional[str] = None  # null: the run's top-level eps
+    alpha: Optional[str] = None  # step size in pixels; null: the attack's default rule
+    steps: int = 1
+    random_start: bool = False
+    restarts: int = 1
+    targeted: bool = False
+    bn_mode: BnMode = BnMode.eval
+
+
+@dataclass
+class TrainingConf:
+    name: TrainingName = MISSING
+    adv_weight: float = 0.5  # mixed: weight of the adversarial loss; the clean loss gets 1 - adv_weight
+
+
+@dataclass
+class EvalConf:
+    n_examples: Optional[int] = None  # the first n test examples; null: all
+    batch_size: int = 500
+    attacks: Dict[str, AttackConf] = field(default_factory=dict)
+
+
+@dataclass
+class ValConf:
+    n_examples: Optional[int] = None  # null: the whole validation split
+    attack: AttackConf = field(default_factory=lambda: AttackConf(name=AttackName.pgd, steps=10,
+                                                                   random_start=True))
+
+
+@dataclass
+class Config:
+    dataset: DatasetConf = MISSING
+    model: Dict[str, Any] = MISSING  # _target_ + keyword arguments
+    attack: AttackConf = MISSING
+    training: TrainingConf = MISSING
+    optimizer: Dict[str, Any] = MISSING  # _target_ + _partial_: true + keyword arguments
+    eps: str = "0.1"  # pixel units: a number or a fraction such as 8/255
+    seed: int = 0
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 1e-3
+    schedule: Schedule = Schedule.constant
+    weight_decay: float = 0.0
+    grad_clip: Optional[float] = None  # max global gradient norm; null: no clipping
+    device: Device = Device.auto
+    amp: Amp = Amp.off
+    progress: bool = True
+    threads: Optional[int] = None  # torch CPU threads; null: torch's default
+    val: ValConf = field(default_factory=ValConf)
+    eval: EvalConf = field(default_factory=EvalConf)
+
+
+def register_configs() -> None:
+    """Register the schema that conf/config.yaml extends, and a resolver that makes a value path-safe."""
+    ConfigStore.instance().store(name="advbench_schema", node=Config)
+    if not OmegaConf.has_resolver("path_safe"):
+        OmegaConf.register_new_resolver("path_safe", lambda value: str(value).replace("/", "_"))

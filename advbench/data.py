@@ -1,0 +1,72 @@
+"""In-memory data: train/validation/test splits and a loader that batches tensors with one index per batch."""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from advbench.errors import AdvbenchError
+from advbench.sources import SOURCES
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Images as float in [0,1], whether stored as uint8 or float."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop after zero padding, and random horizontal flip, for a whole batch at once."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    top = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
+    left = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
+    rows = (top + torch.arange(h)).view(n, 1, h, 1)
+    cols = (left + torch.arange(w)).view(n, 1, 1, w)
+    flip = torch.rand(n, generator=generator) < 0.5
+    cols = torch.where(flip.view(n, 1, 1, 1), cols.flip(-1), cols)
+    return padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(c).view(1, c, 1, 1), rows, cols]
+
+
+class TensorLoader:
+    """Iterates (x, y) batches of in-memory tensors; x comes out float in [0,1]."""
+
+    def __init__(self, x, y, batch_size: int, shuffle: bool = False, generator=None, augment: bool = False):
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.shuffle, self.generator, self.augment = shuffle, generator, augment
+
+    def __len__(self):
+        return -(-len(self.y) // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.y)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            x = to_unit(self.x[idx])
+            yield (random_crop_flip(x, self.generator) if self.augment else x), self.y[idx]
+
+
+@dataclass
+class Data:
+    """The three splits of a data set, and what a model needs to know about it."""
+
+    train: tuple
+    val: tuple
+    test: tuple
+    shape: tuple
+    n_classes: int
+
+
+def load_data(cfg) -> Data:
+    """Load ``cfg.name`` and carve a fixed validation split from its training set."""
+    if cfg.name not in SOURCES:
+        raise AdvbenchError(f"dataset.name={cfg.name!r} is unknown: expected one of {', '.join(SOURCES)}")
+    (x, y), test = SOURCES[cfg.name](cfg)
+    if cfg.n_train is not None:
+        x, y = x[:cfg.n_train], y[:cfg.n_train]
+    if not 0 <= cfg.val_size < len(y):
+        raise AdvbenchError(f"dataset.val_size={cfg.val_size} must be in [0, {len(y)}) for dataset={cfg.name}")
+    # A fixed permutation, independent of the run's seed, so every run validates on the same examples.
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.split_seed))
+    val_idx, train_idx = perm[:cfg.val_size], perm[cfg.val_size:]
+    return Data(train=(x[train_idx], y[train_idx]), val=(x[val_idx], y[val_idx]), test=test,
+                shape=tuple(x.shape[1:]), n_classes=int(max(y.max(), test[1].max())) + 1)

@@ -1,0 +1,5 @@
+"""The one exception type that the CLI turns into a one-line message instead of a traceback."""
+
+
+class AdvbenchError(Exception):
+    """A user-facing error: bad config value, missing data set, unusable checkpoint."""

@@ -1,0 +1,57 @@
+"""Threat models: the eps ball an attack lives in, as random init, ascent step and projection.
+
+After MadryLab robustness's ``attack_steps.py``: one PGD loop (``attacks.pgd``) serves every norm, so a new
+threat model is a new small class here, not a new copy of the loop. All tensors are images in [0,1].
+"""
+import torch
+
+
+def _per_example_norm(t: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each example, shaped to broadcast against ``t``."""
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+class LinfThreat:
+    """The Linf ball ||delta||_inf <= eps, intersected with the [0,1] box."""
+
+    def __init__(self, eps: float, alpha: float):
+        self.eps, self.alpha = eps, alpha
+
+    def init(self, x: torch.Tensor) -> torch.Tensor:
+        """A uniform random point of the ball around ``x``."""
+        return (x + torch.empty_like(x).uniform_(-self.eps, self.eps)).clamp_(0, 1)
+
+    def step(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """Steepest ascent under Linf: the sign of the gradient."""
+        return x + self.alpha * grad.sign()
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Clip to the ball around ``x``, then to valid pixels."""
+        return torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp_(0, 1)
+
+
+class L2Threat:
+    """The L2 ball ||delta||_2 <= eps per example, intersected with the [0,1] box."""
+
+    def __init__(self, eps: float, alpha: float):
+        self.eps, self.alpha = eps, alpha
+
+    def init(self, x: torch.Tensor) -> torch.Tensor:
+        """A random point of the ball: a Gaussian direction at a uniform radius."""
+        direction = torch.randn_like(x)
+        direction /= _per_example_norm(direction).clamp_min(1e-12)
+        radius = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype)
+        return self.project(x + direction * radius * self.eps, x)
+
+    def step(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """Steepest ascent under L2: the gradient scaled to length alpha."""
+        return x + self.alpha * grad / _per_example_norm(grad).clamp_min(1e-12)
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Shrink the perturbation onto the ball, then clip to valid pixels."""
+        delta = x_adv - x
+        delta = delta * (self.eps / _per_example_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
+        return (x + delta).clamp_(0, 1)
+
+
+THREATS = {"linf": LinfThreat, "l2": L2Threat}
