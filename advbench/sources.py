@@ -20,7 +20,11 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (LeCun's MNIST format), gzipped or not."""
-    data = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as err:  # BadGzipFile is an OSError
+        raise AdvbenchError(f"{path} cannot be read: {err}") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise AdvbenchError(f"{path} is not an IDX file")
     ndim = data[3]

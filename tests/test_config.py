@@ -1,0 +1,53 @@
+"""Every option of every config group composes and builds; the schema rejects bad values."""
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from advbench.attacks import Attack, build_attack
+from advbench.experiment import plain
+from advbench.training import MODES
+from conftest import compose_config, group_options
+
+
+@pytest.mark.parametrize("group, option", group_options())
+def test_every_option_composes_and_builds(group, option):
+    cfg = plain(compose_config([f"{group}={option}"]))
+    assert OmegaConf.select(cfg, group) is not None
+    # Build what the option configures, on a shape of the dataset's channel count.
+    channels = len(cfg.dataset.mean)
+    model = instantiate(cfg.model, in_shape=(channels, 32, 32), n_classes=10, mean=list(cfg.dataset.mean),
+                        std=list(cfg.dataset.std))
+    assert model(torch.rand(2, channels, 32, 32)).shape == (2, 10)
+    instantiate(cfg.optimizer)(model.parameters())
+    attack = build_attack(cfg.attack, cfg.eps)
+    assert attack is None if cfg.attack.name == "none" else isinstance(attack, Attack)
+    assert cfg.training.name in MODES
+    assert all(isinstance(build_attack(spec, cfg.eps), Attack) for spec in cfg.eval.attacks.values())
+
+
+def test_default_experiment_is_the_documented_one():
+    cfg = plain(compose_config())
+    assert (cfg.dataset.name, cfg.model._target_, cfg.training.name) == (
+        "fashion_mnist", "advbench.models.small_cnn", "adversarial")
+    attack = build_attack(cfg.attack, cfg.eps)
+    assert (attack.name, attack.random_start, attack.eps, attack.alpha) == ("fgsm", True, 0.1, 0.125)
+    pgd20 = build_attack(cfg.eval.attacks.pgd20, cfg.eps)
+    assert (pgd20.name, pgd20.steps, pgd20.eps) == ("pgd", 20, 0.1)
+
+
+def test_attack_reads_eps_from_the_top_level():
+    cfg = plain(compose_config(["attack=pgd", "eps=8/255"]))
+    assert build_attack(cfg.attack, cfg.eps).eps == pytest.approx(8 / 255)
+    assert build_attack(cfg.eval.attacks.pgd20, cfg.eps).eps == pytest.approx(8 / 255)
+
+
+@pytest.mark.parametrize("override", [
+    "amp=fp8", "epochs=abc", "attack.norm=l3", "device=tpu", "foo=1", "dataset=nope", "attack=nope",
+    "training=nope", "progress=maybe", "attack.steps=1.5", "schedule=linear", "attack.bn_mode=frozen",
+])
+def test_schema_rejects_bad_values(override):
+    with pytest.raises((ConfigCompositionException, OmegaConfBaseException)):
+        compose_config([override])
