@@ -45,8 +45,9 @@ def lr_multiplier(schedule: str, progress: float) -> float:
 
 def make_scheduler(optimizer, schedule: str, total_steps: int):
     """A per-iteration LambdaLR following ``schedule``."""
+    # Each step takes the rate at its midpoint, so one-cycle neither starts nor ends on a wasted zero step.
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(schedule, min(1.0, (step + 1) / total_steps)))
+        optimizer, lambda step: lr_multiplier(schedule, min(1.0, (step + 0.5) / total_steps)))
 
 
 def train_epoch(model, loader, optimizer, scheduler, scaler, attack, cfg, device, desc="train") -> dict:
