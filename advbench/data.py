@@ -65,6 +65,10 @@ def load_data(cfg) -> Data:
         x, y = x[:cfg.n_train], y[:cfg.n_train]
     if not 0 <= cfg.val_size < len(y):
         raise AdvbenchError(f"dataset.val_size={cfg.val_size} must be in [0, {len(y)}) for dataset={cfg.name}")
+    channels = x.shape[1]
+    if len(cfg.mean) != channels or len(cfg.std) != channels:
+        raise AdvbenchError(f"dataset.mean/std have {len(cfg.mean)}/{len(cfg.std)} values for {channels}-channel "
+                            f"images of dataset={cfg.name}: give one per channel")
     # A fixed permutation, independent of the run's seed, so every run validates on the same examples.
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.split_seed))
     val_idx, train_idx = perm[:cfg.val_size], perm[cfg.val_size:]

@@ -1,6 +1,7 @@
 """``run(cfg)``: validate the config, train, validate each epoch, evaluate on the test split, write the files."""
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -75,9 +76,6 @@ def run(cfg) -> float | None:
                         mean=list(cfg.dataset.mean), std=list(cfg.dataset.std))
     # channels_last lets oneDNN (CPU) and cuDNN pick their faster NHWC kernels: ~1.4x for small_cnn on CPU.
     model = model.to(device, memory_format=torch.channels_last)
-    if len(cfg.dataset.mean) != data.shape[0] or len(cfg.dataset.std) != data.shape[0]:
-        raise AdvbenchError(f"dataset.mean/std have {len(cfg.dataset.mean)}/{len(cfg.dataset.std)} values "
-                            f"for {data.shape[0]}-channel images of dataset={cfg.dataset.name}")
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     train = TensorLoader(*data.train, cfg.batch_size, shuffle=True, augment=cfg.dataset.augment,
                          generator=torch.Generator().manual_seed(cfg.seed))
@@ -108,7 +106,8 @@ def run(cfg) -> float | None:
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "wall_seconds": time.perf_counter() - start,
         "versions": versions(),
-        "choices": dict(HydraConfig.get().runtime.choices),
+        "choices": {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")},
+        "attacks": {name: asdict(attack) for name, attack in eval_attacks.items()},
     }
     write_json(out / "results.json", results)
     log.info("clean accuracy %.4f, robust accuracy %s on %d test examples (eps=%s); files in %s",

@@ -42,7 +42,8 @@ def main():
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(0)
-    model = small_cnn((1, 28, 28), 10, [0.2860], [0.3530]).eval()
+    # As advbench runs it: channels_last (oneDNN's faster NHWC kernels); both libraries attack this same model.
+    model = small_cnn((1, 28, 28), 10, [0.2860], [0.3530]).to(memory_format=torch.channels_last).eval()
     x, y = torch.rand(args.batch_size, 1, 28, 28), torch.randint(0, 10, (args.batch_size,))
     eps, alpha = 0.1, 0.025
     ours = Attack("pgd", "linf", eps, alpha, steps=10, random_start=True)

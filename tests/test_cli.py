@@ -51,6 +51,11 @@ def test_run_writes_every_file_with_sane_values(tmp_path):
     assert results["clean_acc"] > 0.5  # the synthetic task is easy
     assert results["robust_acc"] <= results["clean_acc"]
     assert set(results["robust_acc_by_attack"]) == {"pgd20"}
+    assert results["attacks"]["pgd20"] | {"eps": None} == {
+        "name": "pgd", "norm": "linf", "eps": None, "alpha": pytest.approx(2.5 * 8 / 255 / 20), "steps": 20,
+        "random_start": True, "restarts": 1, "targeted": False, "bn_mode": "eval"}
+    assert results["choices"] == {"dataset": "synthetic", "model": "mlp", "attack": "pgd",
+                                  "training": "adversarial", "optimizer": "adam"}
     assert set(results["versions"]) == {"python", "torch", "torchvision", "advbench"}
     assert results["wall_seconds"] > 0
 

@@ -112,3 +112,8 @@ def test_models_normalize_inside():
     assert torch.allclose(norm(torch.full((1, 2, 1, 1), 0.5)), torch.tensor([0.0, 1.0]).view(1, 2, 1, 1))
     model = small_cnn((1, 28, 28), 10, [0.2860], [0.3530])
     assert isinstance(model[0], Normalize) and model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_mean_std_must_match_the_channels():
+    with pytest.raises(AdvbenchError, match="dataset.mean/std"):
+        load_data(compose_config(["dataset=digits", "dataset.mean=[0.1,0.2,0.3]"]).dataset)
