@@ -24,6 +24,12 @@ class AttackName(Enum):
     fgsm = "fgsm"
     pgd = "pgd"
     fgm = "fgm"
+    apgd = "apgd"
+
+
+class Loss(Enum):
+    ce = "ce"
+    dlr = "dlr"
 
 
 class Norm(Enum):
@@ -78,6 +84,8 @@ class AttackConf:
     restarts: int = 1
     targeted: bool = False
     bn_mode: BnMode = BnMode.eval
+    loss: Loss = Loss.ce  # apgd: cross-entropy or the DLR loss
+    n_targets: int = 9  # apgd targeted: the top-n wrong classes, each in turn
 
 
 @dataclass

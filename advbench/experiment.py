@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from advbench.attacks import build_attack
+from advbench.attack_spec import build_attack
 from advbench.data import TensorLoader, load_data
 from advbench.eps import parse_eps
 from advbench.errors import AdvbenchError

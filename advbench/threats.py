@@ -21,9 +21,9 @@ class LinfThreat:
         """A uniform random point of the ball around ``x``."""
         return (x + torch.empty_like(x).uniform_(-self.eps, self.eps)).clamp_(0, 1)
 
-    def step(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """Steepest ascent under Linf: the sign of the gradient."""
-        return x + self.alpha * grad.sign()
+    def step(self, x: torch.Tensor, grad: torch.Tensor, alpha=None) -> torch.Tensor:
+        """Steepest ascent under Linf: the sign of the gradient, times ``alpha`` (a number or per example)."""
+        return x + (self.alpha if alpha is None else alpha) * grad.sign()
 
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Clip to the ball around ``x``, then to valid pixels."""
@@ -43,9 +43,9 @@ class L2Threat:
         radius = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype)
         return self.project(x + direction * radius * self.eps, x)
 
-    def step(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """Steepest ascent under L2: the gradient scaled to length alpha."""
-        return x + self.alpha * grad / _per_example_norm(grad).clamp_min(1e-12)
+    def step(self, x: torch.Tensor, grad: torch.Tensor, alpha=None) -> torch.Tensor:
+        """Steepest ascent under L2: the gradient scaled to length ``alpha`` (a number or per example)."""
+        return x + (self.alpha if alpha is None else alpha) * grad / _per_example_norm(grad).clamp_min(1e-12)
 
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Shrink the perturbation onto the ball, then clip to valid pixels."""

@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from advbench.attacks import Attack, attack_mode, fgm, fgsm, input_grad, pgd
+from advbench.attack_spec import Attack
+from advbench.attacks import attack_mode, fgm, fgsm, input_grad, pgd
 from advbench.evaluate import predict
 from advbench.threats import L2Threat, LinfThreat
 
@@ -14,6 +15,10 @@ ATTACKS = {
     "pgd_l2": Attack("pgd", "l2", 0.5, 0.15, steps=5, random_start=True),
     "pgd_targeted": Attack("pgd", "linf", 0.1, 0.025, steps=5, targeted=True),
     "fgm": Attack("fgm", "l2", 0.5, 0.5),
+    "apgd_ce": Attack("apgd", "linf", 0.1, 0.2, steps=10, random_start=True, restarts=2),
+    "apgd_dlr_l2": Attack("apgd", "l2", 0.5, 1.0, steps=10, random_start=True, loss="dlr"),
+    "apgd_t": Attack("apgd", "linf", 0.1, 0.2, steps=10, random_start=True, targeted=True, loss="dlr",
+                     n_targets=3),
 }
 
 

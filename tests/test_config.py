@@ -6,7 +6,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from advbench.attacks import Attack, build_attack
+from advbench.attack_spec import Attack, build_attack
 from advbench.experiment import plain
 from advbench.training import MODES
 from conftest import compose_config, group_options

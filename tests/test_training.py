@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from advbench.attacks import Attack
+from advbench.attack_spec import Attack
 from advbench.data import TensorLoader
 from advbench.models import mlp
 from advbench.training import MODES, lr_multiplier, make_scheduler, train_epoch

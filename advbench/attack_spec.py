@@ -1,0 +1,63 @@
+"""An attack as configured: the ``attack`` group's options and ``eval.attacks`` entries become ``Attack`` objects."""
+from dataclasses import dataclass
+
+from advbench.apgd import apgd
+from advbench.attacks import pgd
+from advbench.eps import check_budget, parse_eps
+from advbench.errors import AdvbenchError
+from advbench.threats import THREATS
+
+
+@dataclass
+class Attack:
+    """A configured attack; ``attack(model, x, y)`` returns adversarial examples of ``x``."""
+
+    name: str
+    norm: str
+    eps: float
+    alpha: float
+    steps: int = 1
+    random_start: bool = False
+    restarts: int = 1
+    targeted: bool = False
+    bn_mode: str = "eval"
+    loss: str = "ce"  # apgd: ce | dlr
+    n_targets: int = 9  # apgd targeted: how many of the top wrong classes to try
+
+    def __call__(self, model, x, y):
+        threat = THREATS[self.norm](self.eps, self.alpha)
+        if self.name == "apgd":
+            return apgd(model, x, y, threat, self.steps, self.loss, self.targeted, self.n_targets, self.restarts,
+                        self.bn_mode)
+        return pgd(model, x, y, threat, self.steps, self.random_start, self.restarts, self.targeted,
+                   self.bn_mode)
+
+
+def _default_alpha(name: str, eps: float, steps: int, random_start: bool) -> float:
+    if name == "fgsm":
+        return 1.25 * eps if random_start else eps  # Fast-AT's step from a random start
+    if name in ("fgm", "apgd"):
+        return eps if name == "fgm" else 2 * eps  # APGD: the initial step of its adaptive schedule
+    return 2.5 * eps / steps  # Madry et al.: enough to cross the ball and back
+
+
+def build_attack(spec, run_eps) -> Attack | None:
+    """Build an Attack from an attack config; its eps falls back to the run's top-level ``eps``."""
+    name = str(spec.name)
+    if name == "none":
+        return None
+    norm = {"fgsm": "linf", "fgm": "l2"}.get(name, str(spec.norm))
+    if name in ("fgsm", "fgm") and str(spec.norm) != norm:
+        raise AdvbenchError(f"attack.norm={spec.norm} does not apply to {name}, which is {norm} by definition; "
+                            "use pgd for other norms")
+    key = "eps" if spec.eps is None else f"attack {name} eps"
+    eps = check_budget(parse_eps(run_eps if spec.eps is None else spec.eps, key), norm, key)
+    steps = 1 if name in ("fgsm", "fgm") else int(spec.steps)
+    if steps < 1 or spec.restarts < 1:
+        raise AdvbenchError(f"attack {name}: steps and restarts must be >= 1, got {steps} and {spec.restarts}")
+    # APGD always starts at random and adapts its own step (from 2 eps); FGM never starts at random.
+    random_start = name == "apgd" or (bool(spec.random_start) and name != "fgm")
+    alpha = (_default_alpha(name, eps, steps, random_start) if spec.alpha is None
+             else parse_eps(spec.alpha, f"attack {name} alpha"))
+    return Attack(name, norm, eps, alpha, steps, random_start, int(spec.restarts), bool(spec.targeted),
+                  str(spec.bn_mode), str(spec.loss), int(spec.n_targets))
