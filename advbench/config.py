@@ -94,11 +94,27 @@ class TrainingConf:
     adv_weight: float = 0.5  # mixed: weight of the adversarial loss; the clean loss gets 1 - adv_weight
 
 
+class Task(Enum):
+    train = "train"
+    eval = "eval"
+
+
+@dataclass
+class SanityConf:
+    sample: int = 200  # test examples for the checks that attack each example again
+    zero_grad_frac: float = 0.1  # warn above this fraction of inputs with an all-zero gradient
+    max_pgd_gap: float = 0.05  # warn when PGD-20 accuracy exceeds an APGD evaluation's by more
+
+
 @dataclass
 class EvalConf:
     n_examples: Optional[int] = None  # the first n test examples; null: all
     batch_size: int = 500
     attacks: Dict[str, AttackConf] = field(default_factory=dict)
+    cascade: bool = True
+    eps_list: Optional[List[str]] = None
+    save_examples: int = 0
+    sanity: SanityConf = field(default_factory=SanityConf)
 
 
 @dataclass
@@ -128,11 +144,27 @@ class Config:
     progress: bool = True
     threads: Optional[int] = None  # torch CPU threads; null: torch's default
     val: ValConf = field(default_factory=ValConf)
-    eval: EvalConf = field(default_factory=EvalConf)
+    eval: EvalConf = MISSING
+    task: Task = Task.train
+    checkpoint: Optional[str] = None
 
 
 def register_configs() -> None:
-    """Register the schema that conf/config.yaml extends, and a resolver that makes a value path-safe."""
+    """Register the schema that conf/config.yaml extends, and the resolvers that name run directories."""
     ConfigStore.instance().store(name="advbench_schema", node=Config)
     if not OmegaConf.has_resolver("path_safe"):
-        OmegaConf.register_new_resolver("path_safe", lambda value: str(value).replace("/", "_"))
+        OmegaConf.register_new_resolver("path_safe", _path_safe)
+        OmegaConf.register_new_resolver("run_name", _run_name)
+
+
+def _path_safe(value) -> str:
+    return str(value).replace("/", "_")
+
+
+def _run_name(task, checkpoint, combination: str) -> str:
+    """``combination`` for training; ``eval_<checkpoint's run>`` for an evaluation."""
+    if getattr(task, "value", task) != "eval":  # the schema hands the resolver an enum member
+        return combination
+    parts = [p for p in str(checkpoint).replace("\\", "/").split("/") if p and p not in (".", "..")]
+    parts = [p for p in parts if not p.endswith(".pt")][-2:]  # the run's directory names, not the file
+    return "eval_" + ("_".join(parts) or "checkpoint")

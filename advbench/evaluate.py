@@ -1,4 +1,4 @@
-"""Clean and robust accuracy: every attack on every clean-correct example, worst case kept per example."""
+"""Clean and robust accuracy from per-example flags: each attack on the examples still correct, worst case kept."""
 import torch
 
 from advbench.amp import autocast
@@ -17,43 +17,62 @@ def predict(model, x, device=None, amp: str = "off", logits: bool = False) -> to
     return out if logits else out.argmax(1)
 
 
-def robust_flags(model, x, y, attacks: dict, device, amp: str = "off", batch_size: int = 500) -> dict:
-    """Per-example flags: ``clean`` (correct) and, per attack, correct under it; examples in input order."""
+def robust_flags(model, x, y, attacks: dict, device, amp: str = "off", batch_size: int = 500,
+                 cascade: bool = True, keep: int = 0):
+    """Per-example flags ``clean`` and, per attack, ``correct after it``; plus the first ``keep`` adversarials.
+
+    With ``cascade`` each attack runs only on the examples that survived every attack before it, so its flags
+    are cumulative; without, each attack runs on every clean-correct example. Misclassified examples count as
+    broken and are never attacked. The kept adversarial of an example is the one that broke it, if any.
+    """
     flags = {"clean": []} | {name: [] for name in attacks}
-    for xb, yb in TensorLoader(x, y, batch_size):
+    kept = []
+    for start, (xb, yb) in zip(range(0, len(y), batch_size), TensorLoader(x, y, batch_size)):
         xb, yb = xb.to(device), yb.to(device)
         correct = predict(model, xb, device, amp) == yb
         flags["clean"].append(correct.cpu())
-        idx = correct.nonzero().squeeze(1)  # a misclassified example is broken already: don't attack it
+        alive, shown = correct.clone(), xb.clone()
         for name, attack in attacks.items():
+            idx = (alive if cascade else correct).nonzero().squeeze(1)
             ok = torch.zeros_like(correct)
             if idx.numel():
                 with autocast(device, amp):
                     x_adv = attack(model, xb[idx], yb[idx])
                 ok[idx] = predict(model, x_adv, device, amp) == yb[idx]
+                update = idx[alive[idx]]  # examples not broken before: show this attack's attempt
+                shown[update] = x_adv[alive[idx]]
+            alive &= ok
             flags[name].append(ok.cpu())
-    return {name: torch.cat(f) for name, f in flags.items()}
+        if start < keep:
+            kept.append(shown[:keep - start].cpu())
+    flags = {name: torch.cat(f) for name, f in flags.items()}
+    return (flags, torch.cat(kept)) if keep else flags
 
 
 def _mean(flags: torch.Tensor) -> float:
     return flags.sum().item() / max(len(flags), 1)
 
 
+def worst_case(flags: dict) -> torch.Tensor:
+    """Per example: correct clean and under every attack."""
+    worst = flags["clean"].clone()
+    for name, f in flags.items():
+        worst &= f
+    return worst
+
+
 def summarize(flags: dict) -> dict:
     """Accuracies from per-example flags; ``robust_acc`` is the per-example worst case over all attacks."""
-    clean = flags["clean"]
     per_attack = {name: _mean(f) for name, f in flags.items() if name != "clean"}
-    worst = clean.clone()
-    for name in per_attack:
-        worst &= flags[name]
     return {
-        "n_examples": len(clean),
-        "clean_acc": _mean(clean),
-        "robust_acc": _mean(worst) if per_attack else None,
+        "n_examples": len(flags["clean"]),
+        "clean_acc": _mean(flags["clean"]),
+        "robust_acc": _mean(worst_case(flags)) if per_attack else None,
         "robust_acc_by_attack": per_attack,
     }
 
 
-def evaluate(model, x, y, attacks: dict, device, amp: str = "off", batch_size: int = 500) -> dict:
+def evaluate(model, x, y, attacks: dict, device, amp: str = "off", batch_size: int = 500,
+             cascade: bool = True) -> dict:
     """Clean accuracy, robust accuracy under each attack, and their per-example worst case."""
-    return summarize(robust_flags(model, x, y, attacks, device, amp, batch_size))
+    return summarize(robust_flags(model, x, y, attacks, device, amp, batch_size, cascade))

@@ -1,20 +1,21 @@
-"""``run(cfg)``: validate the config, train, validate each epoch, evaluate on the test split, write the files."""
+"""``run(cfg)``: validate the config, train (or load a checkpoint), evaluate on the test split, write the files."""
 import logging
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from advbench.attack_spec import build_attack
+from advbench.checkpoint import build_model, load_checkpoint, save_checkpoint
 from advbench.data import TensorLoader, load_data
 from advbench.eps import parse_eps
 from advbench.errors import AdvbenchError
 from advbench.evaluate import evaluate
-from advbench.outputs import save_checkpoint, versions, write_json, write_jsonl
+from advbench.final_eval import check_eval_config, final_evaluation
+from advbench.outputs import versions, write_json, write_jsonl
 from advbench.training import make_scheduler, train_epoch
 
 log = logging.getLogger(__name__)
@@ -29,19 +30,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_attacks(cfg):
-    """Every attack of the run, built (and so validated) before any work: training, validation, evaluation."""
-    train_attack = build_attack(cfg.attack, cfg.eps)
-    if cfg.training.name != "standard" and train_attack is None:
-        raise AdvbenchError(f"training={cfg.training.name} needs an attack: attack=none given; "
-                            "use attack=fgsm, fgsm_rs, pgd or fgm")
-    val_attack = build_attack(cfg.val.attack, cfg.eps)
-    eval_attacks = {name: build_attack(spec, cfg.eps) for name, spec in cfg.eval.attacks.items()}
-    return train_attack, val_attack, {k: a for k, a in eval_attacks.items() if a is not None}
-
-
-def check_sizes(cfg) -> None:
-    """Counts the schema types as int but cannot bound."""
+def check_config(cfg) -> None:
+    """Everything the schema cannot check, before any work: eps, counts, every attack at every eps."""
+    parse_eps(cfg.eps)
     for key in ("epochs", "batch_size", "eval.batch_size"):
         if OmegaConf.select(cfg, key) < 1:
             raise AdvbenchError(f"{key}={OmegaConf.select(cfg, key)} must be a positive integer")
@@ -49,6 +40,11 @@ def check_sizes(cfg) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and value < 1:
             raise AdvbenchError(f"{key}={value} must be a positive integer or null (all)")
+    if cfg.task == "train" and cfg.training.name != "standard" and build_attack(cfg.attack, cfg.eps) is None:
+        raise AdvbenchError(f"training={cfg.training.name} needs an attack: attack=none given; "
+                            "use attack=fgsm, fgsm_rs, pgd or fgm")
+    build_attack(cfg.val.attack, cfg.eps)
+    check_eval_config(cfg)
 
 
 def plain(cfg):
@@ -58,13 +54,64 @@ def plain(cfg):
     return cfg
 
 
+def fill_missing(target, defaults, wholesale=("model", "optimizer", "attacks")) -> None:
+    """Add keys of ``defaults`` that ``target`` lacks (a checkpoint of an older advbench), recursively; the
+    open-ended nodes in ``wholesale`` are never mixed from two sources."""
+    for key, value in defaults.items():
+        if key not in target:
+            target[key] = value
+        elif key not in wholesale and isinstance(value, DictConfig) and isinstance(target[key], DictConfig):
+            fill_missing(target[key], value, wholesale)
+
+
+def checkpoint_config(cfg, state: dict):
+    """The checkpoint's config, with what this command line overrides (eval settings, eps, device...) on top."""
+    merged = OmegaConf.create(state["config"])
+    fill_missing(merged, cfg)
+    overridden = {o.lstrip("+~").split("=", 1)[0] for o in HydraConfig.get().overrides.task}
+    for key in overridden - {"task", "checkpoint"}:
+        if not key.startswith("hydra"):
+            OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
+    merged.task, merged.checkpoint = "eval", cfg.checkpoint
+    OmegaConf.set_struct(merged, True)
+    return merged
+
+
+def fit(model, data, cfg, device, out: Path) -> list:
+    """Train for ``cfg.epochs``, validating each epoch; write metrics.jsonl after every epoch."""
+    train_attack = build_attack(cfg.attack, cfg.eps)
+    val_attack = build_attack(cfg.val.attack, cfg.eps)
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    train = TensorLoader(*data.train, cfg.batch_size, shuffle=True, augment=cfg.dataset.augment,
+                         generator=torch.Generator().manual_seed(cfg.seed))
+    scheduler = make_scheduler(optimizer, cfg.schedule, cfg.epochs * len(train))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    val_x, val_y = (t[:cfg.val.n_examples] for t in data.val)
+    metrics = []
+    for epoch in range(1, cfg.epochs + 1):
+        row = {"epoch": epoch, **train_epoch(model, train, optimizer, scheduler, scaler, train_attack, cfg,
+                                             device, desc=f"epoch {epoch}/{cfg.epochs}")}
+        if len(val_y):  # model selection and monitoring never look at the test split
+            val = evaluate(model, val_x, val_y, {"val": val_attack}, device, cfg.amp, cfg.eval.batch_size)
+            row |= {"val_clean_acc": val["clean_acc"], "val_robust_acc": val["robust_acc"]}
+        metrics.append(row)
+        write_jsonl(out / "metrics.jsonl", metrics)
+        log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
+                                                   if isinstance(v, float)))
+    return metrics
+
+
 def run(cfg) -> float | None:
-    """Train and evaluate as ``cfg`` says; return the headline metric, the worst-case robust accuracy."""
+    """Train (or, with task=eval, load) and evaluate as ``cfg`` says; return the worst-case robust accuracy."""
     out = Path(HydraConfig.get().runtime.output_dir)
     cfg = plain(cfg)
-    eps = parse_eps(cfg.eps)
-    check_sizes(cfg)
-    train_attack, val_attack, eval_attacks = build_attacks(cfg)
+    choices = {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
+    state = None
+    if cfg.task == "eval":
+        state = load_checkpoint(cfg.checkpoint)
+        cfg = checkpoint_config(cfg, state)
+        choices = state.get("choices", {}) | {k: v for k, v in choices.items() if k == "eval"}
+    check_config(cfg)
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -72,42 +119,26 @@ def run(cfg) -> float | None:
     start = time.perf_counter()
 
     data = load_data(cfg.dataset)
-    model = instantiate(cfg.model, in_shape=data.shape, n_classes=data.n_classes,
-                        mean=list(cfg.dataset.mean), std=list(cfg.dataset.std))
+    model = build_model(cfg.model, data, cfg.dataset, state and state["state_dict"])
     # channels_last lets oneDNN (CPU) and cuDNN pick their faster NHWC kernels: ~1.4x for small_cnn on CPU.
     model = model.to(device, memory_format=torch.channels_last)
-    optimizer = instantiate(cfg.optimizer)(model.parameters())
-    train = TensorLoader(*data.train, cfg.batch_size, shuffle=True, augment=cfg.dataset.augment,
-                         generator=torch.Generator().manual_seed(cfg.seed))
-    scheduler = make_scheduler(optimizer, cfg.schedule, cfg.epochs * len(train))
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    val_x, val_y = (t[:cfg.val.n_examples] for t in data.val)
     log.info("%s: %d train / %d val / %d test examples; %s on %s", cfg.dataset.name, len(data.train[1]),
-             len(val_y), len(data.test[1]), cfg.model._target_.rsplit(".", 1)[-1], device)
+             len(data.val[1]), len(data.test[1]), cfg.model._target_.rsplit(".", 1)[-1], device)
+    if cfg.task == "train":
+        fit(model, data, cfg, device, out)
+        save_checkpoint(out / "model.pt", model, OmegaConf.to_container(cfg), choices=choices)
+    OmegaConf.save(cfg, out / "config_resolved.yaml")
+    torch.manual_seed(cfg.seed)  # the evaluation's random starts don't depend on what training drew
 
-    metrics = []
-    for epoch in range(1, cfg.epochs + 1):
-        row = {"epoch": epoch, **train_epoch(model, train, optimizer, scheduler, scaler, train_attack, cfg,
-                                             device, desc=f"epoch {epoch}/{cfg.epochs}")}
-        if len(val_y):
-            val = evaluate(model, val_x, val_y, {"val": val_attack}, device, cfg.amp, cfg.eval.batch_size)
-            row |= {"val_clean_acc": val["clean_acc"], "val_robust_acc": val["robust_acc"]}
-        metrics.append(row)
-        write_jsonl(out / "metrics.jsonl", metrics)
-        log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
-                                                   if isinstance(v, float)))
-
-    save_checkpoint(out / "model.pt", model, OmegaConf.to_container(cfg))
-    test_x, test_y = (t[:cfg.eval.n_examples] for t in data.test)
-    results = evaluate(model, test_x, test_y, eval_attacks, device, cfg.amp, cfg.eval.batch_size)
-    results |= {
-        "eps": {"given": str(cfg.eps), "value": eps},
+    results = final_evaluation(model, data.test, cfg, device, out) | {
+        "task": cfg.task,
+        "checkpoint": cfg.checkpoint,
+        "eps": {"given": str(cfg.eps), "value": parse_eps(cfg.eps)},
         "seed": cfg.seed,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "wall_seconds": time.perf_counter() - start,
         "versions": versions(),
-        "choices": {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")},
-        "attacks": {name: asdict(attack) for name, attack in eval_attacks.items()},
+        "choices": choices,
     }
     write_json(out / "results.json", results)
     log.info("clean accuracy %.4f, robust accuracy %s on %d test examples (eps=%s); files in %s",

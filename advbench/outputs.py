@@ -36,12 +36,6 @@ def write_jsonl(path: Path, rows: list) -> None:
     atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, config: dict, **extra) -> None:
-    """Save the state dict with the plain-container config, loadable with ``torch.load(weights_only=True)``."""
-    state = {"state_dict": model.state_dict(), "config": config, **extra}
-    atomic_write(path, lambda f: torch.save(state, f))
-
-
 def versions() -> dict:
     """Versions of the software a result depends on."""
     import torchvision

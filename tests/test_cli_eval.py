@@ -1,0 +1,91 @@
+"""``task=eval`` through the real CLI: checkpoint round trip, AutoAttack preset, curves, images, bad checkpoints."""
+import argparse
+import csv
+import json
+
+import pytest
+import torch
+
+from test_cli import TINY, advbench
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A small digits model trained through the CLI, with its run directory."""
+    root = tmp_path_factory.mktemp("train")
+    advbench("dataset=digits", "model=mlp", "model.hidden=32", "epochs=3", "progress=false", "threads=1",
+             "eval.n_examples=60", f"hydra.run.dir={root}/run", cwd=root)
+    return root / "run"
+
+
+def results(run_dir):
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def test_eval_of_a_checkpoint_reproduces_the_training_runs_evaluation(trained_run, tmp_path):
+    for checkpoint in (trained_run, trained_run / "model.pt"):
+        advbench("task=eval", f"checkpoint={checkpoint}", "progress=false", f"hydra.run.dir={tmp_path}/e",
+                 cwd=tmp_path)
+        trained, evaluated = results(trained_run), results(tmp_path / "e")
+        for key in ("clean_acc", "robust_acc", "robust_acc_by_attack", "n_examples", "eps"):
+            assert evaluated[key] == trained[key], key
+        assert evaluated["task"] == "eval" and evaluated["choices"]["model"] == "mlp"
+        assert not (tmp_path / "e" / "model.pt").exists()
+
+
+def test_eval_default_directory_names_the_checkpoints_run(trained_run, tmp_path):
+    advbench("task=eval", f"checkpoint={trained_run}", "progress=false", "eval.n_examples=20", cwd=tmp_path)
+    (out,) = (tmp_path / "outputs").iterdir()
+    assert out.name == f"eval_{trained_run.parent.name}_run"
+
+
+def test_autoattack_preset_with_curve_and_examples(trained_run, tmp_path):
+    out = tmp_path / "aa"
+    advbench("task=eval", f"checkpoint={trained_run}", "eval=autoattack", "eval.n_examples=60",
+             "eval.attacks.apgd_ce.steps=20", "eval.attacks.apgd_t.steps=20", "eval.attacks.apgd_t.n_targets=3",
+             "eval.eps_list=[0.1,2/255,0.05]", "eval.save_examples=6", "eps=0.05", "progress=false",
+             f"hydra.run.dir={out}", cwd=tmp_path)
+    res = results(out)
+    assert list(res["robust_acc_by_attack"]) == ["apgd_ce", "apgd_t"] and res["cascade"] is True
+    assert res["robust_acc"] == res["robust_acc_by_attack"]["apgd_t"] <= res["robust_acc_by_attack"]["apgd_ce"]
+    assert res["eps"]["value"] == 0.05 and res["attacks"]["apgd_t"]["loss"] == "dlr"
+    assert set(res["sanity"]) >= {"random_forward", "outputs_probabilities", "zero_grad_frac", "pgd20_gap",
+                                  "warnings"}
+    rows = list(csv.DictReader((out / "robustness_curve.csv").open()))
+    assert [r["eps"] for r in rows] == ["2/255", "0.05", "0.1"]
+    accs = [float(r["robust_acc"]) for r in rows]
+    assert accs == sorted(accs, reverse=True) and accs[0] <= float(rows[0]["clean_acc"])
+    for png in ("robustness_curve.png", "adversarial_examples.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    flags = __import__("numpy").load(out / "robust_flags.npz")
+    assert flags["worst_case"].mean() == pytest.approx(res["robust_acc"])
+
+
+def bad_checkpoints(tmp_path):
+    torch.save(argparse.Namespace(weights=torch.zeros(2)), tmp_path / "pickle.pt")
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage" * 100)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    return {
+        "missing": (tmp_path / "nothing.pt", "no such file or run directory"),
+        "pickle": (tmp_path / "pickle.pt", "weights_only=True"),
+        "corrupt": (tmp_path / "corrupt.pt", "not a readable torch file"),
+        "foreign": (tmp_path / "foreign.pt", "not an advbench checkpoint"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "pickle", "corrupt", "foreign", "mismatch", "none"])
+def test_bad_checkpoints_get_a_one_line_error(trained_run, tmp_path, case):
+    if case == "mismatch":
+        args, expected = [f"checkpoint={trained_run}", "model.hidden=7"], "do not fit model=advbench.models.mlp"
+    elif case == "none":
+        args, expected = [], "task=eval needs checkpoint="
+    else:
+        path, expected = bad_checkpoints(tmp_path)[case]
+        args = [f"checkpoint={path}"]
+    proc = advbench("task=eval", *args, "progress=false", f"hydra.run.dir={tmp_path}/e", cwd=tmp_path,
+                    check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if expected in line]
+    assert len(lines) == 1 and "checkpoint" in lines[0] and len(lines[0]) < 500, proc.stderr
+    assert (trained_run / "model.pt").exists()  # nothing already written is lost

@@ -1,0 +1,142 @@
+"""The cascade, the per-example worst case, saved flags, and each sanity check on a model built to trip it."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+
+from advbench.attack_spec import Attack
+from advbench.evaluate import robust_flags, summarize, worst_case
+from advbench.final_eval import save_flags
+from advbench.sanity import sanity_checks
+
+N = 10
+
+
+class TwoPixelClassifier(nn.Module):
+    """Class = argmax of the first two pixels; pixel 2 carries the example's id."""
+
+    def forward(self, x):
+        return x.flatten(1)[:, :2]
+
+
+class BreakIds:
+    """A fake attack that flips the prediction of the examples whose id is in ``ids``; it records its calls."""
+
+    def __init__(self, ids):
+        self.ids, self.seen = set(ids), []
+
+    def __call__(self, model, x, y):
+        ids = (x.flatten(1)[:, 2] * N).round().long().tolist()
+        self.seen += ids
+        out = x.clone()
+        for row, i in enumerate(ids):
+            if i in self.ids:
+                out[row, 0, 0, :2] = out[row, 0, 0, :2].flip(0)
+        return out
+
+
+def toy_data():
+    x = torch.zeros(N, 1, 1, 3)
+    y = torch.tensor([0, 1] * (N // 2))
+    x[torch.arange(N), 0, 0, y] = 0.9
+    x[:, 0, 0, 2] = torch.arange(N) / N
+    x[9, 0, 0, :2] = x[9, 0, 0, :2].flip(0)  # example 9 is misclassified clean
+    return x, y
+
+
+@pytest.mark.parametrize("cascade", [True, False])
+def test_an_example_any_attack_breaks_counts_as_broken(cascade):
+    x, y = toy_data()
+    first, second = BreakIds({0, 1, 2}), BreakIds({2, 3, 4})
+    flags = robust_flags(TwoPixelClassifier(), x, y, {"a": first, "b": second}, "cpu", batch_size=4,
+                         cascade=cascade)
+    assert flags["clean"].tolist() == [True] * 9 + [False]
+    assert worst_case(flags).tolist() == [False] * 5 + [True] * 4 + [False]
+    assert sorted(first.seen) == list(range(9))  # never the misclassified example
+    # The cascade attacks only survivors: the second attack never sees 0, 1, 2.
+    assert sorted(second.seen) == (list(range(3, 9)) if cascade else list(range(9)))
+    results = summarize(flags)
+    assert results["robust_acc"] == 0.4 and results["clean_acc"] == 0.9
+    assert results["robust_acc_by_attack"] == ({"a": 0.6, "b": 0.4} if cascade else {"a": 0.6, "b": 0.6})
+
+
+def test_kept_examples_are_the_ones_that_broke_them():
+    x, y = toy_data()
+    flags, kept = robust_flags(TwoPixelClassifier(), x, y, {"a": BreakIds({0}), "b": BreakIds({1})}, "cpu",
+                               batch_size=4, keep=6)
+    assert len(kept) == 6
+    assert kept[0, 0, 0, :2].tolist() == pytest.approx([0.0, 0.9])  # broken by a
+    assert kept[1, 0, 0, :2].tolist() == pytest.approx([0.9, 0.0])  # broken by b
+    assert torch.equal(kept[2:], x[2:6])
+
+
+def test_flags_file_holds_every_attack_and_the_worst_case(tmp_path):
+    x, y = toy_data()
+    flags = robust_flags(TwoPixelClassifier(), x, y, {"a": BreakIds({0}), "b": BreakIds({5})}, "cpu")
+    save_flags(tmp_path / "robust_flags.npz", flags)
+    saved = np.load(tmp_path / "robust_flags.npz")
+    assert set(saved.files) == {"clean", "a", "b", "worst_case"}
+    np.testing.assert_array_equal(saved["worst_case"], worst_case(flags).numpy())
+
+
+class AlwaysDropout(nn.Module):
+    def forward(self, x):
+        return nn.functional.dropout(x, 0.5, training=True)
+
+
+class Round(nn.Module):
+    def forward(self, x):
+        return torch.round(x)
+
+
+class Scale(nn.Module):
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+
+def sanity_cfg(**sanity):
+    return OmegaConf.create({"amp": "off", "eval": {"batch_size": 500, "sanity": {
+        "sample": 200, "zero_grad_frac": 0.1, "max_pgd_gap": 0.05, **sanity}}})
+
+
+PGD = Attack("pgd", "linf", 0.1, 0.0125, steps=20, random_start=True)
+APGD_T = Attack("apgd", "linf", 0.1, 0.2, steps=20, random_start=True, targeted=True, loss="dlr", n_targets=3)
+
+
+def check(model, digits, attacks):
+    x, y = digits.test
+    torch.manual_seed(0)
+    flags = robust_flags(model, x[:200], y[:200], attacks, "cpu")
+    return sanity_checks(model, x[:200], y[:200], attacks, flags, sanity_cfg(), "cpu")
+
+
+def test_sanity_checks_stay_silent_on_a_normal_model(trained_mlp, digits):
+    found = check(trained_mlp, digits, {"pgd": PGD, "apgd_t": APGD_T})
+    assert found["warnings"] == []
+    assert not found["random_forward"] and not found["outputs_probabilities"] and found["zero_grad_frac"] == 0
+    assert found["pgd20_gap"] <= 0.05
+
+
+@pytest.mark.parametrize("wrap, key, words", [
+    (lambda m: nn.Sequential(m, AlwaysDropout()), "random_forward", "forward pass is random"),
+    (lambda m: nn.Sequential(m, nn.Softmax(dim=1)), "outputs_probabilities", "outputs probabilities"),
+    (lambda m: nn.Sequential(Round(), m), "zero_grad_frac", "exactly zero"),
+    (lambda m: nn.Sequential(m, Scale(1e4)), "pgd20_gap", "PGD-20 leaves"),
+])
+def test_each_sanity_check_fires_on_a_model_built_to_trip_it(trained_mlp, digits, wrap, key, words):
+    found = check(wrap(trained_mlp).eval(), digits, {"pgd": PGD, "apgd_t": APGD_T})
+    assert found[key]
+    assert any(words in w for w in found["warnings"]), found["warnings"]
+
+
+def test_sanity_check_fires_when_the_last_attack_is_not_the_strongest(trained_mlp, digits):
+    weak = Attack("fgsm", "linf", 0.01, 0.01)
+    assert check(trained_mlp, digits, {"weak": weak, "pgd": PGD})["warnings"] == []
+    found = check(trained_mlp, digits, {"pgd": PGD, "weak": weak})
+    assert found["robust_acc_alone"]["weak"] > found["robust_acc_alone"]["pgd"]
+    assert any("strongest attack (weak" in w for w in found["warnings"])
