@@ -1,8 +1,8 @@
 """An attack as configured: the ``attack`` group's options and ``eval.attacks`` entries become ``Attack`` objects."""
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from advbench.apgd import apgd
-from advbench.attacks import pgd
+from advbench.attacks import cross_entropy, pgd
 from advbench.eps import check_budget, parse_eps
 from advbench.errors import AdvbenchError
 from advbench.threats import THREATS
@@ -24,13 +24,17 @@ class Attack:
     loss: str = "ce"  # apgd: ce | dlr
     n_targets: int = 9  # apgd targeted: how many of the top wrong classes to try
 
-    def __call__(self, model, x, y):
+    def __call__(self, model, x, y, loss_fn=cross_entropy):
         threat = THREATS[self.norm](self.eps, self.alpha)
         if self.name == "apgd":
             return apgd(model, x, y, threat, self.steps, self.loss, self.targeted, self.n_targets, self.restarts,
                         self.bn_mode)
         return pgd(model, x, y, threat, self.steps, self.random_start, self.restarts, self.targeted,
-                   self.bn_mode)
+                   self.bn_mode, loss_fn)
+
+    def scaled(self, factor: float) -> "Attack":
+        """The same attack with eps and step scaled by ``factor`` (eps warm-up)."""
+        return replace(self, eps=self.eps * factor, alpha=self.alpha * factor)
 
 
 def _default_alpha(name: str, eps: float, steps: int, random_start: bool) -> float:

@@ -47,17 +47,23 @@ def loss_and_grad(model, x: torch.Tensor, loss_fn):
     return losses.detach(), logits.detach(), grad
 
 
-def input_grad(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Gradient of the summed cross-entropy with respect to ``x``, kept in fp32 under autocast."""
-    return loss_and_grad(model, x, lambda logits: F.cross_entropy(logits, y, reduction="none"))[2]
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy: the attacks' default loss."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def input_grad(model, x: torch.Tensor, y: torch.Tensor, loss_fn=cross_entropy) -> torch.Tensor:
+    """Gradient of the summed ``loss_fn(logits, y)`` with respect to ``x``, kept in fp32 under autocast."""
+    return loss_and_grad(model, x, lambda logits: loss_fn(logits, y))[2]
 
 
 def pgd(model, x, y, threat, steps: int, random_start: bool = True, restarts: int = 1,
-        targeted: bool = False, bn_mode: str = "eval") -> torch.Tensor:
+        targeted: bool = False, bn_mode: str = "eval", loss_fn=cross_entropy) -> torch.Tensor:
     """Projected gradient descent (Madry et al. 2018) under any threat model; worst case kept over restarts.
 
     Each restart attacks only the examples no earlier restart has misclassified. Targeted attacks descend the
-    loss towards a random wrong class per example.
+    loss towards a random wrong class per example. ``loss_fn(logits, y)`` gives per-example losses to ascend
+    (TRADES passes its KL, with ``y`` the clean probabilities; restarts then need labels and are not allowed).
     """
     with attack_mode(model, bn_mode):
         x, y = x.detach(), y.detach()
@@ -68,7 +74,7 @@ def pgd(model, x, y, threat, steps: int, random_start: bool = True, restarts: in
             goal = _random_targets(model, xr, yr) if targeted else yr
             x_adv = threat.init(xr) if random_start else xr.clone()
             for _ in range(steps):
-                grad = input_grad(model, x_adv, goal)
+                grad = input_grad(model, x_adv, goal, loss_fn)
                 x_adv = threat.project(threat.step(x_adv, -grad if targeted else grad), xr)
             x_best[remaining] = x_adv
             if restart == restarts - 1:

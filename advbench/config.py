@@ -46,12 +46,22 @@ class TrainingName(Enum):
     standard = "standard"
     adversarial = "adversarial"
     mixed = "mixed"
+    fast = "fast"
+    free = "free"
+    trades = "trades"
+    mart = "mart"
+
+
+class GuardAction(Enum):
+    stop = "stop"
+    rollback = "rollback"
 
 
 class Schedule(Enum):
     constant = "constant"
     piecewise = "piecewise"
     onecycle = "onecycle"
+    cosine = "cosine"
 
 
 @dataclass
@@ -89,9 +99,22 @@ class AttackConf:
 
 
 @dataclass
+class GuardConf:
+    """Catastrophic-overfitting guard: PGD on a fixed training batch after every epoch."""
+    enabled: bool = False
+    n_examples: int = 512
+    steps: int = 10
+    max_drop: float = 0.2  # fires when PGD accuracy falls this far below its best so far
+    action: GuardAction = GuardAction.rollback
+
+
+@dataclass
 class TrainingConf:
     name: TrainingName = MISSING
     adv_weight: float = 0.5  # mixed: weight of the adversarial loss; the clean loss gets 1 - adv_weight
+    beta: float = 6.0  # trades, mart: weight of the robust (KL) term
+    replays: int = 4  # free: m, the times each batch is replayed
+    guard: GuardConf = field(default_factory=GuardConf)
 
 
 class Task(Enum):
@@ -139,6 +162,7 @@ class Config:
     schedule: Schedule = Schedule.onecycle
     weight_decay: float = 0.0
     grad_clip: Optional[float] = None  # max global gradient norm; null: no clipping
+    eps_warmup_epochs: float = 0.0  # ramp eps linearly from 0 over this many epochs
     device: Device = Device.auto
     amp: Amp = Amp.off
     progress: bool = True

@@ -1,22 +1,23 @@
 """``run(cfg)``: validate the config, train (or load a checkpoint), evaluate on the test split, write the files."""
+import copy
 import logging
 import time
 from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from advbench.attack_spec import build_attack
 from advbench.checkpoint import build_model, load_checkpoint, save_checkpoint
-from advbench.data import TensorLoader, load_data
+from advbench.data import load_data
 from advbench.eps import parse_eps
 from advbench.errors import AdvbenchError
 from advbench.evaluate import evaluate
-from advbench.final_eval import check_eval_config, final_evaluation
-from advbench.outputs import versions, write_json, write_jsonl
-from advbench.training import make_scheduler, train_epoch
+from advbench.final_eval import check_eval_config, eval_attacks, final_evaluation
+from advbench.fit import fit
+from advbench.outputs import versions, write_json
+from advbench.training import MODES
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,26 @@ def check_config(cfg) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and value < 1:
             raise AdvbenchError(f"{key}={value} must be a positive integer or null (all)")
-    if cfg.task == "train" and cfg.training.name != "standard" and build_attack(cfg.attack, cfg.eps) is None:
-        raise AdvbenchError(f"training={cfg.training.name} needs an attack: attack=none given; "
-                            "use attack=fgsm, fgsm_rs, pgd or fgm")
+    if cfg.task == "train":
+        check_training_attack(cfg)
     build_attack(cfg.val.attack, cfg.eps)
     check_eval_config(cfg)
+
+
+def check_training_attack(cfg) -> None:
+    """Each training mode names the attacks it accepts; anything else is a one-line error."""
+    mode = cfg.training.name
+    attack, allowed = build_attack(cfg.attack, cfg.eps), MODES[mode][1]
+    if allowed is None:
+        return
+    name = attack.name if attack else "none"
+    if name not in allowed:
+        accepted = {"fgsm": "fgsm, fgsm_rs"}
+        raise AdvbenchError(f"training={mode} accepts attack={', '.join(accepted.get(a, a) for a in allowed)}; "
+                            f"attack={name} given")
+    if mode == "trades" and (attack.restarts > 1 or attack.targeted):
+        raise AdvbenchError("training=trades ascends its KL loss with one untargeted run: "
+                            "attack.restarts=1 and attack.targeted=false")
 
 
 def plain(cfg):
@@ -77,28 +93,17 @@ def checkpoint_config(cfg, state: dict):
     return merged
 
 
-def fit(model, data, cfg, device, out: Path) -> list:
-    """Train for ``cfg.epochs``, validating each epoch; write metrics.jsonl after every epoch."""
-    train_attack = build_attack(cfg.attack, cfg.eps)
-    val_attack = build_attack(cfg.val.attack, cfg.eps)
-    optimizer = instantiate(cfg.optimizer)(model.parameters())
-    train = TensorLoader(*data.train, cfg.batch_size, shuffle=True, augment=cfg.dataset.augment,
-                         generator=torch.Generator().manual_seed(cfg.seed))
-    scheduler = make_scheduler(optimizer, cfg.schedule, cfg.epochs * len(train))
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    val_x, val_y = (t[:cfg.val.n_examples] for t in data.val)
-    metrics = []
-    for epoch in range(1, cfg.epochs + 1):
-        row = {"epoch": epoch, **train_epoch(model, train, optimizer, scheduler, scaler, train_attack, cfg,
-                                             device, desc=f"epoch {epoch}/{cfg.epochs}")}
-        if len(val_y):  # model selection and monitoring never look at the test split
-            val = evaluate(model, val_x, val_y, {"val": val_attack}, device, cfg.amp, cfg.eval.batch_size)
-            row |= {"val_clean_acc": val["clean_acc"], "val_robust_acc": val["robust_acc"]}
-        metrics.append(row)
-        write_jsonl(out / "metrics.jsonl", metrics)
-        log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
-                                                   if isinstance(v, float)))
-    return metrics
+def evaluate_best(model, test, cfg, device, out: Path, training: dict) -> dict:
+    """Test accuracy of best.pt (the epoch with the best robust validation accuracy), beside the final model's."""
+    if training["best_epoch"] == training["epochs_run"] and not (training["guard"] or {}).get("fired"):
+        return {"epoch": training["best_epoch"], "same_as_final": True}
+    best = copy.deepcopy(model)
+    best.load_state_dict(torch.load(out / "best.pt", weights_only=True)["state_dict"])
+    torch.manual_seed(cfg.seed)
+    x, y = (t[:cfg.eval.n_examples] for t in test)
+    summary = evaluate(best, x, y, eval_attacks(cfg, cfg.eps), device, cfg.amp, cfg.eval.batch_size,
+                       cfg.eval.cascade)
+    return {"epoch": training["best_epoch"], "same_as_final": False, **summary}
 
 
 def run(cfg) -> float | None:
@@ -124,13 +129,17 @@ def run(cfg) -> float | None:
     model = model.to(device, memory_format=torch.channels_last)
     log.info("%s: %d train / %d val / %d test examples; %s on %s", cfg.dataset.name, len(data.train[1]),
              len(data.val[1]), len(data.test[1]), cfg.model._target_.rsplit(".", 1)[-1], device)
+    training = None
     if cfg.task == "train":
-        fit(model, data, cfg, device, out)
+        training = fit(model, data, cfg, device, out)
         save_checkpoint(out / "model.pt", model, OmegaConf.to_container(cfg), choices=choices)
     OmegaConf.save(cfg, out / "config_resolved.yaml")
     torch.manual_seed(cfg.seed)  # the evaluation's random starts don't depend on what training drew
 
-    results = final_evaluation(model, data.test, cfg, device, out) | {
+    results = final_evaluation(model, data.test, cfg, device, out)
+    if training:
+        results["training"] = training | {"best": evaluate_best(model, data.test, cfg, device, out, training)}
+    results |= {
         "task": cfg.task,
         "checkpoint": cfg.checkpoint,
         "eps": {"given": str(cfg.eps), "value": parse_eps(cfg.eps)},

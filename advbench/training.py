@@ -1,4 +1,4 @@
-"""One epoch of (adversarial) training: attack, forward, loss of the training mode, AMP-aware update."""
+"""One epoch of (adversarial) training. Each training mode is a step function: attack, forward, loss."""
 import sys
 import time
 
@@ -8,62 +8,82 @@ from tqdm import tqdm
 
 from advbench.amp import autocast
 from advbench.evaluate import predict
+from advbench.losses import mart_loss, trades_attack_loss, trades_loss
+from advbench.schedules import eps_factor
 
 
-def clean_loss(model, x, x_adv, y, cfg):
-    """Standard training: cross-entropy on clean examples."""
+def standard_step(model, x, y, attack, cfg):
+    """Clean training: cross-entropy on clean examples."""
     logits = model(x)
     return F.cross_entropy(logits.float(), y), logits, None
 
 
-def adversarial_loss(model, x, x_adv, y, cfg):
-    """Madry et al. 2018: cross-entropy on adversarial examples only."""
-    logits_adv = model(x_adv)
+def adversarial_step(model, x, y, attack, cfg):
+    """Madry et al. 2018 (and Fast-AT with FGSM): cross-entropy on adversarial examples only."""
+    # The attack runs in its own bn_mode (eval by default) and leaves no parameter gradients.
+    logits_adv = model(attack(model, x, y))
     return F.cross_entropy(logits_adv.float(), y), None, logits_adv
 
 
-def mixed_loss(model, x, x_adv, y, cfg):
+def mixed_step(model, x, y, attack, cfg):
     """Goodfellow et al. 2015: (1 - w) * clean + w * adversarial cross-entropy."""
+    x_adv = attack(model, x, y)
     # One forward over both halves: batch norm sees the mixed batch, as the mixed objective's data.
-    logits, logits_adv = model(torch.cat([x, x_adv])).chunk(2)
+    logits, logits_adv = model(torch.cat([x, x_adv])).float().chunk(2)
     w = cfg.training.adv_weight
-    loss = (1 - w) * F.cross_entropy(logits.float(), y) + w * F.cross_entropy(logits_adv.float(), y)
-    return loss, logits, logits_adv
+    return (1 - w) * F.cross_entropy(logits, y) + w * F.cross_entropy(logits_adv, y), logits, logits_adv
 
 
-MODES = {"standard": clean_loss, "adversarial": adversarial_loss, "mixed": mixed_loss}
+def trades_step(model, x, y, attack, cfg):
+    """TRADES (Zhang et al. 2019): CE(clean) + beta * KL(p(x) || p(x_adv)), x_adv maximizing that KL."""
+    p_clean = predict(model, x, logits=True).softmax(1)
+    x_adv = attack(model, x, p_clean, loss_fn=trades_attack_loss)
+    logits, logits_adv = model(torch.cat([x, x_adv])).float().chunk(2)
+    return trades_loss(logits, logits_adv, y, cfg.training.beta), logits, logits_adv
 
 
-def lr_multiplier(schedule: str, progress: float) -> float:
-    """Learning-rate factor at ``progress`` in (0, 1] of training."""
-    if schedule == "piecewise":  # Madry et al. / Rice et al.: decay 10x at 50% and 75%
-        return 1.0 if progress <= 0.5 else 0.1 if progress <= 0.75 else 0.01
-    if schedule == "onecycle":  # Wong et al. 2020: linear up to the peak at 40%, then linear down to 0
-        return progress / 0.4 if progress <= 0.4 else max(0.0, (1 - progress) / 0.6)
-    return 1.0
+def mart_step(model, x, y, attack, cfg):
+    """MART (Wang et al. 2020): boosted CE on x_adv + beta * misclassification-weighted KL."""
+    x_adv = attack(model, x, y)
+    logits, logits_adv = model(torch.cat([x, x_adv])).float().chunk(2)
+    return mart_loss(logits, logits_adv, y, cfg.training.beta), logits, logits_adv
 
 
-def make_scheduler(optimizer, schedule: str, total_steps: int):
-    """A per-iteration LambdaLR following ``schedule``."""
-    # Each step takes the rate at its midpoint, so one-cycle neither starts nor ends on a wasted zero step.
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(schedule, min(1.0, (step + 0.5) / total_steps)))
+# mode -> (step, attacks it accepts; None: any, unused). free replays batches itself (free_replays below).
+MODES = {
+    "standard": (standard_step, None),
+    "adversarial": (adversarial_step, ("fgsm", "pgd", "fgm")),
+    "mixed": (mixed_step, ("fgsm", "pgd", "fgm")),
+    "fast": (adversarial_step, ("fgsm",)),
+    "free": (None, ("fgsm",)),
+    "trades": (trades_step, ("pgd", "fgsm")),
+    "mart": (mart_step, ("pgd", "fgsm")),
+}
 
 
-def train_epoch(model, loader, optimizer, scheduler, scaler, attack, cfg, device, desc="train") -> dict:
-    """Train one pass over ``loader``; return the epoch's loss, accuracies, lr and speed."""
-    loss_fn = MODES[cfg.training.name]
+def free_replays(model, x, y, delta, attack, cfg, update):
+    """Free-AT (Shafahi et al. 2019): replay the batch m times; one backward pass gives both the parameter
+    gradient (used by ``update``) and the input gradient (an FGSM step on the persistent ``delta``)."""
+    eps = attack.eps
+    for _ in range(cfg.training.replays):
+        x_adv = (x + delta).clamp(0, 1).requires_grad_(True)
+        with autocast(x.device, cfg.amp):
+            logits_adv = model(x_adv)
+        loss = F.cross_entropy(logits_adv.float(), y)
+        update(loss)  # backward fills x_adv.grad too (scaled under fp16: the sign is all we use)
+        delta = (delta + eps * x_adv.grad.sign()).clamp(-eps, eps)
+    return loss.detach(), logits_adv.detach(), delta
+
+
+def train_epoch(model, loader, optimizer, scheduler, scaler, attack, cfg, device, epoch: int = 1,
+                desc="train") -> dict:
+    """Train one pass over ``loader``; return the pass's loss, accuracies, lr and speed."""
+    step, _ = MODES[cfg.training.name]
     model.train()
     totals = {"loss": 0.0, "clean": 0, "adv": 0, "n": 0}
-    start = time.perf_counter()
-    bar = tqdm(loader, desc=desc, leave=False, disable=not (cfg.progress and sys.stderr.isatty()))
-    for x, y in bar:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        lr = optimizer.param_groups[0]["lr"]
-        with autocast(device, cfg.amp):
-            # The attack sees the model in its own bn_mode (eval by default) and leaves no parameter grads.
-            x_adv = attack(model, x, y) if cfg.training.name != "standard" else None
-            loss, logits, logits_adv = loss_fn(model, x, x_adv, y, cfg)
+    delta = None  # free: the perturbation carried from batch to batch
+
+    def update(loss):
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg.grad_clip is not None:
@@ -73,7 +93,23 @@ def train_epoch(model, loader, optimizer, scheduler, scaler, attack, cfg, device
         scaler.update()
         scheduler.step()
 
-        if logits is None:  # adversarial mode: clean accuracy costs one extra no-grad forward
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=desc, leave=False, disable=not (cfg.progress and sys.stderr.isatty()))
+    for i, (x, y) in enumerate(bar):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        lr = optimizer.param_groups[0]["lr"]
+        batch_attack = attack and attack.scaled(eps_factor(cfg.eps_warmup_epochs, epoch - 1 + i / len(loader)))
+        if cfg.training.name == "free":
+            if delta is None or delta.shape != x.shape:
+                delta = torch.zeros_like(x)
+            loss, logits_adv, delta = free_replays(model, x, y, delta, batch_attack, cfg, update)
+            logits = None
+        else:
+            with autocast(device, cfg.amp):
+                loss, logits, logits_adv = step(model, x, y, batch_attack, cfg)
+            update(loss)
+
+        if logits is None:  # adversarial-only modes: clean accuracy costs one extra no-grad forward
             logits = predict(model, x, device, cfg.amp, logits=True)
         totals["loss"] += loss.item() * len(y)
         totals["clean"] += (logits.argmax(1) == y).sum().item()

@@ -21,7 +21,8 @@ def compose_config(overrides=()):
 
 def group_options():
     """(group, option) for every YAML option of every config group in conf/."""
-    return [(d.name, f.stem) for d in sorted(CONF.iterdir()) if d.is_dir() for f in sorted(d.glob("*.yaml"))]
+    return [(d.name, f.stem) for d in sorted(CONF.iterdir()) if d.is_dir() and d.name != "experiment"
+            for f in sorted(d.glob("*.yaml"))]
 
 
 @pytest.fixture(scope="session")

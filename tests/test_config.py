@@ -9,7 +9,7 @@ from omegaconf.errors import OmegaConfBaseException
 from advbench.attack_spec import Attack, build_attack
 from advbench.experiment import plain
 from advbench.training import MODES
-from conftest import compose_config, group_options
+from conftest import CONF, compose_config, group_options
 
 
 @pytest.mark.parametrize("group, option", group_options())
@@ -25,6 +25,15 @@ def test_every_option_composes_and_builds(group, option):
     attack = build_attack(cfg.attack, cfg.eps)
     assert attack is None if cfg.attack.name == "none" else isinstance(attack, Attack)
     assert cfg.training.name in MODES
+    assert all(isinstance(build_attack(spec, cfg.eps), Attack) for spec in cfg.eval.attacks.values())
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_and_builds(experiment):
+    cfg = plain(compose_config([f"+experiment={experiment}"]))
+    assert cfg.training.name in MODES
+    assert MODES[cfg.training.name][1] is None or build_attack(cfg.attack, cfg.eps).name in MODES[
+        cfg.training.name][1]
     assert all(isinstance(build_attack(spec, cfg.eps), Attack) for spec in cfg.eval.attacks.values())
 
 

@@ -7,7 +7,9 @@ from omegaconf import OmegaConf
 from advbench.attack_spec import Attack
 from advbench.data import TensorLoader
 from advbench.models import mlp
-from advbench.training import MODES, lr_multiplier, make_scheduler, train_epoch
+from advbench.losses import mart_loss, trades_loss
+from advbench.schedules import eps_factor, lr_multiplier, make_scheduler
+from advbench.training import MODES, train_epoch
 
 
 def tiny():
@@ -17,24 +19,83 @@ def tiny():
 
 
 def cfg_for(mode, **extra):
-    return OmegaConf.create({"training": {"name": mode, "adv_weight": 0.25}, "amp": "off", "grad_clip": None,
-                             "progress": False, **extra})
+    training = {"name": mode, "adv_weight": 0.25, "beta": 6.0, "replays": 3}
+    return OmegaConf.create({"training": training | extra.pop("training", {}), "amp": "off", "grad_clip": None,
+                             "progress": False, "eps_warmup_epochs": 0, **extra})
 
 
 def test_losses_match_a_direct_computation():
     model, x, y = tiny()
     x_adv = (x + 0.1).clamp(0, 1)
     ce_clean, ce_adv = F.cross_entropy(model(x), y), F.cross_entropy(model(x_adv), y)
-    assert torch.allclose(MODES["standard"](model, x, x_adv, y, cfg_for("standard"))[0], ce_clean)
-    assert torch.allclose(MODES["adversarial"](model, x, x_adv, y, cfg_for("adversarial"))[0], ce_adv)
-    mixed = MODES["mixed"](model, x, x_adv, y, cfg_for("mixed"))[0]
+    fixed = lambda model, x, y, **kw: x_adv  # noqa: E731  an "attack" returning fixed x_adv
+    assert torch.allclose(MODES["standard"][0](model, x, y, fixed, cfg_for("standard"))[0], ce_clean)
+    assert torch.allclose(MODES["adversarial"][0](model, x, y, fixed, cfg_for("adversarial"))[0], ce_adv)
+    mixed = MODES["mixed"][0](model, x, y, fixed, cfg_for("mixed"))[0]
     assert torch.allclose(mixed, 0.75 * ce_clean + 0.25 * ce_adv, atol=1e-6)
+
+
+def test_trades_and_mart_losses_match_the_papers_code_on_fixed_tensors():
+    g = torch.Generator().manual_seed(0)
+    logits, logits_adv = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    # TRADES (Zhang et al.'s trades.py): CE + beta * (1/bs) * KLDivLoss(sum)(log_softmax(adv), softmax(clean))
+    kl = torch.nn.KLDivLoss(reduction="sum")(F.log_softmax(logits_adv, 1), F.softmax(logits, 1)) / 6
+    assert torch.allclose(trades_loss(logits, logits_adv, y, 6.0), F.cross_entropy(logits, y) + 6.0 * kl)
+    # MART (Wang et al.'s mart.py)
+    adv_probs = F.softmax(logits_adv, dim=1)
+    tmp1 = torch.argsort(adv_probs, dim=1)[:, -2:]
+    new_y = torch.where(tmp1[:, -1] == y, tmp1[:, -2], tmp1[:, -1])
+    loss_adv = F.cross_entropy(logits_adv, y) + F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), new_y)
+    nat_probs = F.softmax(logits, dim=1)
+    true_probs = torch.gather(nat_probs, 1, (y.unsqueeze(1)).long()).squeeze()
+    loss_robust = (1.0 / 6) * torch.sum(torch.sum(torch.nn.KLDivLoss(reduction="none")(
+        torch.log(adv_probs + 1e-12), nat_probs), dim=1) * (1.0000001 - true_probs))
+    assert torch.allclose(mart_loss(logits, logits_adv, y, 6.0), loss_adv + 6.0 * loss_robust)
+
+
+def one_step(mode, beta):
+    model, x, y = tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    cfg = cfg_for(mode, training={"beta": beta})
+    train_epoch(model, TensorLoader(x, y, 8), optimizer, make_scheduler(optimizer, "constant", 1),
+                torch.amp.GradScaler("cpu", enabled=False), Attack("pgd", "linf", 0.1, 0.05, 3, True), cfg,
+                torch.device("cpu"))
+    return [p.detach() for p in model.parameters()]
+
+
+def test_trades_with_beta_zero_is_clean_training():
+    torch.manual_seed(0)
+    trades = one_step("trades", 0.0)
+    standard = one_step("standard", 0.0)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(trades, standard))
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(one_step("trades", 6.0), standard))
+
+
+def test_free_replays_each_batch_m_times():
+    model, x, y = tiny()
+    x, y = x.repeat(3, 1, 1, 1), y.repeat(3)  # 24 examples, 3 batches of 8
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    steps = []
+    optimizer.register_step_post_hook(lambda *args: steps.append(1))
+    stats = train_epoch(model, TensorLoader(x, y, 8), optimizer, make_scheduler(optimizer, "constant", 9),
+                        torch.amp.GradScaler("cpu", enabled=False), Attack("fgsm", "linf", 0.1, 0.1),
+                        cfg_for("free"), torch.device("cpu"))
+    assert len(steps) == 3 * 3  # batches x replays: one forward-backward pass each
+    assert stats["train_adv_acc"] is not None
+
+
+def test_eps_warmup_ramps_linearly():
+    assert [eps_factor(2, p) for p in (0, 0.5, 1, 2, 3)] == [0, 0.25, 0.5, 1, 1]
+    assert eps_factor(0, 0) == 1
+    assert Attack("pgd", "linf", 0.2, 0.05, 5).scaled(0.5) == Attack("pgd", "linf", 0.1, 0.025, 5)
 
 
 @pytest.mark.parametrize("schedule, expected", [
     ("constant", [1, 1, 1, 1]),
     ("piecewise", [1, 0.1, 0.01, 0.01]),
     ("onecycle", [0.5, 0.6666667, 0.3333333, 0]),
+    ("cosine", [0.9045085, 0.3454915, 0.0954915, 0]),
 ])
 def test_schedules(schedule, expected):
     got = [lr_multiplier(schedule, p) for p in (0.2, 0.6, 0.8, 1.0)]

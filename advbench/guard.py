@@ -1,0 +1,46 @@
+"""Catastrophic-overfitting guard (Wong et al. 2020): watch PGD accuracy on a fixed training batch."""
+import copy
+import logging
+
+import torch
+
+from advbench.attack_spec import Attack
+from advbench.evaluate import evaluate
+
+log = logging.getLogger(__name__)
+
+
+class OverfittingGuard:
+    """After each epoch, PGD accuracy on the same training examples; fires when it collapses."""
+
+    def __init__(self, cfg, train: tuple, eps: float, norm: str, device):
+        g = cfg.training.guard
+        self.x, self.y = train[0][:g.n_examples], train[1][:g.n_examples]
+        self.attack = Attack("pgd", norm, eps, 2.5 * eps / g.steps, steps=g.steps, random_start=True)
+        self.max_drop, self.action, self.device, self.amp = g.max_drop, g.action, device, cfg.amp
+        self.history, self.best, self.fired_at = [], -1.0, None
+        self.good_state, self.good_epoch = None, None
+
+    def check(self, model, optimizer, epoch: int) -> bool:
+        """Record this epoch's PGD accuracy; True when training must end (collapse)."""
+        acc = evaluate(model, self.x, self.y, {"pgd": self.attack}, self.device, self.amp)["robust_acc"]
+        self.history.append(acc)
+        if acc < self.best - self.max_drop:
+            self.fired_at = epoch
+            log.warning("catastrophic overfitting at epoch %d: PGD-%d accuracy on a fixed training batch fell "
+                        "from %.3f to %.3f; %s", epoch, self.attack.steps, self.best, acc,
+                        "rolling back to the last good epoch" if self.action == "rollback" else "stopping")
+            if self.action == "rollback" and self.good_state is not None:
+                model.load_state_dict(self.good_state[0])
+                optimizer.load_state_dict(self.good_state[1])
+            return True
+        self.best = max(self.best, acc)
+        self.good_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
+        self.good_epoch = epoch
+        return False
+
+    def report(self) -> dict:
+        """What the guard saw, for results.json."""
+        rolled_back = self.fired_at is not None and self.action == "rollback"
+        return {"fired": self.fired_at is not None, "epoch": self.fired_at, "action": self.action,
+                "pgd_acc": self.history, "rolled_back_to": self.good_epoch if rolled_back else None}
