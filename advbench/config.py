@@ -179,10 +179,16 @@ def register_configs() -> None:
     if not OmegaConf.has_resolver("path_safe"):
         OmegaConf.register_new_resolver("path_safe", _path_safe)
         OmegaConf.register_new_resolver("run_name", _run_name)
+        OmegaConf.register_new_resolver("sweep_subdir", _sweep_subdir)
 
 
 def _path_safe(value) -> str:
     return str(value).replace("/", "_")
+
+
+def _sweep_subdir(override_dirname: str, seed) -> str:
+    """A job's directory below the sweep: its overrides (path-safe), then ``seed=<seed>``."""
+    return f"{_path_safe(override_dirname)}/seed={seed}" if override_dirname else f"seed={seed}"
 
 
 def _run_name(task, checkpoint, combination: str) -> str:

@@ -4,10 +4,13 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 
 from advbench.config import register_configs
 from advbench.errors import AdvbenchError
 from advbench.experiment import run
+from advbench.outputs import write_status
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -17,12 +20,29 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
 def main(cfg) -> float | None:
-    """Run one experiment; return its worst-case robust accuracy for sweepers."""
+    """Run one experiment; return its worst-case robust accuracy for sweepers.
+
+    A job of a multirun that fails is recorded (its ``status`` file, its log) and the sweep goes on.
+    """
+    out = HydraConfig.get().runtime.output_dir
+    sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
+    write_status(out, "running")
     try:
-        return run(cfg)
+        result = run(cfg)
     except AdvbenchError as err:
+        write_status(out, f"failed: {err}")
         log.error("%s", err)
+        if sweeping:
+            return None
         sys.exit(2)
+    except Exception as err:  # a bug or an out-of-memory: the traceback goes to the job's log
+        write_status(out, f"failed: {type(err).__name__}: {err}")
+        if sweeping:
+            log.exception("job failed; the sweep goes on")
+            return None
+        raise
+    write_status(out, "finished")
+    return result
 
 
 if __name__ == "__main__":

@@ -36,6 +36,11 @@ def write_jsonl(path: Path, rows: list) -> None:
     atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
 
 
+def write_status(run_dir: Path, status: str) -> None:
+    """The run's ``status`` file: running, finished, failed: <why> or interrupted: <why>."""
+    atomic_write(Path(run_dir) / "status", lambda f: f.write((status + "\n").encode()))
+
+
 def versions() -> dict:
     """Versions of the software a result depends on."""
     import torchvision

@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from advbench.outputs import atomic_write  # noqa: E402
 
 
-def _save(fig, path) -> None:
+def save_figure(fig, path) -> None:
+    """Write ``fig`` as a PNG, atomically, and close it."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -29,7 +30,7 @@ def plot_robustness_curve(rows: list, attacks: list, path) -> None:
     ax.set_xticks(eps, [r["eps"] for r in rows], rotation=45)
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_examples(x, x_adv, y, pred, pred_adv, path) -> None:
@@ -46,4 +47,4 @@ def plot_examples(x, x_adv, y, pred, pred_adv, path) -> None:
             ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
             ax.set_title(title, fontsize=7, color="red" if "adv" in title and pred_adv[i] != y[i] else "black")
             ax.axis("off")
-    _save(fig, path)
+    save_figure(fig, path)

@@ -72,9 +72,10 @@ def test_multirun_over_two_eps_writes_two_directories(tmp_path):
                     cwd=tmp_path)
     runs = run_dirs(tmp_path / "sweep")
     assert len(runs) == 2, proc.stderr
-    # Each job's directory is named by its overrides ('/' made path-safe), prefixed by the job number.
-    assert runs[0].name.startswith("0_") and "eps=2_255" in runs[0].name.split(",")
-    assert runs[1].name.startswith("1_") and "eps=8_255" in runs[1].name.split(",")
+    # Each job's directory is named by its overrides ('/' made path-safe), the seed one level below.
+    assert all(r.name == "seed=0" for r in runs)
+    assert "eps=2_255" in runs[0].parent.name.split(",") and "eps=8_255" in runs[1].parent.name.split(",")
+    assert all((r / "status").read_text() == "finished\n" for r in runs)
     given = [json.loads((r / "results.json").read_text())["eps"]["given"] for r in runs]
     assert given == ["2/255", "8/255"]
 

@@ -1,0 +1,66 @@
+"""advbench-report on fixture runs (finished, failed, unfinished), and a sweep that survives a failing job."""
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from advbench.report import write_report
+from test_cli import TINY, advbench
+
+
+def fake_run(root, name, training, eps, seed, robust=None, status=None):
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    choices = {"dataset": "digits", "model": "mlp", "training": training, "attack": "pgd"}
+    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"eps": eps, "seed": seed}))
+    if robust is not None:
+        (run / "results.json").write_text(json.dumps({"clean_acc": 0.9, "robust_acc": robust, "wall_seconds": 1.5,
+                                                      "choices": choices}))
+    if status:
+        (run / "status").write_text(status + "\n")
+    return run
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    fake_run(tmp_path, "a/seed=0", "adversarial", "2/255", 0, 0.6, "finished")
+    fake_run(tmp_path, "a/seed=1", "adversarial", "2/255", 1, 0.7, "finished")
+    fake_run(tmp_path, "b/seed=0", "adversarial", "8/255", 0, 0.4, "finished")
+    fake_run(tmp_path, "c/seed=0", "standard", "2/255", 0, 0.1)
+    fake_run(tmp_path, "d/seed=0", "standard", "8/255", 0, status="failed: eps='x' is not a valid budget")
+    fake_run(tmp_path, "e/seed=0", "mixed", "8/255", 0, status="running")  # killed: never finished
+    return tmp_path
+
+
+def test_report_lists_every_run_and_aggregates_over_seeds(sweep):
+    write_report(sweep)
+    rows = list(csv.DictReader((sweep / "report.csv").open()))
+    assert [(r["run"], r["status"]) for r in rows] == [
+        ("a/seed=0", "finished"), ("a/seed=1", "finished"), ("b/seed=0", "finished"), ("c/seed=0", "finished"),
+        ("d/seed=0", "failed"), ("e/seed=0", "unfinished")]
+    text = (sweep / "report.md").read_text()
+    assert "| digits | mlp | adversarial | pgd | 2/255 | 2 | 0.9000 | 0.0000 | 0.6500 | 0.0707 |" in text
+    assert "- `d/seed=0`: failed" in text and "- `e/seed=0`: unfinished" in text
+    assert (sweep / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_command_line(sweep, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "advbench.report", str(sweep)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "6 runs (4 finished, 2 failed or unfinished)" in proc.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "advbench.report", str(empty)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "no run directories" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
+    advbench("-m", *TINY, "epochs=1", "eps=abc,0.1", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    statuses = {next(o for o in p.parent.parent.name.split(",") if o.startswith("eps=")): p.read_text()
+                for p in (tmp_path / "sweep").rglob("status")}
+    assert statuses["eps=abc"].startswith("failed: eps='abc'") and statuses["eps=0.1"] == "finished\n"
+    rows = write_report(tmp_path / "sweep")
+    assert sorted(r["status"] for r in rows) == ["failed", "finished"]
