@@ -171,6 +171,8 @@ class Config:
     eval: EvalConf = MISSING
     task: Task = Task.train
     checkpoint: Optional[str] = None
+    resume: Optional[str] = None  # a run directory, or auto: each job's own directory (sweeps)
+    stop_after_epoch: Optional[int] = None  # end after this epoch as if interrupted (resumable)
 
 
 def register_configs() -> None:
@@ -178,7 +180,8 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="advbench_schema", node=Config)
     if not OmegaConf.has_resolver("path_safe"):
         OmegaConf.register_new_resolver("path_safe", _path_safe)
-        OmegaConf.register_new_resolver("run_name", _run_name)
+        OmegaConf.register_new_resolver("run_dir", _run_dir)
+        OmegaConf.register_new_resolver("hydra_subdir", _hydra_subdir)
         OmegaConf.register_new_resolver("sweep_subdir", _sweep_subdir)
 
 
@@ -191,10 +194,21 @@ def _sweep_subdir(override_dirname: str, seed) -> str:
     return f"{_path_safe(override_dirname)}/seed={seed}" if override_dirname else f"seed={seed}"
 
 
-def _run_name(task, checkpoint, combination: str) -> str:
-    """``combination`` for training; ``eval_<checkpoint's run>`` for an evaluation."""
-    if getattr(task, "value", task) != "eval":  # the schema hands the resolver an enum member
-        return combination
-    parts = [p for p in str(checkpoint).replace("\\", "/").split("/") if p and p not in (".", "..")]
-    parts = [p for p in parts if not p.endswith(".pt")][-2:]  # the run's directory names, not the file
-    return "eval_" + ("_".join(parts) or "checkpoint")
+def _resuming_into(resume) -> bool:
+    return resume is not None and str(resume) != "auto"
+
+
+def _run_dir(resume, task, checkpoint, combination: str, timestamp: str) -> str:
+    """The run's directory: the one being resumed; else outputs/<combination or eval_<run>>/<timestamp>."""
+    if _resuming_into(resume):
+        return str(resume)
+    if getattr(task, "value", task) == "eval":  # the schema hands the resolver an enum member
+        parts = [p for p in str(checkpoint).replace("\\", "/").split("/") if p and p not in (".", "..")]
+        parts = [p for p in parts if not p.endswith(".pt")][-2:]  # the run's directory names, not the file
+        combination = "eval_" + ("_".join(parts) or "checkpoint")
+    return f"outputs/{combination}/{timestamp}"
+
+
+def _hydra_subdir(resume) -> str:
+    """Hydra's config folder: a resumed run keeps its original .hydra/ and adds .hydra_resume/."""
+    return ".hydra_resume" if _resuming_into(resume) else ".hydra"

@@ -80,7 +80,7 @@ def fill_missing(target, defaults, wholesale=("model", "optimizer", "attacks")) 
             fill_missing(target[key], value, wholesale)
 
 
-def checkpoint_config(cfg, state: dict):
+def checkpoint_config(cfg, state: dict, task: str = "eval"):
     """The checkpoint's config, with what this command line overrides (eval settings, eps, device...) on top."""
     merged = OmegaConf.create(state["config"])
     fill_missing(merged, cfg)
@@ -88,7 +88,8 @@ def checkpoint_config(cfg, state: dict):
     for key in overridden - {"task", "checkpoint"}:
         if not key.startswith("hydra"):
             OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
-    merged.task, merged.checkpoint = "eval", cfg.checkpoint
+    merged.task, merged.checkpoint, merged.resume = task, cfg.checkpoint, cfg.resume
+    merged.stop_after_epoch = cfg.stop_after_epoch  # an interruption is not part of the experiment
     OmegaConf.set_struct(merged, True)
     return merged
 
@@ -111,11 +112,17 @@ def run(cfg) -> float | None:
     out = Path(HydraConfig.get().runtime.output_dir)
     cfg = plain(cfg)
     choices = {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
-    state = None
+    state = resume = None
     if cfg.task == "eval":
         state = load_checkpoint(cfg.checkpoint)
         cfg = checkpoint_config(cfg, state)
         choices = state.get("choices", {}) | {k: v for k, v in choices.items() if k == "eval"}
+    elif cfg.resume and (out / "last.pt").exists():
+        state = resume = load_checkpoint(str(out / "last.pt"))
+        cfg = checkpoint_config(cfg, state, task="train")
+        choices = state.get("choices") or choices
+    elif cfg.resume and cfg.resume != "auto":
+        raise AdvbenchError(f"resume={cfg.resume}: no last.pt there to resume from (is it a training run?)")
     check_config(cfg)
     device = resolve_device(cfg.device)
     if cfg.threads:
@@ -131,7 +138,7 @@ def run(cfg) -> float | None:
              len(data.val[1]), len(data.test[1]), cfg.model._target_.rsplit(".", 1)[-1], device)
     training = None
     if cfg.task == "train":
-        training = fit(model, data, cfg, device, out)
+        training = fit(model, data, cfg, device, out, choices, resume)
         save_checkpoint(out / "model.pt", model, OmegaConf.to_container(cfg), choices=choices)
     OmegaConf.save(cfg, out / "config_resolved.yaml")
     torch.manual_seed(cfg.seed)  # the evaluation's random starts don't depend on what training drew

@@ -1,4 +1,5 @@
 """The training loop: epochs of the training mode, validation, model selection, the overfitting guard."""
+import json
 import logging
 import math
 from pathlib import Path
@@ -10,6 +11,7 @@ from omegaconf import OmegaConf
 from advbench.attack_spec import build_attack
 from advbench.checkpoint import save_checkpoint
 from advbench.data import TensorLoader
+from advbench.errors import Interrupted
 from advbench.evaluate import evaluate
 from advbench.guard import OverfittingGuard
 from advbench.outputs import write_jsonl
@@ -24,13 +26,31 @@ def passes_over_data(cfg) -> int:
     return math.ceil(cfg.epochs / cfg.training.replays) if cfg.training.name == "free" else cfg.epochs
 
 
-def fit(model, data, cfg, device, out: Path) -> dict:
-    """Train; validate each epoch; write metrics.jsonl, last.pt and best.pt (by robust validation accuracy)."""
+def rng_state(loader_generator: torch.Generator) -> dict:
+    """Every random state training draws from: torch's (CPU and CUDA) and the loader's shuffling."""
+    state = {"torch": torch.get_rng_state(), "loader": loader_generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict, loader_generator: torch.Generator) -> None:
+    """Put back what ``rng_state`` saved."""
+    torch.set_rng_state(state["torch"])
+    loader_generator.set_state(state["loader"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fit(model, data, cfg, device, out: Path, choices: dict, resume: dict | None = None) -> dict:
+    """Train; validate each epoch; write metrics.jsonl, last.pt (everything a resume needs) and best.pt (by
+    robust validation accuracy). With ``resume`` (a last.pt), continue after its epoch as if never stopped."""
     train_attack = build_attack(cfg.attack, cfg.eps)
     val_attack = build_attack(cfg.val.attack, cfg.eps)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
+    generator = torch.Generator().manual_seed(cfg.seed)
     loader = TensorLoader(*data.train, cfg.batch_size, shuffle=True, augment=cfg.dataset.augment,
-                          generator=torch.Generator().manual_seed(cfg.seed))
+                          generator=generator)
     passes = passes_over_data(cfg)
     updates_per_batch = cfg.training.replays if cfg.training.name == "free" else 1
     scheduler = make_scheduler(optimizer, cfg.schedule, passes * len(loader) * updates_per_batch)
@@ -39,8 +59,18 @@ def fit(model, data, cfg, device, out: Path) -> dict:
              if cfg.training.guard.enabled else None)
     val_x, val_y = (t[:cfg.val.n_examples] for t in data.val)
     config = OmegaConf.to_container(cfg)
-    metrics, best, best_epoch = [], None, None
-    for epoch in range(1, passes + 1):
+    metrics, best, best_epoch, first = [], None, None, 1
+    if resume:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        restore_rng(resume["rng"], generator)
+        first, best, best_epoch = resume["epoch"] + 1, tuple(resume["best"]), resume["best_epoch"]
+        metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][:resume["epoch"]]
+        if guard:
+            guard.restore(resume["guard"], model, optimizer)
+        log.info("resuming after epoch %d of %d", resume["epoch"], passes)
+    for epoch in range(first, passes + 1):
         row = {"epoch": epoch, **train_epoch(model, loader, optimizer, scheduler, scaler, train_attack, cfg,
                                              device, epoch, desc=f"epoch {epoch}/{passes}")}
         row["grad_computations_per_example"] = epoch * updates_per_batch
@@ -51,13 +81,20 @@ def fit(model, data, cfg, device, out: Path) -> dict:
         write_jsonl(out / "metrics.jsonl", metrics)
         log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
                                                    if isinstance(v, float)))
-        save_checkpoint(out / "last.pt", model, config, epoch=epoch, optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict())
         score = (row.get("val_robust_acc", 0.0), row.get("val_clean_acc", 0.0))
         if best is None or score > best:
             best, best_epoch = score, epoch
             save_checkpoint(out / "best.pt", model, config, epoch=epoch)
-        if guard and guard.check(model, optimizer, epoch):
+        collapsed = guard is not None and guard.check(model, optimizer, epoch)
+        # Saved last, so that a resume continues from exactly this point, random states included.
+        save_checkpoint(out / "last.pt", model, config, epoch=epoch, optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_state(generator),
+                        best=list(best), best_epoch=best_epoch, guard=guard.state() if guard else None,
+                        choices=choices)
+        if collapsed:
             break
+        if epoch == cfg.stop_after_epoch and epoch < passes:
+            raise Interrupted(f"stop_after_epoch={epoch}")
     return {"epochs_run": len(metrics), "best_epoch": best_epoch,
             "guard": guard.report() if guard else None}
+

@@ -39,6 +39,15 @@ class OverfittingGuard:
         self.good_epoch = epoch
         return False
 
+    def state(self) -> dict:
+        """What a resume needs: the accuracy history (the last good weights are last.pt's own)."""
+        return {"history": self.history, "best": self.best, "good_epoch": self.good_epoch}
+
+    def restore(self, state: dict, model, optimizer) -> None:
+        """Continue from ``state()``, with the resumed weights as the last good ones."""
+        self.history, self.best, self.good_epoch = list(state["history"]), state["best"], state["good_epoch"]
+        self.good_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
+
     def report(self) -> dict:
         """What the guard saw, for results.json."""
         rolled_back = self.fired_at is not None and self.action == "rollback"
