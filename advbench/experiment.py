@@ -1,6 +1,7 @@
 """``run(cfg)``: validate the config, train (or load a checkpoint), evaluate on the test split, write the files."""
 import copy
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -29,6 +30,17 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise AdvbenchError("device=cuda but no CUDA device is available: use device=auto or device=cpu")
     return torch.device(name)
+
+
+def threads_per_job(threads: int | None) -> int | None:
+    """Torch CPU threads: ``threads`` if given; under the joblib launcher, the cores shared among its parallel
+    jobs, so that they do not oversubscribe the machine; else torch's default."""
+    launcher = HydraConfig.get().launcher
+    if threads or "Joblib" not in str(launcher.get("_target_", "")):
+        return threads
+    cores = os.cpu_count() or 1
+    n_jobs = launcher.n_jobs if launcher.n_jobs > 0 else max(1, cores + 1 + launcher.n_jobs)
+    return max(1, cores // n_jobs)
 
 
 def check_config(cfg) -> None:
@@ -125,8 +137,9 @@ def run(cfg) -> float | None:
         raise AdvbenchError(f"resume={cfg.resume}: no last.pt there to resume from (is it a training run?)")
     check_config(cfg)
     device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads = threads_per_job(cfg.threads)
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
 
@@ -152,6 +165,7 @@ def run(cfg) -> float | None:
         "eps": {"given": str(cfg.eps), "value": parse_eps(cfg.eps)},
         "seed": cfg.seed,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "threads": torch.get_num_threads(),
         "wall_seconds": time.perf_counter() - start,
         "versions": versions(),
         "choices": choices,

@@ -64,3 +64,25 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
     assert statuses["eps=abc"].startswith("failed: eps='abc'") and statuses["eps=0.1"] == "finished\n"
     rows = write_report(tmp_path / "sweep")
     assert sorted(r["status"] for r in rows) == ["failed", "finished"]
+
+
+def test_joblib_sweep_runs_jobs_in_parallel_processes_without_oversubscribing(tmp_path):
+    advbench("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, "threads=null", "epochs=1",
+             "eps=0.05,0.1", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    results = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").rglob("results.json"))]
+    assert [r["eps"]["given"] for r in results] == ["0.05", "0.1"]
+    cores = __import__("os").cpu_count()
+    assert all(r["threads"] == max(1, cores // 2) for r in results)
+
+
+def test_slurm_launcher_configs_compose():
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        for launcher, gpus in (("submitit_slurm", None), ("slurm_gpu", 1)):
+            cfg = compose("config", overrides=[f"hydra/launcher={launcher}", "hydra.launcher.timeout_min=30",
+                                               "hydra.launcher.partition=gpu"], return_hydra_config=True)
+            assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+            assert (cfg.hydra.launcher.timeout_min, cfg.hydra.launcher.partition) == (30, "gpu")
+            assert cfg.hydra.launcher.gpus_per_node == gpus
