@@ -1,4 +1,6 @@
 """Typed schemas for the configuration, registered in Hydra's ConfigStore; the YAML in conf/ fills them in."""
+import os
+import tempfile
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
@@ -200,6 +202,9 @@ def _resuming_into(resume) -> bool:
 
 def _run_dir(resume, task, checkpoint, combination: str, timestamp: str) -> str:
     """The run's directory: the one being resumed; else outputs/<combination or eval_<run>>/<timestamp>."""
+    rank = int(os.environ.get("RANK", 0))
+    if rank > 0:  # torchrun: only rank 0 writes to the run directory; the others get scratch space
+        return os.path.join(tempfile.gettempdir(), f"advbench-rank{rank}-{os.getppid()}")
     if _resuming_into(resume):
         return str(resume)
     if getattr(task, "value", task) == "eval":  # the schema hands the resolver an enum member

@@ -29,16 +29,23 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) 
 class TensorLoader:
     """Iterates (x, y) batches of in-memory tensors; x comes out float in [0,1]."""
 
-    def __init__(self, x, y, batch_size: int, shuffle: bool = False, generator=None, augment: bool = False):
+    def __init__(self, x, y, batch_size: int, shuffle: bool = False, generator=None, augment: bool = False,
+                 rank: int = 0, world_size: int = 1):
         self.x, self.y, self.batch_size = x, y, batch_size
         self.shuffle, self.generator, self.augment = shuffle, generator, augment
+        self.rank, self.world_size = rank, world_size
+
+    def _n(self) -> int:
+        return len(self.y) // self.world_size  # every rank gets as many examples, so as many batches
 
     def __len__(self):
-        return -(-len(self.y) // self.batch_size)
+        return -(-self._n() // self.batch_size)
 
     def __iter__(self):
-        n = len(self.y)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        n = self._n()
+        order = torch.randperm(len(self.y), generator=self.generator) if self.shuffle else torch.arange(len(self.y))
+        # Every rank draws the same permutation (same seed) and takes its own slice of it.
+        order = order[:n * self.world_size][self.rank::self.world_size]
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
             x = to_unit(self.x[idx])

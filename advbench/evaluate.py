@@ -3,6 +3,7 @@ import torch
 
 from advbench.amp import autocast
 from advbench.data import TensorLoader
+from advbench.distributed import gather_flags, shard, world
 
 
 def predict(model, x, device=None, amp: str = "off", logits: bool = False) -> torch.Tensor:
@@ -20,6 +21,19 @@ def predict(model, x, device=None, amp: str = "off", logits: bool = False) -> to
 def robust_flags(model, x, y, attacks: dict, device, amp: str = "off", batch_size: int = 500,
                  cascade: bool = True, keep: int = 0):
     """Per-example flags ``clean`` and, per attack, ``correct after it``; plus the first ``keep`` adversarials.
+
+    Under torchrun each rank attacks its shard and the flags are gathered (every rank must call this).
+    """
+    if world()[1] > 1 and not keep:
+        idx = shard(len(y))
+        local = local_flags(model, x[idx], y[idx], attacks, device, amp, batch_size, cascade)
+        return gather_flags(local, len(y))
+    return local_flags(model, x, y, attacks, device, amp, batch_size, cascade, keep)
+
+
+def local_flags(model, x, y, attacks: dict, device, amp: str = "off", batch_size: int = 500,
+                cascade: bool = True, keep: int = 0):
+    """``robust_flags`` on this process's examples only.
 
     With ``cascade`` each attack runs only on the examples that survived every attack before it, so its flags
     are cumulative; without, each attack runs on every clean-correct example. Misclassified examples count as

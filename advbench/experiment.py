@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from advbench.attack_spec import build_attack
 from advbench.checkpoint import build_model, load_checkpoint, save_checkpoint
+from advbench import distributed
 from advbench.data import load_data
 from advbench.eps import parse_eps
 from advbench.errors import AdvbenchError
@@ -119,9 +120,10 @@ def evaluate_best(model, test, cfg, device, out: Path, training: dict) -> dict:
     return {"epoch": training["best_epoch"], "same_as_final": False, **summary}
 
 
-def run(cfg) -> float | None:
-    """Train (or, with task=eval, load) and evaluate as ``cfg`` says; return the worst-case robust accuracy."""
-    out = Path(HydraConfig.get().runtime.output_dir)
+def run(cfg, out: Path | None = None) -> float | None:
+    """Train (or, with task=eval, load) and evaluate as ``cfg`` says, writing into ``out`` (default: Hydra's
+    output directory); return the worst-case robust accuracy."""
+    out = Path(out or HydraConfig.get().runtime.output_dir)
     cfg = plain(cfg)
     choices = {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
     state = resume = None
@@ -136,7 +138,7 @@ def run(cfg) -> float | None:
     elif cfg.resume and cfg.resume != "auto":
         raise AdvbenchError(f"resume={cfg.resume}: no last.pt there to resume from (is it a training run?)")
     check_config(cfg)
-    device = resolve_device(cfg.device)
+    device = distributed.setup(cfg.device) or resolve_device(cfg.device)
     threads = threads_per_job(cfg.threads)
     if threads:
         torch.set_num_threads(threads)
@@ -166,6 +168,7 @@ def run(cfg) -> float | None:
         "seed": cfg.seed,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "threads": torch.get_num_threads(),
+        "world_size": distributed.world()[1],
         "wall_seconds": time.perf_counter() - start,
         "versions": versions(),
         "choices": choices,

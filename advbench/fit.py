@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from advbench.attack_spec import build_attack
 from advbench.checkpoint import save_checkpoint
 from advbench.data import TensorLoader
+from advbench.distributed import world, wrap
 from advbench.errors import Interrupted
 from advbench.evaluate import evaluate
 from advbench.guard import OverfittingGuard
@@ -49,8 +50,10 @@ def fit(model, data, cfg, device, out: Path, choices: dict, resume: dict | None 
     val_attack = build_attack(cfg.val.attack, cfg.eps)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     generator = torch.Generator().manual_seed(cfg.seed)
+    rank, world_size = world()
     loader = TensorLoader(*data.train, cfg.batch_size, shuffle=True, augment=cfg.dataset.augment,
-                          generator=generator)
+                          generator=generator, rank=rank, world_size=world_size)
+    trained = wrap(model, device)  # DDP under torchrun; ``model`` stays the bare module
     passes = passes_over_data(cfg)
     updates_per_batch = cfg.training.replays if cfg.training.name == "free" else 1
     scheduler = make_scheduler(optimizer, cfg.schedule, passes * len(loader) * updates_per_batch)
@@ -71,7 +74,7 @@ def fit(model, data, cfg, device, out: Path, choices: dict, resume: dict | None 
             guard.restore(resume["guard"], model, optimizer)
         log.info("resuming after epoch %d of %d", resume["epoch"], passes)
     for epoch in range(first, passes + 1):
-        row = {"epoch": epoch, **train_epoch(model, loader, optimizer, scheduler, scaler, train_attack, cfg,
+        row = {"epoch": epoch, **train_epoch(trained, loader, optimizer, scheduler, scaler, train_attack, cfg,
                                              device, epoch, desc=f"epoch {epoch}/{passes}")}
         row["grad_computations_per_example"] = epoch * updates_per_batch
         if len(val_y):  # model selection and monitoring never look at the test split

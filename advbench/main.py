@@ -1,6 +1,7 @@
 """The ``advbench`` command: Hydra composes the config, ``run`` does the experiment."""
 import json
 import logging
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
+from advbench import distributed
 from advbench.config import register_configs
 from advbench.errors import AdvbenchError, Interrupted
 from advbench.experiment import run
@@ -38,7 +40,7 @@ def main(cfg) -> float | None:
     A job of a multirun that fails is recorded (its ``status`` file, its log) and the sweep goes on. SIGINT and
     SIGTERM stop the run cleanly: every file is written atomically, and ``resume`` continues from last.pt.
     """
-    out = Path(HydraConfig.get().runtime.output_dir)
+    out = Path(HydraConfig.get().runtime.output_dir if distributed.is_main() else distributed.scratch_dir())
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     if cfg.resume:
         done, result = finished_result(out)
@@ -49,7 +51,9 @@ def main(cfg) -> float | None:
         signal.signal(signum, _raise_interrupted)
     write_status(out, "running")
     try:
-        result = run(cfg)
+        result = run(cfg, out)
+        write_status(out, "finished")
+        return result
     except Interrupted as err:
         write_status(out, f"interrupted: {err}")
         log.error("interrupted (%s): files of the last finished epoch kept; continue with: advbench resume=%s",
@@ -67,8 +71,10 @@ def main(cfg) -> float | None:
             log.exception("job failed; the sweep goes on")
             return None
         raise
-    write_status(out, "finished")
-    return result
+    finally:
+        distributed.teardown()
+        if not distributed.is_main():
+            shutil.rmtree(out, ignore_errors=True)  # torchrun: the other ranks' scratch directory
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from advbench.amp import autocast
+from advbench.distributed import bare
 from advbench.evaluate import predict
 from advbench.losses import mart_loss, trades_attack_loss, trades_loss
 from advbench.schedules import eps_factor
@@ -36,7 +37,7 @@ def mixed_step(model, x, y, attack, cfg):
 
 def trades_step(model, x, y, attack, cfg):
     """TRADES (Zhang et al. 2019): CE(clean) + beta * KL(p(x) || p(x_adv)), x_adv maximizing that KL."""
-    p_clean = predict(model, x, logits=True).softmax(1)
+    p_clean = predict(bare(model), x, logits=True).softmax(1)
     x_adv = attack(model, x, p_clean, loss_fn=trades_attack_loss)
     logits, logits_adv = model(torch.cat([x, x_adv])).float().chunk(2)
     return trades_loss(logits, logits_adv, y, cfg.training.beta), logits, logits_adv
@@ -61,10 +62,9 @@ MODES = {
 }
 
 
-def free_replays(model, x, y, delta, attack, cfg, update):
+def free_replays(model, x, y, delta, eps: float, cfg, update):
     """Free-AT (Shafahi et al. 2019): replay the batch m times; one backward pass gives both the parameter
     gradient (used by ``update``) and the input gradient (an FGSM step on the persistent ``delta``)."""
-    eps = attack.eps
     for _ in range(cfg.training.replays):
         x_adv = (x + delta).clamp(0, 1).requires_grad_(True)
         with autocast(x.device, cfg.amp):
@@ -80,6 +80,7 @@ def train_epoch(model, loader, optimizer, scheduler, scaler, attack, cfg, device
     """Train one pass over ``loader``; return the pass's loss, accuracies, lr and speed."""
     step, _ = MODES[cfg.training.name]
     model.train()
+    net = bare(model)  # attacks and clean predictions use the bare module: no DDP gradient synchronisation
     totals = {"loss": 0.0, "clean": 0, "adv": 0, "n": 0}
     delta = None  # free: the perturbation carried from batch to batch
 
@@ -98,11 +99,12 @@ def train_epoch(model, loader, optimizer, scheduler, scaler, attack, cfg, device
     for i, (x, y) in enumerate(bar):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         lr = optimizer.param_groups[0]["lr"]
-        batch_attack = attack and attack.scaled(eps_factor(cfg.eps_warmup_epochs, epoch - 1 + i / len(loader)))
+        scaled = attack and attack.scaled(eps_factor(cfg.eps_warmup_epochs, epoch - 1 + i / len(loader)))
+        batch_attack = scaled and (lambda _, *args, **kw: scaled(net, *args, **kw))
         if cfg.training.name == "free":
             if delta is None or delta.shape != x.shape:
                 delta = torch.zeros_like(x)
-            loss, logits_adv, delta = free_replays(model, x, y, delta, batch_attack, cfg, update)
+            loss, logits_adv, delta = free_replays(model, x, y, delta, scaled.eps, cfg, update)
             logits = None
         else:
             with autocast(device, cfg.amp):
@@ -110,7 +112,7 @@ def train_epoch(model, loader, optimizer, scheduler, scaler, attack, cfg, device
             update(loss)
 
         if logits is None:  # adversarial-only modes: clean accuracy costs one extra no-grad forward
-            logits = predict(model, x, device, cfg.amp, logits=True)
+            logits = predict(net, x, device, cfg.amp, logits=True)
         totals["loss"] += loss.item() * len(y)
         totals["clean"] += (logits.argmax(1) == y).sum().item()
         if logits_adv is not None:

@@ -99,7 +99,7 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     ("foo=1", "Could not override 'foo'"),
     ("epochs=abc", "epochs"),
     ("amp=fp8", "amp"),
-    ("attack=none", "training=adversarial needs an attack"),
+    ("attack=none", "training=adversarial accepts attack=fgsm, fgsm_rs, pgd, fgm; attack=none given"),
     ("device=cuda", "device=cuda"),
     ("dataset=mnist", "dataset=mnist"),
 ])

@@ -1,0 +1,30 @@
+"""Data-parallel training with torchrun: 2 processes on the CPU (gloo)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from test_cli import TINY, advbench
+
+
+def test_two_process_ddp_run_writes_one_directory_with_gathered_results(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "advbench", *TINY, "eval.n_examples=101", f"hydra.run.dir={run}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((run / "results.json").read_text())
+    assert results["world_size"] == 2 and results["n_examples"] == 101  # both ranks' shards, gathered
+    flags = np.load(run / "robust_flags.npz")
+    assert len(flags["clean"]) == 101 and flags["clean"].mean() == results["clean_acc"]
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # only rank 0 wrote files
+    assert (run / "advbench.log").read_text().count("epoch 1:") == 1
+
+    # The gathered clean flags are those of evaluating the same weights in one process.
+    advbench("task=eval", f"checkpoint={run}", "progress=false", f"hydra.run.dir={tmp_path}/single",
+             cwd=tmp_path)
+    single = json.loads((tmp_path / "single" / "results.json").read_text())
+    assert single["world_size"] == 1 and single["clean_acc"] == results["clean_acc"]
+    np.testing.assert_array_equal(np.load(tmp_path / "single" / "robust_flags.npz")["clean"], flags["clean"])
