@@ -11,22 +11,31 @@ _FP16_LOSS_SCALE = 2.0**12
 
 
 @contextmanager
-def attack_mode(model: torch.nn.Module, bn_mode: str = "eval"):
-    """Run the body with the model in ``bn_mode``, parameters frozen and grad enabled; restore all afterwards."""
+def preserved_modes(model: torch.nn.Module):
+    """Restore every sub-module's own train/eval mode on exit (model.train(flag) would flatten them)."""
     modes = [m.training for m in model.modules()]
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    model.train(bn_mode == "train")
-    for p in params:
-        p.requires_grad_(False)  # no parameter gradient is computed, so none is left behind
     try:
-        with torch.enable_grad():  # attacks also run from inside the caller's torch.no_grad()
-            yield
+        yield
     finally:
         for m, mode in zip(model.modules(), modes):
             m.training = mode
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
+
+
+@contextmanager
+def attack_mode(model: torch.nn.Module, bn_mode: str = "eval"):
+    """Run the body with the model in ``bn_mode``, parameters frozen and grad enabled; restore all afterwards."""
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    with preserved_modes(model):
+        model.train(bn_mode == "train")
+        for p in params:
+            p.requires_grad_(False)  # no parameter gradient is computed, so none is left behind
+        try:
+            with torch.enable_grad():  # attacks also run from inside the caller's torch.no_grad()
+                yield
+        finally:
+            for p, flag in zip(params, flags):
+                p.requires_grad_(flag)
 
 
 def loss_and_grad(model, x: torch.Tensor, loss_fn):

@@ -2,19 +2,16 @@
 import torch
 
 from advbench.amp import autocast
+from advbench.attacks import preserved_modes
 from advbench.data import TensorLoader
 from advbench.distributed import gather_flags, shard, world
 
 
 def predict(model, x, device=None, amp: str = "off", logits: bool = False) -> torch.Tensor:
     """Predicted labels (or logits) of ``x`` in eval mode without grad; the caller's mode is restored."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), autocast(device or x.device, amp):
-            out = model(x).float()
-    finally:
-        model.train(was_training)
+    with preserved_modes(model), torch.no_grad(), autocast(device or x.device, amp):
+        model.eval()
+        out = model(x).float()
     return out if logits else out.argmax(1)
 
 
