@@ -122,6 +122,15 @@ class TrainingConf:
 class Task(Enum):
     train = "train"
     eval = "eval"
+    saliency = "saliency"
+
+
+@dataclass
+class SaliencyConf:
+    n_examples: int = 8  # test images, one PNG each
+    smoothgrad: bool = True
+    smoothgrad_samples: int = 16
+    smoothgrad_sigma: float = 0.15
 
 
 @dataclass
@@ -173,6 +182,7 @@ class Config:
     eval: EvalConf = MISSING
     task: Task = Task.train
     checkpoint: Optional[str] = None
+    saliency: SaliencyConf = field(default_factory=SaliencyConf)
     resume: Optional[str] = None  # a run directory, or auto: each job's own directory (sweeps)
     stop_after_epoch: Optional[int] = None  # end after this epoch as if interrupted (resumable)
 
@@ -207,10 +217,11 @@ def _run_dir(resume, task, checkpoint, combination: str, timestamp: str) -> str:
         return os.path.join(tempfile.gettempdir(), f"advbench-rank{rank}-{os.getppid()}")
     if _resuming_into(resume):
         return str(resume)
-    if getattr(task, "value", task) == "eval":  # the schema hands the resolver an enum member
+    task = getattr(task, "value", task)  # the schema hands the resolver an enum member
+    if task in ("eval", "saliency"):
         parts = [p for p in str(checkpoint).replace("\\", "/").split("/") if p and p not in (".", "..")]
         parts = [p for p in parts if not p.endswith(".pt")][-2:]  # the run's directory names, not the file
-        combination = "eval_" + ("_".join(parts) or "checkpoint")
+        combination = f"{task}_" + ("_".join(parts) or "checkpoint")
     return f"outputs/{combination}/{timestamp}"
 
 

@@ -3,6 +3,7 @@ import copy
 import logging
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from advbench.evaluate import evaluate
 from advbench.final_eval import check_eval_config, eval_attacks, final_evaluation
 from advbench.fit import fit
 from advbench.outputs import versions, write_json
+from advbench.saliency import write_saliency
 from advbench.training import MODES
 
 log = logging.getLogger(__name__)
@@ -127,9 +129,9 @@ def run(cfg, out: Path | None = None) -> float | None:
     cfg = plain(cfg)
     choices = {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
     state = resume = None
-    if cfg.task == "eval":
+    if cfg.task in ("eval", "saliency"):
         state = load_checkpoint(cfg.checkpoint)
-        cfg = checkpoint_config(cfg, state)
+        cfg = checkpoint_config(cfg, state, task=cfg.task)
         choices = state.get("choices", {}) | {k: v for k, v in choices.items() if k == "eval"}
     elif cfg.resume and (out / "last.pt").exists():
         state = resume = load_checkpoint(str(out / "last.pt"))
@@ -157,6 +159,12 @@ def run(cfg, out: Path | None = None) -> float | None:
         save_checkpoint(out / "model.pt", model, OmegaConf.to_container(cfg), choices=choices)
     OmegaConf.save(cfg, out / "config_resolved.yaml")
     torch.manual_seed(cfg.seed)  # the evaluation's random starts don't depend on what training drew
+    if cfg.task == "saliency":
+        attack = next(iter(eval_attacks(cfg, cfg.eps).values()))  # the run's first evaluation attack
+        files = write_saliency(model, data.test, attack, cfg, device, out)
+        write_json(out / "results.json", {"task": "saliency", "checkpoint": cfg.checkpoint, "files": files,
+                                          "attack": asdict(attack), "choices": choices, "versions": versions()})
+        return None
 
     results = final_evaluation(model, data.test, cfg, device, out)
     if training:

@@ -18,13 +18,22 @@ def trades_attack_loss(logits_adv: torch.Tensor, p_clean: torch.Tensor) -> torch
     return F.kl_div(F.log_softmax(logits_adv, dim=1), p_clean, reduction="none").sum(1)
 
 
-def mart_loss(logits_clean, logits_adv, y, beta: float) -> torch.Tensor:
-    """MART (Wang et al. 2020): boosted CE on x_adv + beta * KL(p(x) || p(x_adv)) weighted by 1 - p_y(x)."""
+def mart_boosted_ce(logits_adv, y) -> torch.Tensor:
+    """MART's first term, per example: CE on x_adv plus a margin term against the most likely wrong class."""
     p_adv = F.softmax(logits_adv, dim=1)
     top2 = p_adv.argsort(dim=1)[:, -2:]
-    wrong = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])  # the most likely wrong class
-    boosted_ce = F.cross_entropy(logits_adv, y) + F.nll_loss(torch.log(1.0001 - p_adv + 1e-12), wrong)
-    p_clean = F.softmax(logits_clean, dim=1)
+    wrong = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
+    return (F.cross_entropy(logits_adv, y, reduction="none")
+            + F.nll_loss(torch.log(1.0001 - p_adv + 1e-12), wrong, reduction="none"))
+
+
+def mart_weighted_kl(logits_clean, logits_adv, y) -> torch.Tensor:
+    """MART's second term, per example: KL(p(x) || p(x_adv)) weighted by 1 - p_y(x)."""
+    p_adv, p_clean = F.softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1)
     kl = F.kl_div(torch.log(p_adv + 1e-12), p_clean, reduction="none").sum(1)
-    p_true = p_clean.gather(1, y[:, None]).squeeze(1)
-    return boosted_ce + beta * (kl * (1.0000001 - p_true)).mean()
+    return kl * (1.0000001 - p_clean.gather(1, y[:, None]).squeeze(1))
+
+
+def mart_loss(logits_clean, logits_adv, y, beta: float) -> torch.Tensor:
+    """MART (Wang et al. 2020): boosted CE on x_adv + beta * KL(p(x) || p(x_adv)) weighted by 1 - p_y(x)."""
+    return mart_boosted_ce(logits_adv, y).mean() + beta * mart_weighted_kl(logits_clean, logits_adv, y).mean()

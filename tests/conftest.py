@@ -44,5 +44,6 @@ def trained_mlp(digits):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     model.eval()
     return model

@@ -1,0 +1,49 @@
+"""Saliency maps: the gradient of each loss term, and task=saliency through the CLI."""
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from advbench.attack_spec import Attack
+from advbench.saliency import smoothgrad, term_gradients
+from test_cli import advbench
+
+
+@pytest.mark.parametrize("mode", ["mixed", "trades", "mart"])
+def test_each_loss_term_has_its_own_gradient_map(trained_mlp, digits, mode):
+    x, y = digits.test[0][:16], digits.test[1][:16]
+    x_adv = Attack("pgd", "linf", 0.1, 0.03, 5, True)(trained_mlp, x, y)
+    cfg = OmegaConf.create({"training": {"name": mode, "beta": 6.0, "adv_weight": 0.5}})
+    terms = term_gradients(trained_mlp, x, x_adv, y, cfg)
+    assert len(terms) == 2
+    first, second = terms.values()
+    assert first.shape == second.shape == x.shape
+    assert first.abs().sum() > 0 and second.abs().sum() > 0
+    cos = torch.nn.functional.cosine_similarity(first.flatten(), second.flatten(), dim=0)
+    assert cos < 0.99  # different terms look at different pixels
+    assert all(p.grad is None for p in trained_mlp.parameters())
+    assert term_gradients(trained_mlp, x, x_adv, y, OmegaConf.create({"training": {"name": "adversarial",
+                                                                                   "beta": 0.0}})) == {}
+
+
+def test_smoothgrad_averages_noisy_gradients(trained_mlp, digits):
+    x, y = digits.test[0][:8], digits.test[1][:8]
+    torch.manual_seed(0)
+    smooth = smoothgrad(trained_mlp, x, y, samples=8, sigma=0.15)
+    assert smooth.shape == x.shape and smooth.abs().sum() > 0
+
+
+def test_saliency_task_writes_one_png_per_image(tmp_path):
+    advbench("dataset=digits", "model=mlp", "model.hidden=32", "training=trades", "attack=pgd", "attack.steps=2",
+             "epochs=2", "progress=false", "threads=1", "eval.n_examples=50", f"hydra.run.dir={tmp_path}/run",
+             cwd=tmp_path)
+    proc = advbench("task=saliency", f"checkpoint={tmp_path}/run", "saliency.n_examples=3",
+                    "saliency.smoothgrad_samples=4", "progress=false", f"hydra.run.dir={tmp_path}/sal",
+                    cwd=tmp_path)
+    files = json.loads((tmp_path / "sal" / "results.json").read_text())["files"]
+    assert files == ["saliency_0.png", "saliency_1.png", "saliency_2.png"]
+    for name in files:
+        data = (tmp_path / "sal" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 3000
+    assert "beta * KL(p(x) || p(x_adv))" in proc.stderr and "SmoothGrad" in proc.stderr
