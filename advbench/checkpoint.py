@@ -49,8 +49,16 @@ def load_checkpoint(path: str) -> dict:
 
 def build_model(model_cfg, data, dataset_cfg, state_dict=None) -> torch.nn.Module:
     """Instantiate ``model_cfg`` for ``data``; with ``state_dict``, load it or say why it does not fit."""
-    model = instantiate(model_cfg, in_shape=data.shape, n_classes=data.n_classes, mean=list(dataset_cfg.mean),
-                        std=list(dataset_cfg.std))
+    try:
+        model = instantiate(model_cfg, in_shape=data.shape, n_classes=data.n_classes,
+                            **data.model_kwargs(dataset_cfg))
+    except Exception as err:  # instantiate wraps the factory's TypeError
+        if "unexpected keyword argument" not in str(err):
+            raise
+        kind, models = ("text", "textcnn or transformer") if data.is_text else ("image", "mlp, small_cnn or "
+                                                                                   "preact_resnet18")
+        raise AdvbenchError(f"model={model_cfg._target_.rsplit('.', 1)[-1]} does not take {kind} data "
+                            f"(dataset={dataset_cfg.name}): use model={models}") from None
     if state_dict is not None:
         try:
             model.load_state_dict(state_dict)

@@ -39,6 +39,12 @@ class Norm(Enum):
     l2 = "l2"
 
 
+class Target(Enum):
+    input = "input"
+    embedding = "embedding"
+    embedding_weights = "embedding_weights"
+
+
 class BnMode(Enum):
     eval = "eval"
     train = "train"
@@ -75,14 +81,25 @@ class DatasetConf:
     split_seed: int = 0
     n_train: Optional[int] = None  # keep only the first n training examples (quick runs)
     augment: bool = False
-    mean: List[float] = MISSING
-    std: List[float] = MISSING
+    mean: List[float] = field(default_factory=list)  # images: per channel (the model normalizes)
+    std: List[float] = field(default_factory=list)
     # synthetic only
     n_classes: int = 10
     channels: int = 1
     image_size: int = 8
     n_test: int = 200
     noise: float = 0.2
+    # text
+    max_len: int = 64  # tokens per example, truncated or padded
+    max_vocab: int = 20000
+    min_freq: int = 1
+    categories: List[str] = field(default_factory=list)  # fortunes: one class per category file
+    fortunes_dir: str = "/usr/share/games/fortunes"
+    test_size: float = 0.25  # fortunes: share of each class held out for the test split
+    train_csv: Optional[str] = None  # text_csv
+    test_csv: Optional[str] = None
+    text_column: str = "text"
+    label_column: str = "label"
 
 
 @dataclass
@@ -98,6 +115,7 @@ class AttackConf:
     bn_mode: BnMode = BnMode.eval
     loss: Loss = Loss.ce  # apgd: cross-entropy or the DLR loss
     n_targets: int = 9  # apgd targeted: the top-n wrong classes, each in turn
+    target: Optional[Target] = None  # what is perturbed; null: the input (images), the embedding output (text)
 
 
 @dataclass

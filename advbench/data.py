@@ -6,11 +6,14 @@ import torch.nn.functional as F
 
 from advbench.errors import AdvbenchError
 from advbench.sources import SOURCES
+from advbench.text import TEXT_SOURCES, build_vocab, encode
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """Images as float in [0,1], whether stored as uint8 or float."""
-    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+    """Images as float in [0,1], whether stored as uint8 or float; token ids (int64) pass unchanged."""
+    if x.dtype == torch.uint8:
+        return x.float().div_(255)
+    return x.float() if x.is_floating_point() else x
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -61,23 +64,46 @@ class Data:
     test: tuple
     shape: tuple
     n_classes: int
+    vocab: list | None = None  # text: the training split's vocabulary; ids index it
+
+    @property
+    def is_text(self) -> bool:
+        return self.vocab is not None
+
+    def model_kwargs(self, cfg) -> dict:
+        """What a model factory takes besides shape and classes: normalization, or the vocabulary size."""
+        if self.is_text:
+            return {"vocab_size": len(self.vocab)}
+        return {"mean": list(cfg.mean), "std": list(cfg.std)}
+
+
+def _encode_text(cfg, train, test):
+    """Texts to padded token ids, with a vocabulary built from the training texts only."""
+    vocab = build_vocab(train[0], cfg.max_vocab, cfg.min_freq)
+    as_ids = [(encode(texts, vocab, cfg.max_len), torch.tensor(labels, dtype=torch.int64))
+              for texts, labels in (train, test)]
+    return as_ids[0], as_ids[1], vocab
 
 
 def load_data(cfg) -> Data:
     """Load ``cfg.name`` and carve a fixed validation split from its training set."""
-    if cfg.name not in SOURCES:
-        raise AdvbenchError(f"dataset.name={cfg.name!r} is unknown: expected one of {', '.join(SOURCES)}")
-    (x, y), test = SOURCES[cfg.name](cfg)
+    sources = SOURCES | TEXT_SOURCES
+    if cfg.name not in sources:
+        raise AdvbenchError(f"dataset.name={cfg.name!r} is unknown: expected one of {', '.join(sources)}")
+    (x, y), test = sources[cfg.name](cfg)
+    vocab = None
+    if cfg.name in TEXT_SOURCES:
+        (x, y), test, vocab = _encode_text(cfg, (x, y), test)
     if cfg.n_train is not None:
         x, y = x[:cfg.n_train], y[:cfg.n_train]
     if not 0 <= cfg.val_size < len(y):
         raise AdvbenchError(f"dataset.val_size={cfg.val_size} must be in [0, {len(y)}) for dataset={cfg.name}")
     channels = x.shape[1]
-    if len(cfg.mean) != channels or len(cfg.std) != channels:
+    if vocab is None and (len(cfg.mean) != channels or len(cfg.std) != channels):
         raise AdvbenchError(f"dataset.mean/std have {len(cfg.mean)}/{len(cfg.std)} values for {channels}-channel "
                             f"images of dataset={cfg.name}: give one per channel")
     # A fixed permutation, independent of the run's seed, so every run validates on the same examples.
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.split_seed))
     val_idx, train_idx = perm[:cfg.val_size], perm[cfg.val_size:]
     return Data(train=(x[train_idx], y[train_idx]), val=(x[val_idx], y[val_idx]), test=test,
-                shape=tuple(x.shape[1:]), n_classes=int(max(y.max(), test[1].max())) + 1)
+                shape=tuple(x.shape[1:]), n_classes=int(max(y.max(), test[1].max())) + 1, vocab=vocab)

@@ -49,9 +49,10 @@ def local_flags(model, x, y, attacks: dict, device, amp: str = "off", batch_size
             if idx.numel():
                 with autocast(device, amp):
                     x_adv = attack(model, xb[idx], yb[idx])
-                ok[idx] = predict(model, x_adv, device, amp) == yb[idx]
-                update = idx[alive[idx]]  # examples not broken before: show this attack's attempt
-                shown[update] = x_adv[alive[idx]]
+                judge = attack.judge(model) if hasattr(attack, "judge") else model
+                ok[idx] = predict(judge, x_adv, device, amp) == yb[idx]
+                if keep:  # examples not broken before: show this attack's attempt
+                    shown[idx[alive[idx]]] = x_adv[alive[idx]]
             alive &= ok
             flags[name].append(ok.cpu())
         if start < keep:

@@ -21,6 +21,7 @@ from advbench.final_eval import check_eval_config, eval_attacks, final_evaluatio
 from advbench.fit import fit
 from advbench.outputs import versions, write_json
 from advbench.saliency import write_saliency
+from advbench.text import is_text
 from advbench.training import MODES
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,18 @@ def check_config(cfg) -> None:
             raise AdvbenchError(f"{key}={value} must be a positive integer or null (all)")
     if cfg.task == "train":
         check_training_attack(cfg)
-    build_attack(cfg.val.attack, cfg.eps)
+    if not is_text(cfg.dataset):  # text validates under the run's own attack
+        build_attack(cfg.val.attack, cfg.eps)
     check_eval_config(cfg)
 
 
 def check_training_attack(cfg) -> None:
     """Each training mode names the attacks it accepts; anything else is a one-line error."""
     mode = cfg.training.name
-    attack, allowed = build_attack(cfg.attack, cfg.eps), MODES[mode][1]
+    if is_text(cfg.dataset) and mode not in ("standard", "mixed"):
+        raise AdvbenchError(f"training={mode} on text data: embedding attacks train with training=mixed (clean plus "
+                            "adversarial gradient, Miyato et al. 2017) or standard")
+    attack, allowed = build_attack(cfg.attack, cfg.eps, is_text(cfg.dataset)), MODES[mode][1]
     if allowed is None:
         return
     name = attack.name if attack else "none"
@@ -149,17 +154,23 @@ def run(cfg, out: Path | None = None) -> float | None:
 
     data = load_data(cfg.dataset)
     model = build_model(cfg.model, data, cfg.dataset, state and state["state_dict"])
+    if state and state.get("vocab") is not None and state["vocab"] != data.vocab:
+        raise AdvbenchError(f"checkpoint: its vocabulary differs from dataset={cfg.dataset.name}'s training split "
+                            "now: the token ids would not mean the same words")
     # channels_last lets oneDNN (CPU) and cuDNN pick their faster NHWC kernels: ~1.4x for small_cnn on CPU.
-    model = model.to(device, memory_format=torch.channels_last)
+    model = model.to(device) if data.is_text else model.to(device, memory_format=torch.channels_last)
     log.info("%s: %d train / %d val / %d test examples; %s on %s", cfg.dataset.name, len(data.train[1]),
              len(data.val[1]), len(data.test[1]), cfg.model._target_.rsplit(".", 1)[-1], device)
     training = None
     if cfg.task == "train":
         training = fit(model, data, cfg, device, out, choices, resume)
-        save_checkpoint(out / "model.pt", model, OmegaConf.to_container(cfg), choices=choices)
+        save_checkpoint(out / "model.pt", model, OmegaConf.to_container(cfg), choices=choices, vocab=data.vocab)
     OmegaConf.save(cfg, out / "config_resolved.yaml")
     torch.manual_seed(cfg.seed)  # the evaluation's random starts don't depend on what training drew
     if cfg.task == "saliency":
+        if data.is_text:
+            raise AdvbenchError("task=saliency draws image gradients; token saliency for text models is not "
+                                "implemented yet")
         attack = next(iter(eval_attacks(cfg, cfg.eps).values()))  # the run's first evaluation attack
         files = write_saliency(model, data.test, attack, cfg, device, out)
         write_json(out / "results.json", {"task": "saliency", "checkpoint": cfg.checkpoint, "files": files,

@@ -7,21 +7,36 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from advbench.attack_spec import build_attack
 from advbench.data import to_unit
 from advbench.eps import parse_eps
+from advbench.errors import AdvbenchError
 from advbench.evaluate import predict, robust_flags, summarize
 from advbench.outputs import atomic_write
 from advbench.plots import plot_examples, plot_robustness_curve
 from advbench.sanity import sanity_checks
+from advbench.text import is_text
 
 log = logging.getLogger(__name__)
 
 
+def embedding_attack(cfg, eps):
+    """Text: the run's own attack, on the embedding output, at budget ``eps``; None without an attack."""
+    if cfg.attack.name == "none":
+        return None
+    return build_attack(OmegaConf.merge(cfg.attack, {"target": "embedding", "restarts": 1}), eps, text=True)
+
+
 def eval_attacks(cfg, eps) -> dict:
-    """``eval.attacks`` built at budget ``eps`` (the run's eps text unless given)."""
-    attacks = {name: build_attack(spec, eps) for name, spec in cfg.eval.attacks.items()}
+    """``eval.attacks`` built at budget ``eps`` (the run's eps text unless given). Text evaluates under the run's
+    attack on the embedding output, plus the ``eval.attacks`` entries that set a target themselves."""
+    text = is_text(cfg.dataset)
+    specs = {name: spec for name, spec in cfg.eval.attacks.items() if not text or spec.target is not None}
+    attacks = {name: build_attack(spec, eps, text) for name, spec in specs.items()}
+    if text:
+        attacks = {f"{cfg.attack.name}_embedding": embedding_attack(cfg, eps)} | attacks
     return {name: a for name, a in attacks.items() if a is not None}
 
 
@@ -29,6 +44,8 @@ def check_eval_config(cfg) -> None:
     """Build every evaluation attack at every eps, so a bad value stops the run before any work."""
     for eps in [cfg.eps, *(cfg.eval.eps_list or [])]:
         eval_attacks(cfg, eps)
+    if cfg.eval.save_examples and is_text(cfg.dataset):
+        raise AdvbenchError("eval.save_examples draws images; for text use task=saliency")
 
 
 def save_flags(path, flags: dict) -> None:

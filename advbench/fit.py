@@ -14,9 +14,11 @@ from advbench.data import TensorLoader
 from advbench.distributed import world, wrap
 from advbench.errors import Interrupted
 from advbench.evaluate import evaluate
+from advbench.final_eval import embedding_attack
 from advbench.guard import OverfittingGuard
 from advbench.outputs import write_jsonl
 from advbench.schedules import make_scheduler
+from advbench.text import is_text
 from advbench.training import train_epoch
 
 log = logging.getLogger(__name__)
@@ -46,8 +48,9 @@ def restore_rng(state: dict, loader_generator: torch.Generator) -> None:
 def fit(model, data, cfg, device, out: Path, choices: dict, resume: dict | None = None) -> dict:
     """Train; validate each epoch; write metrics.jsonl, last.pt (everything a resume needs) and best.pt (by
     robust validation accuracy). With ``resume`` (a last.pt), continue after its epoch as if never stopped."""
-    train_attack = build_attack(cfg.attack, cfg.eps)
-    val_attack = build_attack(cfg.val.attack, cfg.eps)
+    text = is_text(cfg.dataset)
+    train_attack = build_attack(cfg.attack, cfg.eps, text)
+    val_attack = embedding_attack(cfg, cfg.eps) if text else build_attack(cfg.val.attack, cfg.eps)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     generator = torch.Generator().manual_seed(cfg.seed)
     rank, world_size = world()

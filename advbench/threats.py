@@ -11,15 +11,19 @@ def _per_example_norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
 
 
-class LinfThreat:
-    """The Linf ball ||delta||_inf <= eps, intersected with the [0,1] box."""
+def _box(x: torch.Tensor, box: bool) -> torch.Tensor:
+    return x.clamp_(0, 1) if box else x
 
-    def __init__(self, eps: float, alpha: float):
-        self.eps, self.alpha = eps, alpha
+
+class LinfThreat:
+    """The Linf ball ||delta||_inf <= eps, intersected with the [0,1] box (``box=False``: embeddings, no box)."""
+
+    def __init__(self, eps: float, alpha: float, box: bool = True):
+        self.eps, self.alpha, self.box = eps, alpha, box
 
     def init(self, x: torch.Tensor) -> torch.Tensor:
         """A uniform random point of the ball around ``x``."""
-        return (x + torch.empty_like(x).uniform_(-self.eps, self.eps)).clamp_(0, 1)
+        return _box(x + torch.empty_like(x).uniform_(-self.eps, self.eps), self.box)
 
     def step(self, x: torch.Tensor, grad: torch.Tensor, alpha=None) -> torch.Tensor:
         """Steepest ascent under Linf: the sign of the gradient, times ``alpha`` (a number or per example)."""
@@ -27,14 +31,14 @@ class LinfThreat:
 
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Clip to the ball around ``x``, then to valid pixels."""
-        return torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp_(0, 1)
+        return _box(torch.min(torch.max(x_adv, x - self.eps), x + self.eps), self.box)
 
 
 class L2Threat:
-    """The L2 ball ||delta||_2 <= eps per example, intersected with the [0,1] box."""
+    """The L2 ball ||delta||_2 <= eps per example, intersected with the [0,1] box (``box=False``: no box)."""
 
-    def __init__(self, eps: float, alpha: float):
-        self.eps, self.alpha = eps, alpha
+    def __init__(self, eps: float, alpha: float, box: bool = True):
+        self.eps, self.alpha, self.box = eps, alpha, box
 
     def init(self, x: torch.Tensor) -> torch.Tensor:
         """A random point of the ball: a Gaussian direction at a uniform radius."""
@@ -51,7 +55,7 @@ class L2Threat:
         """Shrink the perturbation onto the ball, then clip to valid pixels."""
         delta = x_adv - x
         delta = delta * (self.eps / _per_example_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
-        return (x + delta).clamp_(0, 1)
+        return _box(x + delta, self.box)
 
 
 THREATS = {"linf": LinfThreat, "l2": L2Threat}

@@ -8,6 +8,7 @@ from tqdm import tqdm
 
 from advbench.amp import autocast
 from advbench.distributed import bare
+from advbench.embedding import perturb_embedding_weights, restore_embedding_weights
 from advbench.evaluate import predict
 from advbench.losses import mart_loss, trades_attack_loss, trades_loss
 from advbench.schedules import eps_factor
@@ -50,6 +51,16 @@ def mart_step(model, x, y, attack, cfg):
     return mart_loss(logits, logits_adv, y, cfg.training.beta), logits, logits_adv
 
 
+def embedding_step(model, x, y, attack, cfg):
+    """Text, mixed (Miyato et al. 2017): clean CE plus CE at the adversarial embeddings; their gradients add."""
+    logits = model(x)
+    net = bare(model)
+    emb = net.embedding(x)
+    r = (attack(model, x, y) - emb).detach()  # the adversarial perturbation, a constant for the update
+    logits_adv = net.classify(emb + r)
+    return F.cross_entropy(logits.float(), y) + F.cross_entropy(logits_adv.float(), y), logits, logits_adv
+
+
 # mode -> (step, attacks it accepts; None: any, unused). free replays batches itself (free_replays below).
 MODES = {
     "standard": (standard_step, None),
@@ -75,6 +86,28 @@ def free_replays(model, x, y, delta, eps: float, cfg, update):
     return loss.detach(), logits_adv.detach(), delta
 
 
+def embedding_weights_step(model, x, y, eps: float, cfg, scaler, update):
+    """Text, mixed, attack.target=embedding_weights (the common NLP FGM recipe): after the clean backward pass,
+    move the embedding matrix W along its gradient, add the adversarial loss's gradient, restore W bit for bit,
+    then step the optimizer."""
+    with autocast(x.device, cfg.amp):
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), y)
+    adversarial = {}
+
+    def add_adversarial_gradient():
+        embedding = bare(model).embedding
+        backup = perturb_embedding_weights(embedding, eps)
+        with autocast(x.device, cfg.amp):
+            adversarial["logits"] = model(x)
+        adversarial["loss"] = F.cross_entropy(adversarial["logits"].float(), y)
+        scaler.scale(adversarial["loss"]).backward()
+        restore_embedding_weights(embedding, backup)
+
+    update(loss, add_adversarial_gradient)
+    return (loss + adversarial["loss"]).detach(), logits.detach(), adversarial["logits"].detach()
+
+
 def train_epoch(model, loader, optimizer, scheduler, scaler, attack, cfg, device, epoch: int = 1,
                 desc="train") -> dict:
     """Train one pass over ``loader``; return the pass's loss, accuracies, lr and speed."""
@@ -84,9 +117,11 @@ def train_epoch(model, loader, optimizer, scheduler, scaler, attack, cfg, device
     totals = {"loss": 0.0, "clean": 0, "adv": 0, "n": 0}
     delta = None  # free: the perturbation carried from batch to batch
 
-    def update(loss):
+    def update(loss, add_gradient=None):
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        if add_gradient:  # the embedding-weights attack adds its adversarial gradient to the clean one
+            add_gradient()
         if cfg.grad_clip is not None:
             scaler.unscale_(optimizer)  # clip the true gradient, not the fp16-scaled one
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -101,14 +136,18 @@ def train_epoch(model, loader, optimizer, scheduler, scaler, attack, cfg, device
         lr = optimizer.param_groups[0]["lr"]
         scaled = attack and attack.scaled(eps_factor(cfg.eps_warmup_epochs, epoch - 1 + i / len(loader)))
         batch_attack = scaled and (lambda _, *args, **kw: scaled(net, *args, **kw))
-        if cfg.training.name == "free":
+        target = attack.target if attack else "input"
+        if cfg.training.name != "standard" and target == "embedding_weights":
+            loss, logits, logits_adv = embedding_weights_step(model, x, y, scaled.eps, cfg, scaler, update)
+        elif cfg.training.name == "free":
             if delta is None or delta.shape != x.shape:
                 delta = torch.zeros_like(x)
             loss, logits_adv, delta = free_replays(model, x, y, delta, scaled.eps, cfg, update)
             logits = None
         else:
+            text_step = embedding_step if target == "embedding" and cfg.training.name != "standard" else step
             with autocast(device, cfg.amp):
-                loss, logits, logits_adv = step(model, x, y, batch_attack, cfg)
+                loss, logits, logits_adv = text_step(model, x, y, batch_attack, cfg)
             update(loss)
 
         if logits is None:  # adversarial-only modes: clean accuracy costs one extra no-grad forward

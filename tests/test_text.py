@@ -1,0 +1,151 @@
+"""Text: fortunes parsing, CSV input, tokens, embedding attacks, the embedding-weights step, the CLI."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from advbench.attack_spec import Attack
+from advbench.data import TensorLoader, load_data
+from advbench.embedding import FromEmbeddings, perturb_embedding_weights, restore_embedding_weights
+from advbench.errors import AdvbenchError
+from advbench.schedules import make_scheduler
+from advbench.text import encode, parse_fortunes, tokenize, build_vocab
+from advbench.text_models import TextCNN, TransformerClassifier
+from advbench.training import train_epoch
+from conftest import compose_config
+from test_cli import advbench
+from omegaconf import OmegaConf
+
+
+@pytest.fixture
+def fortunes_dir(tmp_path):
+    """Two categories in the fortunes format; one entry appears in both files."""
+    (tmp_path / "food").write_text("Eat your greens.\n%\nPie is good\n  and cake too.\n%\nShared wisdom.\n%\n"
+                                   "Soup of the day\n%\nBread and butter\n%\nA fine wine\n%\n")
+    (tmp_path / "law").write_text("Shared wisdom.\n%\nThe court is in session.\n%\nObjection!\n%\n"
+                                  "Guilty as charged\n%\nThe judge rules\n%\n")
+    return tmp_path
+
+
+def test_parse_fortunes_splits_on_percent_lines(fortunes_dir):
+    assert parse_fortunes(fortunes_dir / "food") == ["Eat your greens.", "Pie is good\n  and cake too.",
+                                                     "Shared wisdom.", "Soup of the day", "Bread and butter",
+                                                     "A fine wine"]
+
+
+def test_fortunes_task_is_deduplicated_and_stratified(fortunes_dir):
+    cfg = compose_config(["dataset=fortunes", f"dataset.fortunes_dir={fortunes_dir}", "dataset.categories=[food,law]",
+                          "dataset.val_size=0", "dataset.test_size=0.4"]).dataset
+    data = load_data(cfg)
+    labels = torch.cat([data.train[1], data.test[1]])
+    assert torch.bincount(labels).tolist() == [6, 4]  # "Shared wisdom." kept once, in food
+    assert torch.bincount(data.test[1]).tolist() == [2, 2]
+    assert data.vocab[:2] == ["<pad>", "<unk>"] and data.shape == (cfg.max_len,)
+    with pytest.raises(AdvbenchError, match="no file for categories \\['sport'\\].*apt-get install fortunes"):
+        load_data(compose_config(["dataset=fortunes", f"dataset.fortunes_dir={fortunes_dir}",
+                                  "dataset.categories=[food,sport]"]).dataset)
+
+
+def test_tokens_vocab_and_padding():
+    assert tokenize("Don't PANIC, 42 times!") == ["don't", "panic", "42", "times"]
+    vocab = build_vocab(["b a a", "c a b"], max_size=10, min_freq=2)
+    assert vocab == ["<pad>", "<unk>", "a", "b"]
+    assert encode(["a zz b a", ""], vocab, 3).tolist() == [[2, 1, 3], [0, 0, 0]]
+
+
+def write_csv(path, header, rows):
+    path.write_text("\n".join([",".join(header)] + [",".join(r) for r in rows]) + "\n")
+
+
+def test_text_csv_loads_and_names_bad_columns(tmp_path):
+    write_csv(tmp_path / "train.csv", ["sentence", "topic"], [["good film", "pos"], ["bad film", "neg"]] * 5)
+    write_csv(tmp_path / "test.csv", ["sentence", "topic"], [["good", "pos"], ["bad", "neg"]])
+    base = ["dataset=text_csv", f"dataset.train_csv={tmp_path}/train.csv", f"dataset.test_csv={tmp_path}/test.csv",
+            "dataset.val_size=2", "dataset.min_freq=1"]
+    data = load_data(compose_config(base + ["dataset.text_column=sentence", "dataset.label_column=topic"]).dataset)
+    assert data.n_classes == 2 and data.test[1].tolist() == [1, 0]  # labels sorted: neg=0, pos=1
+    with pytest.raises(AdvbenchError, match="dataset.text_column='text' is not a column of .*sentence"):
+        load_data(compose_config(base + ["dataset.label_column=topic"]).dataset)
+
+
+@pytest.mark.parametrize("model_cls", [TextCNN, TransformerClassifier])
+@pytest.mark.parametrize("name, norm, eps", [("fgm", "l2", 0.5), ("pgd", "l2", 0.5), ("fgsm", "linf", 0.05)])
+def test_embedding_attacks_stay_in_the_ball_and_leave_padding(model_cls, name, norm, eps):
+    torch.manual_seed(0)
+    model = model_cls((12,), 3, vocab_size=30).eval()
+    ids = torch.randint(1, 30, (6, 12))
+    ids[:, 8:] = 0
+    y = torch.arange(6) % 3
+    attack = Attack(name, norm, eps, eps / 4 if name == "pgd" else eps, 5 if name == "pgd" else 1,
+                    name == "pgd", target="embedding")
+    emb_adv = attack(model, ids, y)
+    delta = emb_adv - model.embedding(ids).detach()
+    size = delta.flatten(1).norm(dim=1) if norm == "l2" else delta.flatten(1).abs().amax(1)
+    assert (size <= eps + 1e-5).all() and (size > 0.5 * eps).all()
+    assert (emb_adv[:, 8:] == 0).all()  # padding stays padding
+    assert all(p.grad is None for p in model.parameters())
+    clean_loss = F.cross_entropy(model(ids), y)
+    assert F.cross_entropy(FromEmbeddings(model)(emb_adv), y) > clean_loss
+
+
+def test_embedding_weights_are_restored_bit_for_bit():
+    model = TextCNN((10,), 2, vocab_size=20)
+    ids, y = torch.randint(1, 20, (4, 10)), torch.tensor([0, 1, 0, 1])
+    F.cross_entropy(model(ids), y).backward()
+    before = model.embedding.weight.detach().clone()
+    backup = perturb_embedding_weights(model.embedding, 1.0)
+    moved = model.embedding.weight.detach() - before
+    assert moved.norm().item() == pytest.approx(1.0, rel=1e-4)
+    restore_embedding_weights(model.embedding, backup)
+    assert torch.equal(model.embedding.weight, before)
+
+
+def test_embedding_weights_step_with_lr_zero_changes_no_weight():
+    torch.manual_seed(0)
+    model = TextCNN((10,), 2, vocab_size=20)
+    ids, y = torch.randint(1, 20, (16, 10)), torch.arange(16) % 2
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+    model.embedding.register_forward_hook(lambda m, i, o: seen.append(m.weight.detach().clone()))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    cfg = OmegaConf.create({"training": {"name": "mixed"}, "amp": "off", "grad_clip": None, "progress": False,
+                            "eps_warmup_epochs": 0})
+    stats = train_epoch(model, TensorLoader(ids, y, 16), optimizer, make_scheduler(optimizer, "constant", 1),
+                        torch.amp.GradScaler("cpu", enabled=False), Attack("fgm", "l2", 1.0, 1.0,
+                                                                          target="embedding_weights"),
+                        cfg, torch.device("cpu"))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert len(seen) >= 2 and not torch.equal(seen[0], seen[1])  # the adversarial pass saw perturbed weights
+    assert stats["train_adv_acc"] is not None
+
+
+def test_textcnn_trains_with_fgm_through_the_cli_and_evaluates(tmp_path):
+    advbench("dataset=fortunes", "model=textcnn", "training=mixed", "attack=fgm", "eps=1.0", "epochs=1",
+             "progress=false", "threads=2", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert list(results["robust_acc_by_attack"]) == ["fgm_embedding"]
+    assert results["attacks"]["fgm_embedding"]["target"] == "embedding"
+    assert results["robust_acc"] <= results["clean_acc"] and results["clean_acc"] > 1 / 6
+    checkpoint = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert checkpoint["vocab"][:3] == ["<pad>", "<unk>", "the"]
+    advbench("task=eval", f"checkpoint={tmp_path}/run", "progress=false", f"hydra.run.dir={tmp_path}/eval",
+             cwd=tmp_path)
+    again = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert again["clean_acc"] == results["clean_acc"] and again["robust_acc"] == results["robust_acc"]
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["dataset=synthetic_text", "model=textcnn", "training=mixed", "attack=fgm", "attack.target=input"],
+     "attack.target=input on a text data set"),
+    (["dataset=synthetic", "attack.target=embedding"], "attack.target=embedding needs a text model"),
+    (["dataset=synthetic_text", "model=mlp", "training=mixed", "attack=fgm"], "model=mlp does not take text"),
+    (["dataset=synthetic_text", "model=textcnn", "training=adversarial", "attack=fgm"],
+     "training=adversarial on text data"),
+    (["dataset=synthetic_text", "model=textcnn", "training=mixed", "attack=pgd", "attack.target=embedding_weights"],
+     "attack.target=embedding_weights takes attack=fgm"),
+])
+def test_text_and_image_mismatches_get_one_line_errors(tmp_path, overrides, expected):
+    proc = advbench(*overrides, "epochs=1", "progress=false", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path,
+                    check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and expected in proc.stderr
