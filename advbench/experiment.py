@@ -20,7 +20,7 @@ from advbench.evaluate import evaluate
 from advbench.final_eval import check_eval_config, eval_attacks, final_evaluation
 from advbench.fit import fit
 from advbench.outputs import versions, write_json
-from advbench.saliency import write_saliency
+from advbench.saliency import write_saliency, write_text_saliency
 from advbench.text import is_text
 from advbench.training import MODES
 
@@ -168,11 +168,9 @@ def run(cfg, out: Path | None = None) -> float | None:
     OmegaConf.save(cfg, out / "config_resolved.yaml")
     torch.manual_seed(cfg.seed)  # the evaluation's random starts don't depend on what training drew
     if cfg.task == "saliency":
-        if data.is_text:
-            raise AdvbenchError("task=saliency draws image gradients; token saliency for text models is not "
-                                "implemented yet")
         attack = next(iter(eval_attacks(cfg, cfg.eps).values()))  # the run's first evaluation attack
-        files = write_saliency(model, data.test, attack, cfg, device, out)
+        files = (write_text_saliency(model, data.test, data.vocab, cfg, device, out) if data.is_text
+                 else write_saliency(model, data.test, attack, cfg, device, out))
         write_json(out / "results.json", {"task": "saliency", "checkpoint": cfg.checkpoint, "files": files,
                                           "attack": asdict(attack), "choices": choices, "versions": versions()})
         return None

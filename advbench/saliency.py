@@ -1,5 +1,7 @@
 """``task=saliency``: where a trained model looks. For test images: |dL/dx|, SmoothGrad, the adversarial example
-and its perturbation, and for training losses with several terms (mixed, TRADES, MART) each term's own gradient."""
+and its perturbation, and for training losses with several terms (mixed, TRADES, MART) each term's own gradient.
+For text: each token's gradient norm, as a highlighted HTML page and a PNG."""
+import html
 import logging
 
 import torch
@@ -7,8 +9,10 @@ import torch.nn.functional as F
 
 from advbench.attacks import attack_mode, loss_and_grad
 from advbench.data import to_unit
+from advbench.embedding import FromEmbeddings
 from advbench.evaluate import predict
 from advbench.losses import mart_boosted_ce, mart_weighted_kl, trades_kl
+from advbench.outputs import atomic_write
 from advbench.plots import plt, save_figure
 
 log = logging.getLogger(__name__)
@@ -83,3 +87,41 @@ def write_saliency(model, test: tuple, attack, cfg, device, out) -> list:
         files.append(f"saliency_{i}.png")
     log.info("saliency maps of %d test images (%s) in %s", len(files), ", ".join([*grads, *terms]), out)
     return files
+
+
+def token_saliency(model, ids, y) -> torch.Tensor:
+    """Per token: the L2 norm of d CE / d embedding, (N, L); zero at padding."""
+    pad = ids == 0
+    with torch.no_grad():
+        emb = model.embedding(ids)
+    grad = input_gradient(FromEmbeddings(model, pad), emb, _ce(y))
+    return grad.norm(dim=-1).masked_fill(pad, 0)
+
+
+def write_text_saliency(model, test: tuple, vocab: list, cfg, device, out) -> list:
+    """saliency.html (tokens highlighted by gradient norm) and saliency_text.png for the first N test texts."""
+    ids, y = test[0][:cfg.saliency.n_examples].to(device), test[1][:cfg.saliency.n_examples].to(device)
+    norms, pred = token_saliency(model, ids, y).cpu(), predict(model, ids).tolist()
+    rows = []
+    for i in range(len(y)):
+        length = int((ids[i] != 0).sum())
+        weights = (norms[i, :length] / norms[i, :length].max().clamp_min(1e-12)).tolist()
+        rows.append(([vocab[t] for t in ids[i, :length].tolist()], weights, y[i].item(), pred[i]))
+    spans = ["<p><b>y={} pred={}</b>: {}</p>".format(label, p, " ".join(
+        f'<span style="background: rgba(255, 80, 0, {w:.2f})" title="{w:.2f}">{html.escape(t)}</span>'
+        for t, w in zip(tokens, weights))) for tokens, weights, label, p in rows]
+    page = ("<!doctype html><meta charset='utf-8'><title>advbench token saliency</title>"
+            "<p>Token colour: the norm of the loss gradient at the token's embedding, per text scaled to its "
+            "largest.</p>\n" + "\n".join(spans) + "\n")
+    atomic_write(out / "saliency.html", lambda f: f.write(page.encode()))
+    width = max(len(tokens) for tokens, *_ in rows) or 1
+    fig, axes = plt.subplots(len(rows), 1, figsize=(max(6, 0.45 * width), 0.9 * len(rows) + 0.5), squeeze=False)
+    for ax, (tokens, weights, label, p) in zip(axes[:, 0], rows):
+        ax.imshow([weights + [0.0] * (width - len(weights))], cmap="Oranges", vmin=0, vmax=1, aspect="auto")
+        for j, token in enumerate(tokens):
+            ax.text(j, 0, token, ha="center", va="center", fontsize=6, rotation=90 if len(token) > 3 else 0)
+        ax.set_title(f"y={label} pred={p}", fontsize=7, loc="left")
+        ax.axis("off")
+    save_figure(fig, out / "saliency_text.png")
+    log.info("token saliency of %d test texts in %s", len(rows), out)
+    return ["saliency.html", "saliency_text.png"]

@@ -110,7 +110,7 @@ def synthetic_text(cfg):
     """A learnable text task for tests: each class has its own keywords among shared filler words."""
     rng = random.Random(1234)
     filler = [f"w{i}" for i in range(50)]
-    keywords = [[f"k{c}_{i}" for i in range(5)] for c in range(cfg.n_classes)]
+    keywords = [[f"k{c}x{i}" for i in range(5)] for c in range(cfg.n_classes)]
 
     def sample(n):
         labels = [i % cfg.n_classes for i in range(n)]

@@ -149,3 +149,14 @@ def test_text_and_image_mismatches_get_one_line_errors(tmp_path, overrides, expe
     proc = advbench(*overrides, "epochs=1", "progress=false", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path,
                     check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and expected in proc.stderr
+
+
+def test_token_saliency_writes_html_and_png(tmp_path):
+    advbench("dataset=synthetic_text", "model=textcnn", "training=mixed", "attack=fgm", "eps=1.0", "epochs=2",
+             "progress=false", "threads=1", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    advbench("task=saliency", f"checkpoint={tmp_path}/run", "saliency.n_examples=4", "progress=false",
+             f"hydra.run.dir={tmp_path}/sal", cwd=tmp_path)
+    page = (tmp_path / "sal" / "saliency.html").read_text()
+    assert page.count("<p><b>y=") == 4 and "rgba(255, 80, 0, 1.00)" in page  # each text's top token
+    png = (tmp_path / "sal" / "saliency_text.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 3000
