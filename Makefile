@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+FORTUNES := /usr/share/games/fortunes/computers
 
 .PHONY: run test bench setup data clean
 
@@ -26,14 +27,14 @@ $(BIN)/advbench: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-# Debian's dataset-fashion-mnist where apt-get runs as root; otherwise torchvision downloads it on first use
-# (advbench dataset.download=true).
+# Debian's dataset-fashion-mnist and fortunes where apt-get runs as root; otherwise Fashion-MNIST comes from
+# torchvision's download on first use (advbench dataset.download=true), and fortunes must be installed by hand.
 data:
-	@if [ -f $(FMNIST) ]; then :; \
+	@if [ -f $(FMNIST) ] && [ -f $(FORTUNES) ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		(apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
-		 (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null; \
-	else echo "Fashion-MNIST not installed and apt-get not usable as root: run with dataset.download=true"; fi
+		(apt-get install -y -qq dataset-fashion-mnist fortunes >/dev/null 2>&1 || \
+		 (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist fortunes)) >/dev/null; \
+	else echo "Fashion-MNIST or fortunes missing and apt-get not usable as root: see README (data sets)"; fi
 
 clean:
 	rm -rf $(VENV) outputs multirun
