@@ -12,17 +12,26 @@ from advbench.training import MODES
 from conftest import CONF, compose_config, group_options
 
 
+TEXT_DATASETS, TEXT_MODELS = {"fortunes", "text_csv", "synthetic_text"}, {"textcnn", "transformer"}
+
+
 @pytest.mark.parametrize("group, option", group_options())
 def test_every_option_composes_and_builds(group, option):
-    cfg = plain(compose_config([f"{group}={option}"]))
+    # A text option is composed with a partner of its kind: a text model for a text data set and vice versa.
+    text = (group, option) in {("dataset", d) for d in TEXT_DATASETS} | {("model", m) for m in TEXT_MODELS}
+    partner = {"dataset": "model=textcnn", "model": "dataset=synthetic_text"}.get(group) if text else None
+    cfg = plain(compose_config([f"{group}={option}", *([partner] if partner else [])]))
     assert OmegaConf.select(cfg, group) is not None
-    # Build what the option configures, on a shape of the dataset's channel count.
-    channels = len(cfg.dataset.mean)
-    model = instantiate(cfg.model, in_shape=(channels, 32, 32), n_classes=10, mean=list(cfg.dataset.mean),
-                        std=list(cfg.dataset.std))
-    assert model(torch.rand(2, channels, 32, 32)).shape == (2, 10)
+    if text:
+        model = instantiate(cfg.model, in_shape=(16,), n_classes=10, vocab_size=50)
+        assert model(torch.randint(0, 50, (2, 16))).shape == (2, 10)
+    else:  # built on a shape of the dataset's channel count
+        channels = len(cfg.dataset.mean)
+        model = instantiate(cfg.model, in_shape=(channels, 32, 32), n_classes=10, mean=list(cfg.dataset.mean),
+                            std=list(cfg.dataset.std))
+        assert model(torch.rand(2, channels, 32, 32)).shape == (2, 10)
     instantiate(cfg.optimizer)(model.parameters())
-    attack = build_attack(cfg.attack, cfg.eps)
+    attack = build_attack(cfg.attack, cfg.eps, text)
     assert attack is None if cfg.attack.name == "none" else isinstance(attack, Attack)
     assert cfg.training.name in MODES
     assert all(isinstance(build_attack(spec, cfg.eps), Attack) for spec in cfg.eval.attacks.values())
