@@ -6,7 +6,6 @@ import logging
 from dataclasses import asdict
 
 import numpy as np
-import torch
 from omegaconf import OmegaConf
 
 from advbench.attack_spec import build_attack

@@ -2,8 +2,6 @@
 import copy
 import logging
 
-import torch
-
 from advbench.attack_spec import Attack
 from advbench.evaluate import evaluate
 

@@ -1,7 +1,6 @@
 """APGD: its losses, its strength against PGD, and a cross-check against torchattacks."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from advbench.apgd import dlr_loss, dlr_targeted_loss
 from advbench.attack_spec import Attack

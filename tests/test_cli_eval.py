@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from test_cli import TINY, advbench
+from test_cli import advbench
 
 
 @pytest.fixture(scope="module")
