@@ -61,7 +61,7 @@ def fit(model, data, cfg, device, out: Path, choices: dict, resume: dict | None 
     updates_per_batch = cfg.training.replays if cfg.training.name == "free" else 1
     scheduler = make_scheduler(optimizer, cfg.schedule, passes * len(loader) * updates_per_batch)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    guard = (OverfittingGuard(cfg, data.train, train_attack.eps, train_attack.norm, device)
+    guard = (OverfittingGuard(cfg, data.train, train_attack.eps, train_attack.norm, device, out / "last.pt")
              if cfg.training.guard.enabled else None)
     val_x, val_y = (t[:cfg.val.n_examples] for t in data.val)
     config = OmegaConf.to_container(cfg)
@@ -74,7 +74,7 @@ def fit(model, data, cfg, device, out: Path, choices: dict, resume: dict | None 
         first, best, best_epoch = resume["epoch"] + 1, tuple(resume["best"]), resume["best_epoch"]
         metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][:resume["epoch"]]
         if guard:
-            guard.restore(resume["guard"], model, optimizer)
+            guard.restore(resume["guard"])
         log.info("resuming after epoch %d of %d", resume["epoch"], passes)
     for epoch in range(first, passes + 1):
         row = {"epoch": epoch, **train_epoch(trained, loader, optimizer, scheduler, scaler, train_attack, cfg,
