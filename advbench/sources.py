@@ -43,7 +43,8 @@ def _find_idx(directory: Path, stem: str) -> Path | None:
 
 
 def _idx_split(directory: Path, prefix: str):
-    images, labels = _find_idx(directory, f"{prefix}-images-idx3-ubyte"), _find_idx(directory, f"{prefix}-labels-idx1-ubyte")
+    images = _find_idx(directory, f"{prefix}-images-idx3-ubyte")
+    labels = _find_idx(directory, f"{prefix}-labels-idx1-ubyte")
     if images is None or labels is None:
         return None
     x = torch.from_numpy(read_idx(images).copy()).unsqueeze(1)
