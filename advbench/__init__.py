@@ -1,7 +1,14 @@
 """advbench: adversarial training and robustness evaluation, driven by Hydra configs, usable from Python."""
 __version__ = "0.1.0"
-
-from advbench.api import attack, evaluate  # noqa: E402
-from advbench.attack_spec import Attack  # noqa: E402
-
 __all__ = ["Attack", "attack", "evaluate", "__version__"]
+
+
+def __getattr__(name):
+    # Lazy, so that the command line can install its signal handlers before torch is imported.
+    if name in ("attack", "evaluate"):
+        from advbench import api
+        return getattr(api, name)
+    if name == "Attack":
+        from advbench.attack_spec import Attack
+        return Attack
+    raise AttributeError(f"module 'advbench' has no attribute {name!r}")

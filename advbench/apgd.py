@@ -6,7 +6,7 @@ or targeted (APGD-T: the DLR-targeted loss towards each of the top ``n_targets``
 import torch
 import torch.nn.functional as F
 
-from advbench.attacks import attack_mode, loss_and_grad
+from advbench.attacks import as_input, attack_mode, loss_and_grad
 
 
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -81,7 +81,7 @@ def apgd(model, x, y, threat, steps: int = 100, loss: str = "ce", targeted: bool
     Every restart (and every target class) attacks only the examples that are still classified correctly.
     """
     with attack_mode(model, bn_mode):
-        x, y = x.detach(), y.detach()
+        x, y = as_input(x), as_input(y)
         x_out = x.clone()
         remaining = torch.arange(len(x), device=x.device)
         if targeted:

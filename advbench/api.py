@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from advbench.attack_spec import Attack, build_attack
 from advbench.config import AttackConf
 from advbench.errors import AdvbenchError
-from advbench.evaluate import local_flags, summarize
+from advbench.robust_eval import local_flags, summarize
 
 ATTACK_CONF = Path(__file__).resolve().parent.parent / "conf" / "attack"
 

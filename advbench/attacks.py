@@ -23,19 +23,34 @@ def preserved_modes(model: torch.nn.Module):
 
 @contextmanager
 def attack_mode(model: torch.nn.Module, bn_mode: str = "eval"):
-    """Run the body with the model in ``bn_mode``, parameters frozen and grad enabled; restore all afterwards."""
+    """Run the body with the model in ``bn_mode``, parameters frozen and grad enabled; restore all afterwards.
+
+    Works from inside the caller's ``torch.no_grad()`` and ``torch.inference_mode()`` (YOLOv5's val.py and
+    Lightning's validation loop run under the latter, which ``enable_grad`` alone does not escape). With
+    ``bn_mode="train"`` the batch-norm running statistics the attack's forwards update are put back.
+    """
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
-    with preserved_modes(model):
+    buffers = [b.detach().clone() for b in model.buffers()] if bn_mode == "train" else None
+    with preserved_modes(model), torch.inference_mode(False):
         model.train(bn_mode == "train")
         for p in params:
             p.requires_grad_(False)  # no parameter gradient is computed, so none is left behind
         try:
-            with torch.enable_grad():  # attacks also run from inside the caller's torch.no_grad()
+            with torch.enable_grad():
                 yield
         finally:
             for p, flag in zip(params, flags):
                 p.requires_grad_(flag)
+            if buffers is not None:
+                with torch.no_grad():
+                    for b, saved in zip(model.buffers(), buffers):
+                        b.copy_(saved)
+
+
+def as_input(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached, as a tensor autograd can use: a tensor made under inference mode is copied."""
+    return t.clone() if t.is_inference() else t.detach()
 
 
 def loss_and_grad(model, x: torch.Tensor, loss_fn):
@@ -47,6 +62,8 @@ def loss_and_grad(model, x: torch.Tensor, loss_fn):
     losses = loss_fn(logits)
     # Summed, not averaged: a per-example gradient must not shrink with the batch size.
     loss = losses.sum()
+    if not loss.requires_grad:  # the output does not depend on x at all: its gradient is zero
+        return losses.detach(), logits.detach(), torch.zeros_like(x)
     if not fp16:
         grad = torch.autograd.grad(loss, x)[0]
     else:
@@ -75,7 +92,7 @@ def pgd(model, x, y, threat, steps: int, random_start: bool = True, restarts: in
     (TRADES passes its KL, with ``y`` the clean probabilities; restarts then need labels and are not allowed).
     """
     with attack_mode(model, bn_mode):
-        x, y = x.detach(), y.detach()
+        x, y = as_input(x), as_input(y)
         x_best = x.clone()
         remaining = torch.arange(len(x), device=x.device)
         for restart in range(restarts):

@@ -1,9 +1,12 @@
 """Checkpoints: the model's state dict with the run's plain config, saved and loaded with ``weights_only=True``."""
+import inspect
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
 import torch
+from hydra._internal.utils import _locate
 from hydra.utils import instantiate
 
 from advbench.errors import AdvbenchError
@@ -47,23 +50,44 @@ def load_checkpoint(path: str) -> dict:
     return state
 
 
+def _unexpected_keyword(err: Exception) -> str | None:
+    match = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+    return match.group(1) if match else None
+
+
 def build_model(model_cfg, data, dataset_cfg, state_dict=None) -> torch.nn.Module:
     """Instantiate ``model_cfg`` for ``data``; with ``state_dict``, load it or say why it does not fit."""
+    data_kwargs = {"in_shape": data.shape, "n_classes": data.n_classes, **data.model_kwargs(dataset_cfg)}
+    target = str(model_cfg._target_)
     try:
-        model = instantiate(model_cfg, in_shape=data.shape, n_classes=data.n_classes,
-                            **data.model_kwargs(dataset_cfg))
+        model = instantiate(model_cfg, **data_kwargs)
     except Exception as err:  # instantiate wraps the factory's TypeError
-        if "unexpected keyword argument" not in str(err):
+        keyword = _unexpected_keyword(err)
+        if keyword is None:
             raise
+        if keyword not in data_kwargs:
+            accepted = [p for p in _parameters(target) if p not in data_kwargs]
+            raise AdvbenchError(f"model.{keyword} is not an argument of {target}: it takes "
+                                f"{', '.join(accepted) or 'no other arguments'}") from None
         kind, models = ("text", "textcnn or transformer") if data.is_text else ("image", "mlp, small_cnn or "
                                                                                    "preact_resnet18")
-        raise AdvbenchError(f"model={model_cfg._target_.rsplit('.', 1)[-1]} does not take {kind} data "
+        raise AdvbenchError(f"model={target.rsplit('.', 1)[-1]} does not take {kind} data "
                             f"(dataset={dataset_cfg.name}): use model={models}") from None
     if state_dict is not None:
         try:
             model.load_state_dict(state_dict)
         except RuntimeError as err:
             detail = " ".join(str(err).split())[:300]
-            raise AdvbenchError(f"checkpoint: its weights do not fit model={model_cfg._target_} built from its "
+            raise AdvbenchError(f"checkpoint: its weights do not fit model={target} built from its "
                                 f"config on dataset={dataset_cfg.name}: {detail}") from None
     return model
+
+
+def _parameters(target: str) -> list:
+    """The keyword parameters of the callable ``target`` names (empty if it cannot be inspected)."""
+    try:
+        fn = _locate(target)
+        fn = fn.__init__ if inspect.isclass(fn) else fn
+        return [p for p in inspect.signature(fn).parameters if p != "self"]
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return []

@@ -1,12 +1,12 @@
 """Typed schemas for the configuration, registered in Hydra's ConfigStore; the YAML in conf/ fills them in."""
-import os
-import tempfile
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
+
+from advbench import rundir
 
 
 class Device(Enum):
@@ -162,7 +162,9 @@ class SanityConf:
 class EvalConf:
     n_examples: Optional[int] = None  # the first n test examples; null: all
     batch_size: int = 500
-    attacks: Dict[str, AttackConf] = field(default_factory=dict)
+    # Any, not AttackConf: OmegaConf cannot add a typed entry from the command line ('+eval.attacks.fgsm={name:
+    # fgsm}'). The presets type their entries with the attack_schema default; checks.py validates added ones.
+    attacks: Dict[str, Any] = field(default_factory=dict)
     cascade: bool = True
     eps_list: Optional[List[str]] = None
     save_examples: int = 0
@@ -208,41 +210,9 @@ class Config:
 def register_configs() -> None:
     """Register the schema that conf/config.yaml extends, and the resolvers that name run directories."""
     ConfigStore.instance().store(name="advbench_schema", node=Config)
-    if not OmegaConf.has_resolver("path_safe"):
-        OmegaConf.register_new_resolver("path_safe", _path_safe)
-        OmegaConf.register_new_resolver("run_dir", _run_dir)
-        OmegaConf.register_new_resolver("hydra_subdir", _hydra_subdir)
-        OmegaConf.register_new_resolver("sweep_subdir", _sweep_subdir)
-
-
-def _path_safe(value) -> str:
-    return str(value).replace("/", "_")
-
-
-def _sweep_subdir(override_dirname: str, seed) -> str:
-    """A job's directory below the sweep: its overrides (path-safe), then ``seed=<seed>``."""
-    return f"{_path_safe(override_dirname)}/seed={seed}" if override_dirname else f"seed={seed}"
-
-
-def _resuming_into(resume) -> bool:
-    return resume is not None and str(resume) != "auto"
-
-
-def _run_dir(resume, task, checkpoint, combination: str, timestamp: str) -> str:
-    """The run's directory: the one being resumed; else outputs/<combination or eval_<run>>/<timestamp>."""
-    rank = int(os.environ.get("RANK", 0))
-    if rank > 0:  # torchrun: only rank 0 writes to the run directory; the others get scratch space
-        return os.path.join(tempfile.gettempdir(), f"advbench-rank{rank}-{os.getppid()}")
-    if _resuming_into(resume):
-        return str(resume)
-    task = getattr(task, "value", task)  # the schema hands the resolver an enum member
-    if task in ("eval", "saliency"):
-        parts = [p for p in str(checkpoint).replace("\\", "/").split("/") if p and p not in (".", "..")]
-        parts = [p for p in parts if not p.endswith(".pt")][-2:]  # the run's directory names, not the file
-        combination = f"{task}_" + ("_".join(parts) or "checkpoint")
-    return f"outputs/{combination}/{timestamp}"
-
-
-def _hydra_subdir(resume) -> str:
-    """Hydra's config folder: a resumed run keeps its original .hydra/ and adds .hydra_resume/."""
-    return ".hydra_resume" if _resuming_into(resume) else ".hydra"
+    ConfigStore.instance().store(name="attack_schema", node=AttackConf)
+    if not OmegaConf.has_resolver("run_dir"):
+        # Cached: Hydra resolves a directory more than once (and in each sweep job, from a copy of the cache),
+        # and a claimed directory must come back the same each time.
+        for name in ("run_dir", "sweep_dir", "sweep_subdir", "hydra_subdir"):
+            OmegaConf.register_new_resolver(name, getattr(rundir, name), use_cache=True)

@@ -65,7 +65,7 @@ class Data:
     shape: tuple
     n_classes: int
     vocab: list | None = None  # text: the training split's vocabulary; ids index it
-
+    classes: list | None = None  # class names, index = label
     @property
     def is_text(self) -> bool:
         return self.vocab is not None
@@ -90,7 +90,7 @@ def load_data(cfg) -> Data:
     sources = SOURCES | TEXT_SOURCES
     if cfg.name not in sources:
         raise AdvbenchError(f"dataset.name={cfg.name!r} is unknown: expected one of {', '.join(sources)}")
-    (x, y), test = sources[cfg.name](cfg)
+    (x, y), test, classes = sources[cfg.name](cfg)
     vocab = None
     if cfg.name in TEXT_SOURCES:
         (x, y), test, vocab = _encode_text(cfg, (x, y), test)
@@ -105,5 +105,11 @@ def load_data(cfg) -> Data:
     # A fixed permutation, independent of the run's seed, so every run validates on the same examples.
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.split_seed))
     val_idx, train_idx = perm[:cfg.val_size], perm[cfg.val_size:]
+    present = torch.unique(y[train_idx])
+    if len(present) < 2:
+        raise AdvbenchError(f"dataset={cfg.name}: the training split holds {len(present)} class; a classifier "
+                            "needs at least 2 (check dataset.categories, the label column or dataset.n_train)")
+    n_classes = int(max(y.max(), test[1].max())) + 1
+    classes = list(classes) if classes else [str(i) for i in range(n_classes)]
     return Data(train=(x[train_idx], y[train_idx]), val=(x[val_idx], y[val_idx]), test=test,
-                shape=tuple(x.shape[1:]), n_classes=int(max(y.max(), test[1].max())) + 1, vocab=vocab)
+                shape=tuple(x.shape[1:]), n_classes=n_classes, vocab=vocab, classes=classes)

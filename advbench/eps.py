@@ -6,7 +6,9 @@ from fractions import Fraction
 from advbench.errors import AdvbenchError
 
 ACCEPTED = "a non-negative number (0.3, 1e-2) or a fraction of two numbers (8/255)"
-_NUMBER = r"\s*[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?\s*"
+# Bounded on purpose: Fraction('1e10000000') is exact, so an unbounded exponent costs minutes of CPU.
+MAX_LENGTH = 40
+_NUMBER = r"\s*[0-9]{0,20}\.?[0-9]{1,20}(?:[eE][-+]?[0-9]{1,3})?\s*"
 _FORM = re.compile(rf"^({_NUMBER})(?:/({_NUMBER}))?$")
 
 
@@ -17,7 +19,11 @@ def parse_eps(text, key: str = "eps") -> float:
     if isinstance(text, (int, float)):
         value = float(text)
     else:
-        match = _FORM.match(str(text))
+        text = str(text)
+        if len(text) > MAX_LENGTH:
+            raise AdvbenchError(f"{key}={text[:20]!r}... is {len(text)} characters long: expected {ACCEPTED}, "
+                                f"at most {MAX_LENGTH} characters")
+        match = _FORM.match(text)
         if match is None:
             raise AdvbenchError(f"{key}={text!r} is not a valid budget: expected {ACCEPTED}")
         num, den = match.groups()

@@ -1,9 +1,25 @@
-"""The one exception type that the CLI turns into a one-line message instead of a traceback."""
+"""The exceptions the CLI turns into a one-line message and an exit code instead of a traceback."""
 
 
 class AdvbenchError(Exception):
-    """A user-facing error: bad config value, missing data set, unusable checkpoint."""
+    """A user-facing error in what was asked: a bad config value, a missing data set, an unusable checkpoint."""
+
+    exit_code = 2
 
 
-class Interrupted(Exception):
-    """SIGINT, SIGTERM or ``stop_after_epoch``: the run stops cleanly and can be resumed."""
+class RunFailed(AdvbenchError):
+    """The run could not go on although its input was fine: it diverged, or the disk is full."""
+
+    exit_code = 1
+
+
+class Interrupted(BaseException):
+    """SIGINT, SIGTERM or ``stop_after_epoch``: the run stops cleanly and can be resumed.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way (Hydra's included)
+    mistakes it for a failure.
+    """
+
+
+class Refused(SystemExit):
+    """The exit of a check that ran before the task (a Hydra callback): its code is deliberate, not Hydra's."""

@@ -9,20 +9,21 @@ from pathlib import Path
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from advbench.attack_spec import build_attack
-from advbench.checkpoint import build_model, load_checkpoint, save_checkpoint
 from advbench import distributed
+from advbench.checkpoint import build_model, load_checkpoint, save_checkpoint
+from advbench.config import AttackConf
+from advbench.rundir import labels
+from advbench.checks import check_config, check_keys, check_resume_overrides, check_stored_targets
 from advbench.data import load_data
 from advbench.eps import parse_eps
 from advbench.errors import AdvbenchError
-from advbench.evaluate import evaluate
-from advbench.final_eval import check_eval_config, eval_attacks, final_evaluation
+from advbench.robust_eval import evaluate
+from advbench.final_eval import eval_attacks, final_evaluation
 from advbench.fit import fit
 from advbench.outputs import versions, write_json
 from advbench.saliency import write_saliency, write_text_saliency
-from advbench.text import is_text
-from advbench.training import MODES
 
 log = logging.getLogger(__name__)
 
@@ -47,47 +48,21 @@ def threads_per_job(threads: int | None) -> int | None:
     return max(1, cores // n_jobs)
 
 
-def check_config(cfg) -> None:
-    """Everything the schema cannot check, before any work: eps, counts, every attack at every eps."""
-    parse_eps(cfg.eps)
-    for key in ("epochs", "batch_size", "eval.batch_size"):
-        if OmegaConf.select(cfg, key) < 1:
-            raise AdvbenchError(f"{key}={OmegaConf.select(cfg, key)} must be a positive integer")
-    for key in ("eval.n_examples", "val.n_examples", "dataset.n_train"):
-        value = OmegaConf.select(cfg, key)
-        if value is not None and value < 1:
-            raise AdvbenchError(f"{key}={value} must be a positive integer or null (all)")
-    if cfg.task == "train":
-        check_training_attack(cfg)
-    if not is_text(cfg.dataset):  # text validates under the run's own attack
-        build_attack(cfg.val.attack, cfg.eps)
-    check_eval_config(cfg)
-
-
-def check_training_attack(cfg) -> None:
-    """Each training mode names the attacks it accepts; anything else is a one-line error."""
-    mode = cfg.training.name
-    if is_text(cfg.dataset) and mode not in ("standard", "mixed"):
-        raise AdvbenchError(f"training={mode} on text data: embedding attacks train with training=mixed (clean plus "
-                            "adversarial gradient, Miyato et al. 2017) or standard")
-    attack, allowed = build_attack(cfg.attack, cfg.eps, is_text(cfg.dataset)), MODES[mode][1]
-    if allowed is None:
-        return
-    name = attack.name if attack else "none"
-    if name not in allowed:
-        accepted = {"fgsm": "fgsm, fgsm_rs"}
-        raise AdvbenchError(f"training={mode} accepts attack={', '.join(accepted.get(a, a) for a in allowed)}; "
-                            f"attack={name} given")
-    if mode == "trades" and (attack.restarts > 1 or attack.targeted):
-        raise AdvbenchError("training=trades ascends its KL loss with one untargeted run: "
-                            "attack.restarts=1 and attack.targeted=false")
-
-
 def plain(cfg):
     """The resolved config with enums as strings, still refusing unknown keys."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    cfg.eval.attacks = {name: typed_attack(spec, f"eval.attacks.{name}") for name, spec in cfg.eval.attacks.items()}
     OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+def typed_attack(spec, key: str) -> dict:
+    """An ``eval.attacks`` entry with every AttackConf key, validated (entries added on the command line are
+    plain mappings)."""
+    try:
+        return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(AttackConf), spec), enum_to_str=True)
+    except OmegaConfBaseException as err:
+        raise AdvbenchError(f"{key}: {' '.join(str(err).split())[:200]}") from None
 
 
 def fill_missing(target, defaults, wholesale=("model", "optimizer", "attacks")) -> None:
@@ -100,11 +75,11 @@ def fill_missing(target, defaults, wholesale=("model", "optimizer", "attacks")) 
             fill_missing(target[key], value, wholesale)
 
 
-def checkpoint_config(cfg, state: dict, task: str = "eval"):
+def checkpoint_config(cfg, state: dict, task: str = "eval", overrides: bool = True):
     """The checkpoint's config, with what this command line overrides (eval settings, eps, device...) on top."""
     merged = OmegaConf.create(state["config"])
     fill_missing(merged, cfg)
-    overridden = {o.lstrip("+~").split("=", 1)[0] for o in HydraConfig.get().overrides.task}
+    overridden = {o.lstrip("+~").split("=", 1)[0] for o in HydraConfig.get().overrides.task} if overrides else set()
     for key in overridden - {"task", "checkpoint"}:
         if not key.startswith("hydra"):
             OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
@@ -127,19 +102,24 @@ def evaluate_best(model, test, cfg, device, out: Path, training: dict) -> dict:
     return {"epoch": training["best_epoch"], "same_as_final": False, **summary}
 
 
-def run(cfg, out: Path | None = None) -> float | None:
+def run(cfg, out: Path | None = None, on_start=lambda: None) -> float | None:
     """Train (or, with task=eval, load) and evaluate as ``cfg`` says, writing into ``out`` (default: Hydra's
     output directory); return the worst-case robust accuracy."""
     out = Path(out or HydraConfig.get().runtime.output_dir)
+    check_keys(cfg)
     cfg = plain(cfg)
     choices = {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
     state = resume = None
     if cfg.task in ("eval", "saliency"):
         state = load_checkpoint(cfg.checkpoint)
+        check_stored_targets(state["config"], f"checkpoint={cfg.checkpoint}")
         cfg = checkpoint_config(cfg, state, task=cfg.task)
         choices = state.get("choices", {}) | {k: v for k, v in choices.items() if k == "eval"}
     elif cfg.resume and (out / "last.pt").exists():
         state = resume = load_checkpoint(str(out / "last.pt"))
+        check_stored_targets(state["config"], f"resume={cfg.resume}: last.pt")
+        stored = checkpoint_config(cfg, state, task="train", overrides=False)
+        check_resume_overrides(stored, cfg, state["epoch"])
         cfg = checkpoint_config(cfg, state, task="train")
         choices = state.get("choices") or choices
     elif cfg.resume and cfg.resume != "auto":
@@ -161,18 +141,22 @@ def run(cfg, out: Path | None = None) -> float | None:
     model = model.to(device) if data.is_text else model.to(device, memory_format=torch.channels_last)
     log.info("%s: %d train / %d val / %d test examples; %s on %s", cfg.dataset.name, len(data.train[1]),
              len(data.val[1]), len(data.test[1]), cfg.model._target_.rsplit(".", 1)[-1], device)
+    on_start()
     training = None
     if cfg.task == "train":
         training = fit(model, data, cfg, device, out, choices, resume)
-        save_checkpoint(out / "model.pt", model, OmegaConf.to_container(cfg), choices=choices, vocab=data.vocab)
+        save_checkpoint(out / "model.pt", model, OmegaConf.to_container(cfg), choices=choices, vocab=data.vocab,
+                        classes=data.classes)
     OmegaConf.save(cfg, out / "config_resolved.yaml")
     torch.manual_seed(cfg.seed)  # the evaluation's random starts don't depend on what training drew
+    ran = labels(cfg.dataset.name, cfg.model._target_, cfg.training.name, cfg.attack.name, choices)
     if cfg.task == "saliency":
         attack = next(iter(eval_attacks(cfg, cfg.eps).values()))  # the run's first evaluation attack
         files = (write_text_saliency(model, data.test, data.vocab, cfg, device, out) if data.is_text
                  else write_saliency(model, data.test, attack, cfg, device, out))
         write_json(out / "results.json", {"task": "saliency", "checkpoint": cfg.checkpoint, "files": files,
-                                          "attack": asdict(attack), "choices": choices, "versions": versions()})
+                                          "attack": asdict(attack), "choices": choices, "labels": ran,
+                                          "versions": versions()})
         return None
 
     results = final_evaluation(model, data.test, cfg, device, out)
@@ -189,6 +173,8 @@ def run(cfg, out: Path | None = None) -> float | None:
         "wall_seconds": time.perf_counter() - start,
         "versions": versions(),
         "choices": choices,
+        "labels": ran,  # what ran: the choices, or what an override put in their place
+        "classes": data.classes,
     }
     write_json(out / "results.json", results)
     log.info("clean accuracy %.4f, robust accuracy %s on %d test examples (eps=%s); files in %s",

@@ -12,7 +12,7 @@ from advbench.attack_spec import build_attack
 from advbench.data import to_unit
 from advbench.eps import parse_eps
 from advbench.errors import AdvbenchError
-from advbench.evaluate import predict, robust_flags, summarize
+from advbench.robust_eval import predict, robust_flags, summarize
 from advbench.outputs import atomic_write
 from advbench.plots import plot_examples, plot_robustness_curve
 from advbench.sanity import sanity_checks

@@ -12,8 +12,8 @@ from advbench.attack_spec import build_attack
 from advbench.checkpoint import save_checkpoint
 from advbench.data import TensorLoader
 from advbench.distributed import world, wrap
-from advbench.errors import Interrupted
-from advbench.evaluate import evaluate
+from advbench.errors import AdvbenchError, Interrupted
+from advbench.robust_eval import evaluate
 from advbench.final_eval import embedding_attack
 from advbench.guard import OverfittingGuard
 from advbench.outputs import write_jsonl
@@ -45,6 +45,19 @@ def restore_rng(state: dict, loader_generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def read_metrics(path: Path, epochs: int) -> list:
+    """The first ``epochs`` rows of a run's metrics.jsonl, or a one-line error if it lacks them."""
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines()][:epochs]
+    except (OSError, ValueError) as err:
+        raise AdvbenchError(f"resume: {path} is missing or unreadable ({type(err).__name__}); it must hold the "
+                            f"{epochs} epochs last.pt has finished") from None
+    if [r.get("epoch") for r in rows] != list(range(1, epochs + 1)):
+        raise AdvbenchError(f"resume: {path} holds {len(rows)} of the {epochs} epochs last.pt has finished "
+                            "(truncated?); the run cannot be resumed faithfully")
+    return rows
+
+
 def fit(model, data, cfg, device, out: Path, choices: dict, resume: dict | None = None) -> dict:
     """Train; validate each epoch; write metrics.jsonl, last.pt (everything a resume needs) and best.pt (by
     robust validation accuracy). With ``resume`` (a last.pt), continue after its epoch as if never stopped."""
@@ -72,7 +85,7 @@ def fit(model, data, cfg, device, out: Path, choices: dict, resume: dict | None 
         scaler.load_state_dict(resume["scaler"])
         restore_rng(resume["rng"], generator)
         first, best, best_epoch = resume["epoch"] + 1, tuple(resume["best"]), resume["best_epoch"]
-        metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][:resume["epoch"]]
+        metrics = read_metrics(out / "metrics.jsonl", resume["epoch"])
         if guard:
             guard.restore(resume["guard"])
         log.info("resuming after epoch %d of %d", resume["epoch"], passes)

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 from advbench.attack_spec import Attack
-from advbench.evaluate import evaluate
+from advbench.robust_eval import evaluate
 
 log = logging.getLogger(__name__)
 

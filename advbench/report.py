@@ -17,50 +17,89 @@ from advbench.errors import AdvbenchError
 from advbench.outputs import atomic_write
 
 log = logging.getLogger("advbench.report")
-COLUMNS = ["run", "status", "dataset", "model", "training", "attack", "eps", "seed", "clean_acc", "robust_acc",
-           "wall_seconds"]
-GROUP = ("dataset", "model", "training", "attack", "eps")
+COLUMNS = ["run", "status", "task", "dataset", "model", "training", "attack", "eps", "seed", "setting",
+           "clean_acc", "robust_acc", "wall_seconds"]
+# Overrides that do not change what a run computes: they never split a group.
+NOT_SETTINGS = ("seed", "progress", "threads", "device", "resume", "stop_after_epoch", "dataset.root")
+LABELS = ("dataset", "model", "training", "attack")
+
+
+def _setting(overrides: list) -> str:
+    """The run's overrides that define its experiment, sorted: runs that differ only in seed share it."""
+    keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in NOT_SETTINGS
+            and not o.lstrip("+~").startswith("hydra")]
+    return ",".join(sorted(keep)) or "(defaults)"
+
+
+def _load(path: Path, reader):
+    text = path.read_text()
+    value = reader(text)
+    if value is None or not text.strip():
+        raise ValueError(f"{path.name} is empty")
+    return value
 
 
 def read_run(run: Path, root: Path) -> dict:
-    """One row: the run's combination from its Hydra config, its numbers from results.json, and its status."""
-    hydra = yaml.safe_load((run / ".hydra" / "hydra.yaml").read_text())["hydra"]
-    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
-    choices = hydra["runtime"]["choices"]
-    row = {"run": str(run.relative_to(root)) or ".", "eps": str(config.get("eps")), "seed": config.get("seed"),
-           **{k: choices.get(k) for k in ("dataset", "model", "training", "attack")}}
+    """One row: what ran (labels, setting) from the run's Hydra files and results.json, and its status; a run
+    whose files cannot be read gets status ``unreadable: <file>`` and is left out of every mean."""
+    row = {"run": str(run.relative_to(root)) or "."}
+    current = None
+    try:
+        current = ".hydra/hydra.yaml"
+        choices = _load(run / ".hydra" / "hydra.yaml", yaml.safe_load)["hydra"]["runtime"]["choices"]
+        current = ".hydra/config.yaml"
+        config = _load(run / ".hydra" / "config.yaml", yaml.safe_load)
+        current = ".hydra/overrides.yaml"
+        overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or [] if (
+            run / ".hydra" / "overrides.yaml").exists() else []
+        row |= {"task": config.get("task", "train"), "eps": str(config.get("eps")), "seed": config.get("seed"),
+                "setting": _setting(overrides), **{k: choices.get(k) for k in LABELS}}
+        current = "results.json"
+        if (run / "results.json").exists():
+            results = _load(run / "results.json", json.loads)
+            row |= {k: results.get(k) for k in ("clean_acc", "robust_acc", "wall_seconds")}
+            row |= {k: (results.get("labels") or results.get("choices") or {}).get(k, row[k]) for k in LABELS}
+            row["status"] = "finished"
+            return row
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as err:
+        return row | {"status": f"unreadable: {current} ({type(err).__name__})"}
     status = (run / "status").read_text().strip() if (run / "status").exists() else ""
-    if (run / "results.json").exists():
-        results = json.loads((run / "results.json").read_text())
-        row |= {k: results.get(k) for k in ("clean_acc", "robust_acc", "wall_seconds")}
-        row |= {k: results["choices"].get(k, row[k]) for k in ("dataset", "model", "training", "attack")}
-        row["status"] = "finished"
-    else:
-        row["status"] = status.split(":")[0] if status.startswith(("failed", "interrupted")) else "unfinished"
+    row["status"] = status.split(":")[0] if status.startswith(("failed", "interrupted")) else "unfinished"
     return row
 
 
 def collect(root: Path) -> list:
-    """Every run directory below ``root`` (one holding .hydra/config.yaml), sorted by path."""
-    runs = sorted(p.parent.parent for p in root.rglob(".hydra/config.yaml"))
+    """Every run directory below ``root`` (one holding .hydra/), sorted by path."""
+    runs = sorted({p.parent for p in root.rglob(".hydra") if p.is_dir()})
     return [read_run(run, root) for run in runs]
 
 
 def aggregate(rows: list) -> list:
-    """Mean and std over seeds of each finished combination."""
+    """Mean and std over seeds of each finished setting: runs are grouped by task and every override except the
+    seed, so different settings are never averaged together."""
     groups = defaultdict(list)
     for row in rows:
         if row["status"] == "finished":
-            groups[tuple(row[k] for k in GROUP)].append(row)
+            groups[(row["task"], row["setting"])].append(row)
     out = []
-    for key, members in sorted(groups.items(), key=lambda kv: (kv[0][:4], parse_eps(kv[0][4]))):
-        stats = {"n_seeds": len(members)}
+    for (task, setting), members in sorted(groups.items(), key=lambda kv: (kv[0][0], _eps_key(kv[1][0]),
+                                                                         kv[0][1])):
+        first = members[0]
+        stats = {"task": task, **{k: first[k] for k in LABELS}, "eps": first["eps"], "setting": setting,
+                 "n_seeds": len(members)}
         for metric in ("clean_acc", "robust_acc"):
             values = [m[metric] for m in members if m[metric] is not None]
             stats[f"{metric}_mean"] = statistics.fmean(values) if values else None
             stats[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-        out.append(dict(zip(GROUP, key)) | stats)
+        out.append(stats)
     return out
+
+
+def _eps_key(row) -> float:
+    try:
+        return parse_eps(row["eps"])
+    except AdvbenchError:
+        return float("inf")
 
 
 def _fmt(value) -> str:
@@ -72,12 +111,13 @@ def markdown(rows: list, groups: list) -> str:
     def table(records, columns):
         lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
         return lines + ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in records]
-    text = ["# advbench report", "", "## Mean and std over seeds (finished runs)", ""]
-    text += table(groups, [*GROUP, "n_seeds", "clean_acc_mean", "clean_acc_std", "robust_acc_mean",
-                           "robust_acc_std"])
+    text = ["# advbench report", "", "## Mean and std over seeds (finished runs, grouped by every override but "
+            "the seed)", ""]
+    text += table(groups, ["task", *LABELS, "eps", "setting", "n_seeds", "clean_acc_mean", "clean_acc_std",
+                           "robust_acc_mean", "robust_acc_std"])
     text += ["", "## Runs", ""] + table(rows, COLUMNS)
     missing = [r for r in rows if r["status"] != "finished"]
-    text += ["", "## Failed or unfinished", ""]
+    text += ["", "## Failed, unfinished or unreadable", ""]
     text += [f"- `{r['run']}`: {r['status']}" for r in missing] or ["none"]
     return "\n".join(text) + "\n"
 
@@ -88,14 +128,16 @@ def plot(groups: list, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     lines = defaultdict(list)
     for g in groups:
-        if g["robust_acc_mean"] is not None:
-            lines[(g["training"], g["dataset"], g["model"], g["attack"])].append(g)
-    several_setups = len({key[1:] for key in lines}) > 1  # then a label also names dataset, model, attack
+        if g["robust_acc_mean"] is not None and g["task"] == "train":
+            # one line per setting apart from eps: points of a line differ in eps alone
+            rest = ",".join(o for o in g["setting"].split(",") if not o.startswith("eps="))
+            lines[(g["training"], g["dataset"], g["model"], g["attack"], rest)].append(g)
+    several_setups = len({key[1:] for key in lines}) > 1  # then a label also names the rest of the setting
     for (training, *setup), points in sorted(lines.items()):
-        points.sort(key=lambda g: parse_eps(g["eps"]))
-        ax.errorbar([parse_eps(p["eps"]) for p in points], [p["robust_acc_mean"] for p in points],
+        points.sort(key=_eps_key)
+        ax.errorbar([_eps_key(p) for p in points], [p["robust_acc_mean"] for p in points],
                     yerr=[p["robust_acc_std"] for p in points], marker="o", capsize=3,
-                    label=f"{training} ({', '.join(setup)})" if several_setups else training)
+                    label=f"{training} ({', '.join(x for x in setup if x)})" if several_setups else training)
     ax.set(xlabel="eps", ylabel="robust accuracy", ylim=(0, 1.02), title="robust accuracy vs eps")
     ax.grid(alpha=0.3)
     if lines:
@@ -109,7 +151,7 @@ def write_report(root: Path) -> list:
         raise AdvbenchError(f"advbench-report: {root} is not a directory")
     rows = collect(root)
     if not rows:
-        raise AdvbenchError(f"advbench-report: no run directories (with .hydra/config.yaml) below {root}")
+        raise AdvbenchError(f"advbench-report: no run directories (with .hydra/) below {root}")
     groups = aggregate(rows)
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS)

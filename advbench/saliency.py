@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from advbench.attacks import attack_mode, loss_and_grad
 from advbench.data import to_unit
 from advbench.embedding import FromEmbeddings
-from advbench.evaluate import predict
+from advbench.robust_eval import predict
 from advbench.losses import mart_boosted_ce, mart_weighted_kl, trades_kl
 from advbench.outputs import atomic_write
 from advbench.plots import plt, save_figure

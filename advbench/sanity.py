@@ -6,7 +6,7 @@ import torch
 from advbench.attack_spec import Attack
 from advbench.attacks import attack_mode, input_grad
 from advbench.data import to_unit
-from advbench.evaluate import predict, robust_flags, summarize, worst_case
+from advbench.robust_eval import predict, robust_flags, summarize, worst_case
 
 log = logging.getLogger(__name__)
 

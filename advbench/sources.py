@@ -1,7 +1,7 @@
 """Where each data set's tensors come from: IDX files, scikit-learn, torchvision or a generator.
 
-Every loader returns ``(train, test)``, each an ``(images, labels)`` pair; images are uint8 in [0,255] or float
-in [0,1], shaped (N, C, H, W).
+Every loader returns ``(train, test, class names)``, each split an ``(images, labels)`` pair; images are uint8 in
+[0,255] or float in [0,1], shaped (N, C, H, W); class names may be None (then the class indices are the names).
 """
 import gzip
 import logging
@@ -15,6 +15,8 @@ from advbench.errors import AdvbenchError
 log = logging.getLogger(__name__)
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -59,12 +61,13 @@ def fashion_mnist(cfg):
         train, test = _idx_split(directory, "train"), _idx_split(directory, "t10k")
         if train and test:
             log.info("Fashion-MNIST from %s", directory)
-            return train, test
+            return train, test, FASHION_MNIST_CLASSES
     if cfg.download:
         import torchvision
         torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
         torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
-        return _idx_split(root / "FashionMNIST" / "raw", "train"), _idx_split(root / "FashionMNIST" / "raw", "t10k")
+        raw = root / "FashionMNIST" / "raw"
+        return _idx_split(raw, "train"), _idx_split(raw, "t10k"), FASHION_MNIST_CLASSES
     raise AdvbenchError(
         f"dataset=fashion_mnist: no IDX files under {', '.join(map(str, candidates))}; install them with "
         "`apt-get install dataset-fashion-mnist` or let torchvision fetch them with dataset.download=true")
@@ -79,7 +82,7 @@ def digits(cfg):
     y = torch.tensor(bunch.target, dtype=torch.int64)
     train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=0.25, stratify=bunch.target,
                                            random_state=0)
-    return (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx])
+    return (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx]), [str(i) for i in range(10)]
 
 
 def synthetic(cfg):
@@ -93,7 +96,7 @@ def synthetic(cfg):
         x = prototypes[y] + cfg.noise * torch.randn(n, *shape, generator=g)
         return x.clamp(0, 1), y
 
-    return sample(cfg.n_train), sample(cfg.n_test)
+    return sample(cfg.n_train), sample(cfg.n_test), None
 
 
 def _torchvision(cls_name: str, cfg):
@@ -109,7 +112,7 @@ def _torchvision(cls_name: str, cfg):
         data = torch.as_tensor(np.asarray(s.data))
         data = data.unsqueeze(1) if data.dim() == 3 else data.permute(0, 3, 1, 2)  # HWC -> CHW
         out.append((data.contiguous(), torch.as_tensor(np.asarray(s.targets), dtype=torch.int64)))
-    return tuple(out)
+    return (*out, list(getattr(sets[0], "classes", None) or []) or None)
 
 
 SOURCES = {

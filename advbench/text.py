@@ -54,7 +54,8 @@ def parse_fortunes(path: Path) -> list:
 
 
 def _stratified_split(texts, labels, test_size: float, seed: int):
-    """A fixed split keeping each class's share in both halves."""
+    """A fixed split keeping each class's share in both halves, each in a fixed random order (so the first n
+    test examples are not all of one class)."""
     rng, train, test = random.Random(seed), [], []
     for label in sorted(set(labels)):
         members = [t for t, l in zip(texts, labels) if l == label]
@@ -62,6 +63,8 @@ def _stratified_split(texts, labels, test_size: float, seed: int):
         n_test = max(1, round(test_size * len(members)))
         test += [(t, label) for t in members[:n_test]]
         train += [(t, label) for t in members[n_test:]]
+    rng.shuffle(train)
+    rng.shuffle(test)
     return tuple(map(list, zip(*train))), tuple(map(list, zip(*test)))
 
 
@@ -80,7 +83,40 @@ def fortunes(cfg):
                 seen.add(entry)
                 texts.append(entry)
                 labels.append(label)
-    return _stratified_split(texts, labels, cfg.test_size, cfg.split_seed)
+    return (*_stratified_split(texts, labels, cfg.test_size, cfg.split_seed), list(cfg.categories))
+
+
+def _read_csv(path, cfg) -> list:
+    """(text, label) rows of one CSV file; encoding problems and ragged rows are one-line errors."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            for column in ("text_column", "label_column"):
+                if getattr(cfg, column) not in (reader.fieldnames or []):
+                    raise AdvbenchError(f"dataset.{column}={getattr(cfg, column)!r} is not a column of {path}: "
+                                        f"it has {reader.fieldnames}")
+            rows = []
+            for row in reader:
+                if None in row or None in row.values():  # csv's marks of too many and too few fields
+                    fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, []))
+                    raise AdvbenchError(f"{path}, line {reader.line_num}: {fields} fields "
+                                        f"where the header has {len(reader.fieldnames)}: expected one value per "
+                                        "column (quote texts holding commas)")
+                rows.append((row[cfg.text_column], row[cfg.label_column].strip()))
+            return rows
+    except UnicodeDecodeError as err:
+        raise AdvbenchError(f"{path} is not UTF-8 text (byte {err.start}): expected a UTF-8 CSV file; "
+                            "convert it, e.g. with iconv -t utf-8") from None
+    except csv.Error as err:
+        raise AdvbenchError(f"{path} is not a readable CSV file: {err}") from None
+
+
+def _label_order(labels) -> list:
+    """Label names sorted as numbers when they all are ("2" before "10"), else as text."""
+    try:
+        return sorted(labels, key=float)
+    except ValueError:
+        return sorted(labels)
 
 
 def text_csv(cfg):
@@ -90,20 +126,13 @@ def text_csv(cfg):
         path = getattr(cfg, key)
         if not path or not Path(path).is_file():
             raise AdvbenchError(f"dataset.{key}={path}: no such CSV file")
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            for column in ("text_column", "label_column"):
-                if getattr(cfg, column) not in (reader.fieldnames or []):
-                    raise AdvbenchError(f"dataset.{column}={getattr(cfg, column)!r} is not a column of {path}: "
-                                        f"it has {reader.fieldnames}")
-            rows = [(r[cfg.text_column], r[cfg.label_column]) for r in reader]
-        splits.append(rows)
-    names = sorted({label for _, label in splits[0]})
+        splits.append(_read_csv(path, cfg))
+    names = _label_order({label for _, label in splits[0]})
     index = {name: i for i, name in enumerate(names)}
     unknown = {label for _, label in splits[1]} - set(names)
     if unknown:
         raise AdvbenchError(f"dataset.test_csv has labels absent from the training file: {sorted(unknown)[:5]}")
-    return tuple(([t for t, _ in rows], [index[l] for _, l in rows]) for rows in splits)
+    return (*(([t for t, _ in rows], [index[l] for _, l in rows]) for rows in splits), names)
 
 
 def synthetic_text(cfg):
@@ -118,7 +147,7 @@ def synthetic_text(cfg):
                  for c in labels]
         return texts, labels
 
-    return sample(cfg.n_train), sample(cfg.n_test)
+    return sample(cfg.n_train), sample(cfg.n_test), None
 
 
 TEXT_SOURCES = {"fortunes": fortunes, "text_csv": text_csv, "synthetic_text": synthetic_text}

@@ -9,7 +9,8 @@ from tqdm import tqdm
 from advbench.amp import autocast
 from advbench.distributed import bare
 from advbench.embedding import perturb_embedding_weights, restore_embedding_weights
-from advbench.evaluate import predict
+from advbench.errors import RunFailed
+from advbench.robust_eval import predict
 from advbench.losses import mart_loss, trades_attack_loss, trades_loss
 from advbench.schedules import eps_factor
 
@@ -118,6 +119,11 @@ def train_epoch(model, loader, optimizer, scheduler, scaler, attack, cfg, device
     delta = None  # free: the perturbation carried from batch to batch
 
     def update(loss, add_gradient=None):
+        if not torch.isfinite(loss.detach()).all():  # stop before a non-finite loss reaches the weights
+            raise RunFailed(f"diverged at epoch {epoch} step {i + 1}: the training loss is "
+                            f"{loss.detach().float().sum().item()}; "
+                            + (f"last.pt keeps epoch {epoch - 1}" if epoch > 1 else "no epoch finished")
+                            + " (lower lr, or set grad_clip)")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if add_gradient:  # the embedding-weights attack adds its adversarial gradient to the clean one

@@ -17,7 +17,7 @@ from advbench.attack_spec import Attack
 from advbench.checkpoint import build_model, load_checkpoint
 from advbench.data import load_data, to_unit
 from advbench.eps import parse_eps
-from advbench.evaluate import evaluate, predict
+from advbench.robust_eval import evaluate, predict
 
 log = logging.getLogger("benchmark")
 

@@ -4,7 +4,7 @@ import torch
 
 import advbench
 from advbench.errors import AdvbenchError
-from advbench.evaluate import evaluate as evaluate_tensors
+from advbench.robust_eval import evaluate as evaluate_tensors
 
 
 def loader(digits, batch=100):

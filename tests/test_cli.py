@@ -6,27 +6,11 @@ import sys
 import pytest
 import torch
 
-TINY = ["dataset=synthetic", "model=mlp", "model.hidden=32", "epochs=2", "batch_size=64", "progress=false",
-        "eval.n_examples=100", "threads=1"]
-TIMING = ("seconds", "images_per_s")
-
-
-def advbench(*overrides, cwd, check=True):
-    """Run ``python -m advbench`` with ``overrides`` in ``cwd``; return the completed process."""
-    proc = subprocess.run([sys.executable, "-m", "advbench", *overrides], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+from helpers import TINY, advbench, cli, metrics_without_timing, one_line_error
 
 
 def run_dirs(root):
     return sorted(p.parent for p in root.rglob("results.json"))
-
-
-def metrics_without_timing(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
 
 
 def test_run_writes_every_file_with_sane_values(tmp_path):
@@ -109,10 +93,7 @@ def test_bad_input_exits_nonzero_with_a_one_line_message(tmp_path, override, exp
         pytest.skip("CUDA is present")
     extra = [f"dataset.root={tmp_path}/none"] if override == "dataset=mnist" else []
     args = [a for a in TINY if a.split("=")[0] != override.split("=")[0]]
-    proc = advbench(*args, override, *extra, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, check=False)
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    assert expected in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if expected in line]
-    assert errors and len(errors[0]) < 400
+    code, err = cli(*args, override, *extra, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert code == 2
+    one_line_error(err, expected)
     assert not (tmp_path / "run" / "results.json").exists()

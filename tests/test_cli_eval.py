@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from test_cli import advbench
+from helpers import advbench, cli, png_size
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +23,14 @@ def results(run_dir):
 
 
 def test_eval_of_a_checkpoint_reproduces_the_training_runs_evaluation(trained_run, tmp_path):
-    for checkpoint in (trained_run, trained_run / "model.pt"):
-        advbench("task=eval", f"checkpoint={checkpoint}", "progress=false", f"hydra.run.dir={tmp_path}/e",
-                 cwd=tmp_path)
-        trained, evaluated = results(trained_run), results(tmp_path / "e")
+    for i, checkpoint in enumerate((trained_run, trained_run / "model.pt")):
+        cli("task=eval", f"checkpoint={checkpoint}", "progress=false", f"hydra.run.dir={tmp_path}/e{i}",
+            cwd=tmp_path, check=True)
+        trained, evaluated = results(trained_run), results(tmp_path / f"e{i}")
         for key in ("clean_acc", "robust_acc", "robust_acc_by_attack", "n_examples", "eps"):
             assert evaluated[key] == trained[key], key
         assert evaluated["task"] == "eval" and evaluated["choices"]["model"] == "mlp"
-        assert not (tmp_path / "e" / "model.pt").exists()
+        assert not (tmp_path / f"e{i}" / "model.pt").exists()
 
 
 def test_eval_default_directory_names_the_checkpoints_run(trained_run, tmp_path):
@@ -54,10 +54,12 @@ def test_autoattack_preset_with_curve_and_examples(trained_run, tmp_path):
     rows = list(csv.DictReader((out / "robustness_curve.csv").open()))
     assert [r["eps"] for r in rows] == ["2/255", "0.05", "0.1"]
     accs = [float(r["robust_acc"]) for r in rows]
-    assert accs == sorted(accs, reverse=True) and accs[0] <= float(rows[0]["clean_acc"])
+    # eps 2/255 < 0.05 < 0.1: each attack is stronger than the last, up to a margin for its random start
+    assert all(later <= earlier + 0.05 for earlier, later in zip(accs, accs[1:]))
+    assert accs[0] <= float(rows[0]["clean_acc"])
     for png in ("robustness_curve.png", "adversarial_examples.png"):
-        data = (out / png).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+        width, height = png_size(out / png)
+        assert width > 200 and height > 150
     flags = __import__("numpy").load(out / "robust_flags.npz")
     assert flags["worst_case"].mean() == pytest.approx(res["robust_acc"])
 

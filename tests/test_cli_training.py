@@ -3,9 +3,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from omegaconf import OmegaConf
 
+from advbench import guard as guard_module
+from advbench.guard import OverfittingGuard
 from conftest import compose_config
-from test_cli import TINY, advbench
+from helpers import TINY, advbench, cli
 
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parent.parent / "conf" / "experiment").glob("*.yaml"))
 MODES = ["standard", "adversarial", "mixed", "fast", "free", "trades", "mart"]
@@ -77,25 +81,86 @@ def test_every_experiment_runs_a_smoke_variant(tmp_path, experiment):
     assert results["n_examples"] == 16 and 0 <= results["robust_acc"] <= results["clean_acc"]
 
 
-FMNIST_SUBSET = ["dataset.n_train=6000", "dataset.val_size=500", "val.n_examples=200", "eval.n_examples=200",
-                 "schedule=constant", "lr=5e-3", "training.guard.n_examples=256", "progress=false", "threads=2"]
+class Constant(torch.nn.Module):
+    """Logits [s, 0] whatever the input: class 0 for s > 0. No attack can move them, so PGD accuracy on a batch
+    of class-0 examples is exactly 1 (s > 0) or 0 (s < 0): a collapse can be forced by setting s."""
+
+    def __init__(self, s: float):
+        super().__init__()
+        self.s = torch.nn.Parameter(torch.tensor(s))
+
+    def forward(self, x):
+        return torch.stack([self.s.expand(len(x)), torch.zeros(len(x))], 1)
 
 
-def test_overfitting_guard_fires_on_a_collapsing_run_and_rolls_back(tmp_path):
-    # FGSM without a random start at a large eps overfits catastrophically (Wong et al. 2020, Fig. 1).
-    advbench("training=fast", "attack=fgsm", "eps=0.2", "epochs=15", *FMNIST_SUBSET,
-             f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+def guard_for(tmp_path, action="rollback"):
+    cfg = OmegaConf.create({"amp": "off", "training": {"guard": {"n_examples": 8, "steps": 3, "max_drop": 0.2,
+                                                                 "action": action}}})
+    train = (torch.rand(8, 1, 4, 4), torch.zeros(8, dtype=torch.long))
+    return OverfittingGuard(cfg, train, 0.1, "linf", "cpu", tmp_path / "last.pt")
+
+
+def epoch_end(guard, model, optimizer, epoch, path):
+    """What fit does after an epoch: the guard's check, then last.pt unless the guard fired."""
+    fired = guard.check(model, optimizer, epoch)
+    if not fired:
+        torch.save({"state_dict": model.state_dict(), "optimizer": optimizer.state_dict()}, path)
+    return fired
+
+
+@pytest.mark.parametrize("action", ["rollback", "stop"])
+def test_guard_fires_on_a_forced_collapse_and_rolls_back_to_the_last_good_epoch(tmp_path, action):
+    model = Constant(1.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard = guard_for(tmp_path, action)
+    assert not epoch_end(guard, model, optimizer, 1, tmp_path / "last.pt")
+    with torch.no_grad():
+        model.s.fill_(2.0)
+    assert not epoch_end(guard, model, optimizer, 2, tmp_path / "last.pt")
+    with torch.no_grad():
+        model.s.fill_(-1.0)  # the collapse: every example now misclassified, attacked or not
+    assert epoch_end(guard, model, optimizer, 3, tmp_path / "last.pt")
+    report = guard.report()
+    assert report["fired"] and report["epoch"] == 3 and report["pgd_acc"] == [1.0, 1.0, 0.0]
+    if action == "rollback":
+        assert report["rolled_back_to"] == 2 and model.s.item() == 2.0  # epoch 2's weights are back
+    else:
+        assert report["rolled_back_to"] is None and model.s.item() == -1.0
+
+
+def test_guard_stays_silent_when_nothing_can_collapse(tmp_path):
+    model = Constant(1.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard = guard_for(tmp_path)
+    for epoch in range(1, 6):
+        assert not epoch_end(guard, model, optimizer, epoch, tmp_path / "last.pt")
+    assert guard.report() == {"fired": False, "epoch": None, "action": "rollback", "pgd_acc": [1.0] * 5,
+                              "rolled_back_to": None}
+
+
+def test_guard_fires_inside_a_cli_run_on_a_scripted_collapse(tmp_path, monkeypatch):
+    # The guard's PGD accuracy, scripted: 0.6, 0.7, then a collapse to 0.1 at epoch 3 of 5.
+    scripted = iter([0.6, 0.7, 0.1, 0.7, 0.7])
+    monkeypatch.setattr(guard_module, "evaluate", lambda *a, **k: {"robust_acc": next(scripted)})
+    cli(*TINY, "training=fast", "attack=fgsm_rs", "epochs=5", "training.guard.n_examples=16",
+        f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, check=True)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     guard = results["training"]["guard"]
-    assert guard["fired"] and guard["action"] == "rollback"
-    assert guard["rolled_back_to"] == guard["epoch"] - 1 == results["training"]["epochs_run"] - 1 < 15
-    assert max(guard["pgd_acc"]) - guard["pgd_acc"][-1] > 0.2
+    assert guard == {"fired": True, "epoch": 3, "action": "rollback", "pgd_acc": [0.6, 0.7, 0.1],
+                     "rolled_back_to": 2}
+    assert results["training"]["epochs_run"] == 3
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    final = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert all(torch.equal(final["state_dict"][k], v) for k, v in last["state_dict"].items())
+    # the weights and optimizer are epoch 2's: Adam has taken 2 epochs of 6 steps (350 examples, batch 64)
+    assert last["optimizer"]["state"][0]["step"] == 2 * 6
     assert "catastrophic overfitting" in (tmp_path / "run" / "advbench.log").read_text()
 
 
-def test_overfitting_guard_stays_silent_on_a_normal_run(tmp_path):
-    advbench("training=fast", "attack=fgsm_rs", "eps=0.1", "epochs=3", *FMNIST_SUBSET,
-             f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+def test_guard_stays_silent_inside_a_cli_run_without_collapse(tmp_path):
+    cli(*TINY, "training=fast", "attack=fgsm_rs", "epochs=3", "training.guard.n_examples=16",
+        "training.guard.max_drop=1.0", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, check=True)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
+    # max_drop=1 cannot be exceeded by an accuracy in [0, 1]: silence is certain, not likely
     assert results["training"]["guard"]["fired"] is False and results["training"]["epochs_run"] == 3
     assert len(results["training"]["guard"]["pgd_acc"]) == 3

@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from test_cli import TINY, advbench
+from helpers import TINY, advbench
 
 
 def test_two_process_ddp_run_writes_one_directory_with_gathered_results(tmp_path):
@@ -26,5 +26,8 @@ def test_two_process_ddp_run_writes_one_directory_with_gathered_results(tmp_path
     advbench("task=eval", f"checkpoint={run}", "progress=false", f"hydra.run.dir={tmp_path}/single",
              cwd=tmp_path)
     single = json.loads((tmp_path / "single" / "results.json").read_text())
-    assert single["world_size"] == 1 and single["clean_acc"] == results["clean_acc"]
-    np.testing.assert_array_equal(np.load(tmp_path / "single" / "robust_flags.npz")["clean"], flags["clean"])
+    assert single["world_size"] == 1
+    # Same weights, other batch splits: a matrix product may round differently, so an example whose two best
+    # logits tie to the last bit could flip. At most 2 of 101 (measured: 0), never a systematic difference.
+    mismatches = (np.load(tmp_path / "single" / "robust_flags.npz")["clean"] != flags["clean"]).sum()
+    assert mismatches <= 2 and abs(single["clean_acc"] - results["clean_acc"]) <= 2 / 101

@@ -6,7 +6,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from advbench.attack_spec import Attack
-from advbench.evaluate import robust_flags, summarize, worst_case
+from advbench.robust_eval import robust_flags, summarize, worst_case
 from advbench.final_eval import save_flags
 from advbench.sanity import sanity_checks
 

@@ -7,19 +7,21 @@ import sys
 import pytest
 import yaml
 
-from advbench.report import write_report
-from test_cli import TINY, advbench
+from advbench.report import aggregate, collect, write_report
+from helpers import TINY, advbench
 
 
-def fake_run(root, name, training, eps, seed, robust=None, status=None):
+def fake_run(root, name, training, eps, seed, robust=None, status=None, task="train", extra=(), labels=None):
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     choices = {"dataset": "digits", "model": "mlp", "training": training, "attack": "pgd"}
+    overrides = [f"training={training}", f"eps={eps}", f"seed={seed}", "progress=false", *extra]
     (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
-    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"eps": eps, "seed": seed}))
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"eps": eps, "seed": seed, "task": task}))
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     if robust is not None:
         (run / "results.json").write_text(json.dumps({"clean_acc": 0.9, "robust_acc": robust, "wall_seconds": 1.5,
-                                                      "choices": choices}))
+                                                      "choices": choices, "labels": labels or choices}))
     if status:
         (run / "status").write_text(status + "\n")
     return run
@@ -43,9 +45,37 @@ def test_report_lists_every_run_and_aggregates_over_seeds(sweep):
         ("a/seed=0", "finished"), ("a/seed=1", "finished"), ("b/seed=0", "finished"), ("c/seed=0", "finished"),
         ("d/seed=0", "failed"), ("e/seed=0", "unfinished")]
     text = (sweep / "report.md").read_text()
-    assert "| digits | mlp | adversarial | pgd | 2/255 | 2 | 0.9000 | 0.0000 | 0.6500 | 0.0707 |" in text
+    assert ("| train | digits | mlp | adversarial | pgd | 2/255 | eps=2/255,training=adversarial | 2 | 0.9000 | "
+            "0.0000 | 0.6500 | 0.0707 |") in text
     assert "- `d/seed=0`: failed" in text and "- `e/seed=0`: unfinished" in text
     assert (sweep / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_never_averages_different_settings_or_tasks(tmp_path):
+    for seed, weight in ((0, "0.1"), (1, "0.9")):
+        fake_run(tmp_path, f"w{weight}", "mixed", "0.1", seed, 0.5 + seed / 10, "finished",
+                 extra=[f"training.adv_weight={weight}"])
+    fake_run(tmp_path, "eval", "mixed", "0.1", 0, 0.3, "finished", task="eval", extra=["checkpoint=w0.1"])
+    fake_run(tmp_path, "custom", "mixed", "0.1", 0, 0.2, "finished", extra=["model._target_=my.Net"],
+             labels={"dataset": "digits", "model": "Net", "training": "mixed", "attack": "pgd"})
+    groups = aggregate(collect(tmp_path))
+    assert sorted((g["task"], g["setting"], g["n_seeds"]) for g in groups) == [
+        ("eval", "checkpoint=w0.1,eps=0.1,training=mixed", 1),
+        ("train", "eps=0.1,model._target_=my.Net,training=mixed", 1),
+        ("train", "eps=0.1,training.adv_weight=0.1,training=mixed", 1),
+        ("train", "eps=0.1,training.adv_weight=0.9,training=mixed", 1)]
+    assert {g["model"] for g in groups} == {"mlp", "Net"}  # labelled with what ran
+
+
+def test_unreadable_runs_are_listed_not_fatal(sweep):
+    (sweep / "a/seed=1/results.json").write_text('{"clean_acc": 0.9, "rob')
+    (sweep / "b/seed=0/.hydra/hydra.yaml").write_text("")
+    rows = {r["run"]: r["status"] for r in write_report(sweep)}
+    assert rows["a/seed=1"] == "unreadable: results.json (JSONDecodeError)"
+    assert rows["b/seed=0"].startswith("unreadable: .hydra/hydra.yaml")
+    text = (sweep / "report.md").read_text()
+    assert "- `a/seed=1`: unreadable: results.json" in text
+    assert "| 2/255 | eps=2/255,training=adversarial | 1 |" in text  # a/seed=1 is not in the mean
 
 
 def test_report_command_line(sweep, tmp_path):
@@ -57,8 +87,12 @@ def test_report_command_line(sweep, tmp_path):
     assert proc.returncode == 2 and "no run directories" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
-    advbench("-m", *TINY, "epochs=1", "eps=abc,0.1", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+def test_a_failing_job_does_not_stop_the_sweep_but_fails_it_at_the_end(tmp_path):
+    proc = advbench("-m", *TINY, "epochs=1", "eps=abc,0.1", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path,
+                    check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    summary = [line for line in proc.stderr.splitlines() if "1 of 2 jobs did not finish" in line]
+    assert len(summary) == 1 and "eps=abc" in summary[0]
     statuses = {next(o for o in p.parent.parent.name.split(",") if o.startswith("eps=")): p.read_text()
                 for p in (tmp_path / "sweep").rglob("status")}
     assert statuses["eps=abc"].startswith("failed: eps='abc'") and statuses["eps=0.1"] == "finished\n"

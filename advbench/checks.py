@@ -1,0 +1,146 @@
+"""Checks on a composed config before any work: unknown keys, values out of range, the attacks a training mode
+accepts, what a resume may change, and what a stored config may build."""
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from advbench.attack_spec import build_attack
+from advbench.config import Config
+from advbench.eps import parse_eps
+from advbench.errors import AdvbenchError
+from advbench.final_eval import check_eval_config
+from advbench.rundir import shipped_targets
+from advbench.text import is_text
+from advbench.training import MODES
+
+# key -> (test, what is accepted); None values pass (null means "off" or "all" where the schema allows it)
+_RANGES = {
+    "epochs": (lambda v: v >= 1, "a positive integer"),
+    "batch_size": (lambda v: v >= 1, "a positive integer"),
+    "eval.batch_size": (lambda v: v >= 1, "a positive integer"),
+    "eval.n_examples": (lambda v: v >= 1, "a positive integer or null (all)"),
+    "val.n_examples": (lambda v: v >= 1, "a positive integer or null (all)"),
+    "dataset.n_train": (lambda v: v >= 1, "a positive integer or null (all)"),
+    "lr": (lambda v: v > 0, "a positive number"),
+    "weight_decay": (lambda v: v >= 0, "a non-negative number"),
+    "threads": (lambda v: v >= 1, "a positive integer or null (torch's default)"),
+    "grad_clip": (lambda v: v > 0, "a positive number or null (no clipping)"),
+    "eps_warmup_epochs": (lambda v: v >= 0, "a non-negative number of epochs"),
+    "training.replays": (lambda v: v >= 1, "a positive integer"),
+    "training.adv_weight": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "training.beta": (lambda v: v >= 0, "a non-negative number"),
+    "training.guard.n_examples": (lambda v: v >= 1, "a positive integer"),
+    "training.guard.steps": (lambda v: v >= 1, "a positive integer"),
+    "training.guard.max_drop": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "eval.save_examples": (lambda v: v >= 0, "0 (none) or a positive number of examples"),
+    "eval.sanity.sample": (lambda v: v >= 1, "a positive number of examples"),
+    "eval.sanity.zero_grad_frac": (lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
+    "saliency.n_examples": (lambda v: v >= 1, "a positive integer"),
+    "saliency.smoothgrad_samples": (lambda v: v >= 1, "a positive integer"),
+    "stop_after_epoch": (lambda v: v >= 1, "a positive epoch number or null"),
+}
+# What a resumed run may change: how it runs, how long, and how it is evaluated; never what it trains.
+RESUMABLE = ("epochs", "device", "threads", "progress", "resume", "stop_after_epoch", "eval", "dataset.root",
+             "dataset.download")
+
+
+def check_keys(cfg) -> None:
+    """Every key is one the schema knows: ``+unknown_key=1`` and ``+attack.bogus=1`` are errors, not ignored."""
+    try:
+        OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise AdvbenchError(f"{key} is not a key advbench knows ({str(err).splitlines()[0]}): see "
+                            "`advbench --cfg job` for the keys of this config") from None
+
+
+def check_config(cfg) -> None:
+    """Everything the schema cannot check, before any work: ranges, eps, every attack at every eps."""
+    parse_eps(cfg.eps)
+    for key, (ok, accepted) in _RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not ok(value):
+            raise AdvbenchError(f"{key}={value}: expected {accepted}")
+    if not is_text(cfg.dataset) and any(s <= 0 for s in cfg.dataset.std):
+        raise AdvbenchError(f"dataset.std={list(cfg.dataset.std)}: expected positive numbers, one per channel")
+    if cfg.task == "train":
+        check_training_attack(cfg)
+    if not is_text(cfg.dataset):  # text validates under the run's own attack
+        if cfg.val.attack.name == "none":
+            raise AdvbenchError("val.attack.name=none: validation measures robust accuracy (model selection "
+                                "uses it); expected an attack: fgsm, pgd, fgm or apgd")
+        build_attack(cfg.val.attack, cfg.eps)
+    check_eval_config(cfg)
+
+
+def check_training_attack(cfg) -> None:
+    """Each training mode names the attacks it accepts; anything else is a one-line error."""
+    mode = cfg.training.name
+    if is_text(cfg.dataset) and mode not in ("standard", "mixed"):
+        raise AdvbenchError(f"training={mode} on text data: embedding attacks train with training=mixed (clean plus "
+                            "adversarial gradient, Miyato et al. 2017) or standard")
+    attack, allowed = build_attack(cfg.attack, cfg.eps, is_text(cfg.dataset)), MODES[mode][1]
+    if allowed is None:
+        return
+    name = attack.name if attack else "none"
+    if name not in allowed:
+        accepted = {"fgsm": "fgsm, fgsm_rs"}
+        raise AdvbenchError(f"training={mode} accepts attack={', '.join(accepted.get(a, a) for a in allowed)}; "
+                            f"attack={name} given")
+    if mode == "trades" and (attack.restarts > 1 or attack.targeted):
+        raise AdvbenchError("training=trades ascends its KL loss with one untargeted run: "
+                            "attack.restarts=1 and attack.targeted=false")
+
+
+def command_line() -> dict:
+    """key -> value text of this command line's overrides (``+``/``~`` prefixes dropped)."""
+    pairs = (o.split("=", 1) for o in HydraConfig.get().overrides.task if "=" in o)
+    return {key.lstrip("+~"): value for key, value in pairs}
+
+
+def _plain(node):
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+
+
+def check_resume_overrides(stored, cfg, done_epochs: int) -> None:
+    """A resume continues the same experiment: refuse overrides that change it, naming the keys."""
+    changed = []
+    for key in command_line():
+        if key.startswith("hydra") or any(key == k or key.startswith(k + ".") for k in RESUMABLE):
+            continue
+        if _plain(OmegaConf.select(stored, key)) != _plain(OmegaConf.select(cfg, key)):
+            changed.append(key)
+    if changed:
+        raise AdvbenchError(f"resume: {', '.join(sorted(changed))} would change the experiment being resumed; a "
+                            f"resume may change only {', '.join(RESUMABLE)} (eval.*); start a new run instead")
+    if cfg.epochs < done_epochs:
+        raise AdvbenchError(f"epochs={cfg.epochs} is below the {done_epochs} epochs the resumed run has finished")
+
+
+def _targets(node, path=""):
+    """(path, value) of every ``_target_`` in a plain container."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{path}.{key}" if path else str(key)
+            if key == "_target_":
+                yield here, value
+            yield from _targets(value, here)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _targets(value, f"{path}[{i}]")
+
+
+def check_stored_targets(stored: dict, source: str) -> None:
+    """A stored config is data: it may build only the models and optimizers advbench ships, or a ``_target_``
+    given on this command line. Anything else, nested ``_target_``s included, is refused before it runs."""
+    given = command_line()
+    allowed = {"model._target_": set(shipped_targets("model").values()) | {given.get("model._target_")},
+               "optimizer._target_": set(shipped_targets("optimizer").values()) | {given.get("optimizer._target_")}}
+    for path, target in _targets(stored):
+        if path not in allowed:
+            raise AdvbenchError(f"{source}: its config holds a nested {path}={target}; refused: a stored config is "
+                                "data, and advbench builds nothing from it but the model and the optimizer")
+        if target not in allowed[path]:
+            raise AdvbenchError(f"{source}: its config asks to build {path}={target}, which is not an option "
+                                f"advbench ships; refused (a stored config is data, not code). If you trust it, "
+                                f"give {path}={target} on the command line")

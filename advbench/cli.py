@@ -1,0 +1,54 @@
+"""The ``advbench`` command: signals handled from the first instruction, then Hydra, then the exit code.
+
+Exit codes: 0 done; 1 the run failed (diverged, disk full, a sweep job failed, a bug: with its traceback);
+2 bad input (advbench's own checks and Hydra's: unknown option or key, wrong type); 3 interrupted (SIGINT,
+SIGTERM, ``stop_after_epoch``).
+"""
+import logging
+import signal
+import sys
+
+from advbench.errors import Interrupted, Refused
+
+log = logging.getLogger("advbench")
+_signalled: list = []
+
+
+def _on_signal(signum, frame) -> None:
+    if _signalled:  # a second Ctrl-C while the first is being handled: the clean stop is already under way
+        return
+    _signalled.append(signal.Signals(signum).name)
+    raise Interrupted(_signalled[0])
+
+
+def install_signal_handlers() -> None:
+    """SIGINT and SIGTERM raise ``Interrupted`` once; repeated signals do not break the clean stop."""
+    _signalled.clear()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _on_signal)
+
+
+def _load_entry():
+    from advbench import main as entry  # imports torch and Hydra: seconds
+    return entry
+
+
+def main() -> None:
+    """Console entry point of ``advbench`` and ``python -m advbench``."""
+    install_signal_handlers()  # before the heavy imports: a Ctrl-C during start-up is a clean stop too
+    started = []
+    try:
+        entry = _load_entry()
+        entry.STARTED = started
+        entry.main()
+    except Interrupted as err:  # before the run began: nothing was written
+        log.error("interrupted (%s) during start-up: nothing was written", err)
+        sys.exit(3)
+    except SystemExit as done:
+        # Hydra exits 1 on its own errors (unknown option or key, wrong type): bad input, like advbench's.
+        hydras_own = not started and not isinstance(done, Refused)
+        sys.exit(2 if done.code == 1 and hydras_own else done.code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Running the CLI from tests: in a subprocess (the real command) or in this process (fast, patchable)."""
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import torch
+
+TINY = ["dataset=synthetic", "model=mlp", "model.hidden=32", "epochs=2", "batch_size=64", "progress=false",
+        "eval.n_examples=100", "threads=1"]
+DIGITS = ["dataset=digits", "model=mlp", "model.hidden=32", "epochs=2", "progress=false", "val.attack.steps=2",
+          "eval.n_examples=60", "eval.attacks.pgd20.steps=3", "threads=1"]
+TIMING = ("seconds", "images_per_s")
+
+
+def advbench(*overrides, cwd, check=True):
+    """Run ``python -m advbench`` with ``overrides`` in ``cwd``; return the completed process."""
+    proc = subprocess.run([sys.executable, "-m", "advbench", *overrides], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def cli(*overrides, cwd, check=False):
+    """Run the ``advbench`` entry point in this process (monkeypatches apply); return (exit code, stderr)."""
+    from advbench.cli import main
+    argv, threads, here = sys.argv, torch.get_num_threads(), os.getcwd()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    err = io.StringIO()
+    sys.argv = ["advbench", *overrides]
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stderr(err):
+            try:
+                main()
+                code = 0
+            except SystemExit as done:
+                code = done.code or 0
+    finally:
+        sys.argv = argv
+        os.chdir(here)
+        torch.set_num_threads(threads)
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    if check:
+        assert code == 0, err.getvalue()
+    return code, err.getvalue()
+
+
+def one_line_error(stderr: str, expected: str) -> str:
+    """The single error line holding ``expected``; fails if there is a traceback or no such short line."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if expected in line]
+    assert lines and len(lines[0]) < 500, stderr
+    return lines[0]
+
+
+def metrics_without_timing(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def png_size(path) -> tuple:
+    """(width, height) of a PNG file, from its header; fails if it is not a PNG."""
+    data = open(path, "rb").read(24)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def tiny_cnn(in_shape, n_classes, mean, std):
+    """A user's own model factory, outside advbench (found on sys.path, as a user's package would be)."""
+    from advbench.models import Normalize
+    c, h, w = in_shape
+    return torch.nn.Sequential(Normalize(mean, std), torch.nn.Conv2d(c, 4, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Flatten(), torch.nn.Linear(4 * h * w, n_classes))

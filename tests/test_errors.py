@@ -1,0 +1,154 @@
+"""Bad input, divergence, a full disk and signals: one line naming the key, the documented exit code, no traceback,
+nothing half-written."""
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from advbench import training
+from advbench.eps import parse_eps
+from advbench.errors import AdvbenchError
+from helpers import TINY, cli, one_line_error
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["lr=-1"], "lr=-1.0: expected a positive number"),
+    (["weight_decay=-1"], "weight_decay=-1.0"),
+    (["threads=-1"], "threads=-1"),
+    (["grad_clip=-1"], "grad_clip=-1.0"),
+    (["training=free", "attack=fgsm", "training.replays=0"], "training.replays=0"),
+    (["training.guard.n_examples=0"], "training.guard.n_examples=0"),
+    (["val.attack.name=none"], "val.attack.name=none"),
+    (["eval.save_examples=-1"], "eval.save_examples=-1"),
+    (["eval.sanity.sample=0"], "eval.sanity.sample=0"),
+    (["dataset.std=[0]"], "dataset.std=[0.0]"),
+    (["eps=" + "1" * 300], "characters long"),
+    (["+unknown_key=1"], "unknown_key is not a key advbench knows"),
+    (["+attack.bogus=1"], "attack.bogus is not a key advbench knows"),
+    (["+eval.attacks.fgsm={name: fgsm, bogus: 1}"], "eval.attacks.fgsm"),
+    (["+model.foo=1"], "model.foo is not an argument of advbench.models.mlp: it takes hidden, depth"),
+])
+def test_bad_values_get_one_line_naming_the_key_and_exit_2(tmp_path, overrides, expected):
+    code, err = cli(*TINY, *overrides, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert code == 2
+    one_line_error(err, expected)
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+@pytest.mark.parametrize("override", ["foo=1", "amp=fp8", "attack=nope", "epochs=abc"])
+def test_hydras_own_errors_exit_2_as_well(tmp_path, override):
+    code, err = cli(*TINY, override, cwd=tmp_path)
+    assert code == 2 and "Traceback" not in err and not (tmp_path / "outputs").exists()
+
+
+def test_the_eps_parser_is_bounded():
+    # Fraction('1e10000000') is exact: without bounds this took over a minute of CPU.
+    for text in ("1e10000000/1e10000001", "9" * 41, "1e9999"):
+        with pytest.raises(AdvbenchError, match="eps="):
+            parse_eps(text)
+    assert parse_eps("1e-300/1e-299") == pytest.approx(0.1)
+
+
+def test_an_evaluation_attack_can_be_added_from_the_command_line(tmp_path):
+    cli(*TINY, "epochs=1", "+eval.attacks.fgsm={name: fgsm}", "eval.attacks.pgd20.steps=3",
+        f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, check=True)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert list(results["robust_acc_by_attack"]) == ["pgd20", "fgsm"]
+    assert results["attacks"]["fgsm"]["name"] == "fgsm" and results["attacks"]["pgd20"]["steps"] == 3
+
+
+def nan_at(epoch: int, batches_per_epoch: int, step):
+    """A training step whose loss turns NaN at the first step of ``epoch``: divergence by construction."""
+    calls = []
+
+    def diverging(model, x, y, attack, cfg):
+        calls.append(1)
+        loss, logits, logits_adv = step(model, x, y, attack, cfg)
+        return (loss * float("nan") if len(calls) > (epoch - 1) * batches_per_epoch else loss), logits, logits_adv
+    return diverging
+
+
+def test_divergence_stops_at_once_keeping_the_last_good_epoch(tmp_path, monkeypatch):
+    step, accepted = training.MODES["standard"]
+    monkeypatch.setitem(training.MODES, "standard", (nan_at(2, 6, step), accepted))  # 350 examples, batch 64
+    code, err = cli(*TINY, "training=standard", "epochs=3", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    run = tmp_path / "run"
+    assert code == 1
+    one_line_error(err, "diverged at epoch 2 step 1")
+    assert (run / "status").read_text().startswith("failed: diverged at epoch 2 step 1")
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1 and not (run / "results.json").exists()
+    for path in run.glob("*.json*"):
+        assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
+
+
+def test_a_full_disk_is_one_line_and_earlier_files_stay_intact(tmp_path, monkeypatch):
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("epoch") == 2 and "optimizer" in obj:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+    monkeypatch.setattr(torch, "save", save)
+    code, err = cli(*TINY, "epochs=3", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    run = tmp_path / "run"
+    assert code == 1
+    line = one_line_error(err, "no space left on device")
+    assert "last.pt" in line
+    assert "no space left on device" in (run / "status").read_text()
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1  # the previous last.pt is intact
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_a_run_does_not_start_on_a_full_disk(tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2**30, 2**30, 1024))
+    code, err = cli(*TINY, cwd=tmp_path)
+    assert code == 1 and "no space left on device" in one_line_error(err, "no space left")
+    assert not (tmp_path / "outputs").exists()  # nothing written, no empty .hydra files
+
+
+def test_sigint_during_start_up_is_a_clean_exit_3(tmp_path):
+    # The signal arrives while the heavy imports run (deterministically: sent from inside the start-up).
+    script = ("import os, signal, sys\n"
+              "import advbench.cli as cli\n"
+              "real = cli._load_entry\n"
+              "def load():\n"
+              "    os.kill(os.getpid(), signal.SIGINT)\n"
+              "    return real()\n"
+              "cli._load_entry = load\n"
+              "sys.argv = ['advbench']\n"
+              "cli.main()\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    one_line_error(proc.stderr, "interrupted (SIGINT) during start-up")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_repeated_sigints_still_stop_cleanly_with_exit_3(tmp_path, monkeypatch):
+    step, accepted = training.MODES["standard"]
+    calls = []
+
+    def interrupted(model, x, y, attack, cfg):
+        calls.append(1)
+        if len(calls) == 8:  # epoch 2: Ctrl-C, and again while the first is being handled
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(model, x, y, attack, cfg)
+
+    from advbench import main as entry
+    real_record = entry.record
+
+    def record_twice(out, status):
+        os.kill(os.getpid(), signal.SIGINT)
+        real_record(out, status)
+    monkeypatch.setitem(training.MODES, "standard", (interrupted, accepted))
+    monkeypatch.setattr(entry, "record", record_twice)
+    code, err = cli(*TINY, "training=standard", "epochs=3", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert code == 3 and "Traceback" not in err
+    assert (tmp_path / "run" / "status").read_text().startswith("interrupted: SIGINT")
+    assert f"resume={tmp_path}/run" in err
