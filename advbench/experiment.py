@@ -152,9 +152,10 @@ def run(cfg, out: Path | None = None, on_start=lambda: None) -> float | None:
     ran = labels(cfg.dataset.name, cfg.model._target_, cfg.training.name, cfg.attack.name, choices)
     if cfg.task == "saliency":
         attack = next(iter(eval_attacks(cfg, cfg.eps).values()))  # the run's first evaluation attack
-        files = (write_text_saliency(model, data.test, data.vocab, cfg, device, out) if data.is_text
-                 else write_saliency(model, data.test, attack, cfg, device, out))
+        files, scales = (write_text_saliency(model, data.test, data.vocab, cfg, device, out) if data.is_text
+                         else write_saliency(model, data.test, attack, cfg, device, out))
         write_json(out / "results.json", {"task": "saliency", "checkpoint": cfg.checkpoint, "files": files,
+                                          "mean_abs_gradient": scales,
                                           "attack": asdict(attack), "choices": choices, "labels": ran,
                                           "versions": versions()})
         return None

@@ -58,8 +58,9 @@ def _heat(grad: torch.Tensor) -> torch.Tensor:
     return heat / heat.max().clamp_min(1e-12)
 
 
-def write_saliency(model, test: tuple, attack, cfg, device, out) -> list:
-    """One PNG per test image (saliency_<i>.png); returns the files written."""
+def write_saliency(model, test: tuple, attack, cfg, device, out) -> tuple:
+    """One PNG per test image (saliency_<i>.png); returns the files written and each map's mean |gradient|
+    (so the scales of the loss terms can be compared)."""
     s = cfg.saliency
     x, y = to_unit(test[0][:s.n_examples]).to(device), test[1][:s.n_examples].to(device)
     grads = {"|dL/dx|": input_gradient(model, x, _ce(y))}
@@ -86,7 +87,7 @@ def write_saliency(model, test: tuple, attack, cfg, device, out) -> list:
         save_figure(fig, out / f"saliency_{i}.png")
         files.append(f"saliency_{i}.png")
     log.info("saliency maps of %d test images (%s) in %s", len(files), ", ".join([*grads, *terms]), out)
-    return files
+    return files, {name: g.abs().mean().item() for name, g in {**grads, **terms}.items()}
 
 
 def token_saliency(model, ids, y) -> torch.Tensor:
@@ -98,7 +99,7 @@ def token_saliency(model, ids, y) -> torch.Tensor:
     return grad.norm(dim=-1).masked_fill(pad, 0)
 
 
-def write_text_saliency(model, test: tuple, vocab: list, cfg, device, out) -> list:
+def write_text_saliency(model, test: tuple, vocab: list, cfg, device, out) -> tuple:
     """saliency.html (tokens highlighted by gradient norm) and saliency_text.png for the first N test texts."""
     ids, y = test[0][:cfg.saliency.n_examples].to(device), test[1][:cfg.saliency.n_examples].to(device)
     norms, pred = token_saliency(model, ids, y).cpu(), predict(model, ids).tolist()
@@ -124,4 +125,4 @@ def write_text_saliency(model, test: tuple, vocab: list, cfg, device, out) -> li
         ax.axis("off")
     save_figure(fig, out / "saliency_text.png")
     log.info("token saliency of %d test texts in %s", len(rows), out)
-    return ["saliency.html", "saliency_text.png"]
+    return ["saliency.html", "saliency_text.png"], {"token gradient norm": norms.mean().item()}
