@@ -10,12 +10,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from advbench.attack_spec import Attack, build_attack
+from advbench.attacks.spec import Attack, build_attack
 from advbench.config import AttackConf
 from advbench.errors import AdvbenchError
-from advbench.robust_eval import local_flags, summarize
+from advbench.evaluation.evaluator import Evaluator
+from advbench.tasks import Classification
 
-ATTACK_CONF = Path(__file__).resolve().parent.parent / "conf" / "attack"
+ATTACK_CONF = Path(__file__).resolve().parent / "conf" / "attack"
 
 
 def attack(spec="pgd", eps="8/255", **overrides) -> Attack:
@@ -24,18 +25,15 @@ def attack(spec="pgd", eps="8/255", **overrides) -> Attack:
     if isinstance(spec, str):
         path = ATTACK_CONF / f"{spec}.yaml"
         options = sorted(p.stem for p in ATTACK_CONF.glob("*.yaml") if p.stem != "none")
-        if spec == "apgd":
-            spec = {"name": "apgd", "steps": 100}
-        elif not path.is_file() or spec == "none":
-            raise AdvbenchError(f"attack={spec!r} is unknown: expected one of {', '.join(options + ['apgd'])}")
-        else:
-            spec = OmegaConf.load(path)
+        if not path.is_file() or spec == "none":
+            raise AdvbenchError(f"attack={spec!r} is unknown: expected one of {', '.join(options)}")
+        spec = OmegaConf.load(path)
     try:
         conf = OmegaConf.merge(OmegaConf.structured(AttackConf), spec, overrides)
     except Exception as err:  # OmegaConf's validation: an unknown key or a wrong type
         raise AdvbenchError(f"attack: {' '.join(str(err).split())[:200]}") from None
     conf = OmegaConf.create(OmegaConf.to_container(conf, enum_to_str=True))
-    return build_attack(conf, str(eps))
+    return build_attack(conf, str(eps), Classification(0))
 
 
 def evaluate(model, loader, attacks: dict, device=None, amp: str = "off", cascade: bool = True) -> dict:
@@ -46,10 +44,10 @@ def evaluate(model, loader, attacks: dict, device=None, amp: str = "off", cascad
     gradients are left as they were.
     """
     device = torch.device(device) if device else next(model.parameters()).device
-    flags = []
+    task, flags = Classification(0), []
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        flags.append(local_flags(model, x, y, attacks, device, amp, batch_size=len(y), cascade=cascade))
+        flags.append(Evaluator(task, device, amp, len(y), cascade).local_flags(model, x, y, attacks, cascade))
     if not flags:
         raise AdvbenchError("evaluate: the loader yielded no batches")
-    return summarize({name: torch.cat([f[name] for f in flags]) for name in flags[0]})
+    return task.summarize({name: torch.cat([f[name] for f in flags]) for name in flags[0]})

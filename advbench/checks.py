@@ -4,14 +4,15 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from advbench.attack_spec import build_attack
+from advbench.attacks.spec import build_attack
 from advbench.config import Config
+from advbench.data import task_of
 from advbench.eps import parse_eps
 from advbench.errors import AdvbenchError
-from advbench.final_eval import check_eval_config
-from advbench.rundir import shipped_targets
-from advbench.text import is_text
-from advbench.training import MODES
+from advbench.evaluation.plan import EvalPlan, validation_attack
+from advbench.runtime.rundir import shipped_targets
+from advbench.tasks import TASKS
+from advbench.training.modes import build_mode
 
 # key -> (test, what is accepted); None values pass (null means "off" or "all" where the schema allows it)
 _RANGES = {
@@ -61,35 +62,15 @@ def check_config(cfg) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and not ok(value):
             raise AdvbenchError(f"{key}={value}: expected {accepted}")
-    if not is_text(cfg.dataset) and any(s <= 0 for s in cfg.dataset.std):
+    if any(s <= 0 for s in cfg.dataset.std):
         raise AdvbenchError(f"dataset.std={list(cfg.dataset.std)}: expected positive numbers, one per channel")
+    task = TASKS[task_of(cfg.dataset)](0)  # the data set's task, before loading it (no class count needed)
+    mode = build_mode(cfg.training, task)
     if cfg.task == "train":
-        check_training_attack(cfg)
-    if not is_text(cfg.dataset):  # text validates under the run's own attack
-        if cfg.val.attack.name == "none":
-            raise AdvbenchError("val.attack.name=none: validation measures robust accuracy (model selection "
-                                "uses it); expected an attack: fgsm, pgd, fgm or apgd")
-        build_attack(cfg.val.attack, cfg.eps)
-    check_eval_config(cfg)
-
-
-def check_training_attack(cfg) -> None:
-    """Each training mode names the attacks it accepts; anything else is a one-line error."""
-    mode = cfg.training.name
-    if is_text(cfg.dataset) and mode not in ("standard", "mixed"):
-        raise AdvbenchError(f"training={mode} on text data: embedding attacks train with training=mixed (clean plus "
-                            "adversarial gradient, Miyato et al. 2017) or standard")
-    attack, allowed = build_attack(cfg.attack, cfg.eps, is_text(cfg.dataset)), MODES[mode][1]
-    if allowed is None:
-        return
-    name = attack.name if attack else "none"
-    if name not in allowed:
-        accepted = {"fgsm": "fgsm, fgsm_rs"}
-        raise AdvbenchError(f"training={mode} accepts attack={', '.join(accepted.get(a, a) for a in allowed)}; "
-                            f"attack={name} given")
-    if mode == "trades" and (attack.restarts > 1 or attack.targeted):
-        raise AdvbenchError("training=trades ascends its KL loss with one untargeted run: "
-                            "attack.restarts=1 and attack.targeted=false")
+        mode.check(build_attack(cfg.attack, cfg.eps, task))
+        validation_attack(task, cfg.val.attack, cfg.attack, cfg.eps)
+    EvalPlan(task, dict(cfg.eval.attacks), cfg.attack, cfg.eps, eps_list=cfg.eval.eps_list,
+             save_examples=cfg.eval.save_examples).check()
 
 
 def command_line() -> dict:
@@ -134,7 +115,9 @@ def check_stored_targets(stored: dict, source: str) -> None:
     """A stored config is data: it may build only the models and optimizers advbench ships, or a ``_target_``
     given on this command line. Anything else, nested ``_target_``s included, is refused before it runs."""
     given = command_line()
-    allowed = {"model._target_": set(shipped_targets("model").values()) | {given.get("model._target_")},
+    from advbench.run_config import LEGACY_TARGETS
+    shipped = set(shipped_targets("model").values()) | set(LEGACY_TARGETS)
+    allowed = {"model._target_": shipped | {given.get("model._target_")},
                "optimizer._target_": set(shipped_targets("optimizer").values()) | {given.get("optimizer._target_")}}
     for path, target in _targets(stored):
         if path not in allowed:

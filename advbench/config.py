@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from advbench import rundir
+from advbench.runtime import rundir
 
 
 class Device(Enum):

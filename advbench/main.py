@@ -10,17 +10,15 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from advbench import distributed
+from advbench.runtime import distributed
 from advbench.cli import install_signal_handlers
 from advbench.config import register_configs
 from advbench.errors import AdvbenchError, Interrupted
 from advbench.experiment import run
-from advbench.outputs import write_status
+from advbench.runtime.outputs import write_status
 
 log = logging.getLogger(__name__)
 register_configs()
-# conf/ sits beside the package at the top of the checkout (the package is installed editable).
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 STARTED: list = []  # the console entry point learns from it whether an exit came from Hydra or from the run
 
 
@@ -75,7 +73,7 @@ def job(cfg, out: Path, started: list):
     return result
 
 
-@hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg) -> float | None:
     """Run one experiment; return its worst-case robust accuracy for sweepers.
 

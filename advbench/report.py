@@ -14,11 +14,11 @@ import yaml
 
 from advbench.eps import parse_eps
 from advbench.errors import AdvbenchError
-from advbench.outputs import atomic_write
+from advbench.runtime.outputs import atomic_write
 
 log = logging.getLogger("advbench.report")
 COLUMNS = ["run", "status", "task", "dataset", "model", "training", "attack", "eps", "seed", "setting",
-           "clean_acc", "robust_acc", "wall_seconds"]
+           "clean_acc", "robust_acc", "metric", "wall_seconds"]
 # Overrides that do not change what a run computes: they never split a group.
 NOT_SETTINGS = ("seed", "progress", "threads", "device", "resume", "stop_after_epoch", "dataset.root")
 LABELS = ("dataset", "model", "training", "attack")
@@ -57,7 +57,9 @@ def read_run(run: Path, root: Path) -> dict:
         current = "results.json"
         if (run / "results.json").exists():
             results = _load(run / "results.json", json.loads)
-            row |= {k: results.get(k) for k in ("clean_acc", "robust_acc", "wall_seconds")}
+            names = results.get("metric_names") or {"clean": "clean_acc", "robust": "robust_acc"}
+            row |= {"clean_acc": results.get(names["clean"]), "robust_acc": results.get(names["robust"]),
+                    "metric": names["robust"], "wall_seconds": results.get("wall_seconds")}
             row |= {k: (results.get("labels") or results.get("choices") or {}).get(k, row[k]) for k in LABELS}
             row["status"] = "finished"
             return row
@@ -124,7 +126,7 @@ def markdown(rows: list, groups: list) -> str:
 
 def plot(groups: list, path: Path) -> None:
     """report.png: robust accuracy (mean, std bars) against eps, one line per training method."""
-    from advbench.plots import plt, save_figure
+    from advbench.evaluation.plots import plt, save_figure
     fig, ax = plt.subplots(figsize=(6, 4))
     lines = defaultdict(list)
     for g in groups:

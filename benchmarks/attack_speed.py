@@ -12,7 +12,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from advbench.attack_spec import Attack
+from advbench.attacks import Attack
 from advbench.models import small_cnn
 
 log = logging.getLogger("benchmark")

@@ -13,11 +13,13 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from advbench.attack_spec import Attack
-from advbench.checkpoint import build_model, load_checkpoint
-from advbench.data import load_data, to_unit
+from advbench.attacks import Attack
+from advbench.data import load_data
+from advbench.data.loaders import to_unit
 from advbench.eps import parse_eps
-from advbench.robust_eval import evaluate, predict
+from advbench.evaluation import Evaluator
+from advbench.runtime.checkpoint import build_model, load_checkpoint
+from advbench.tasks import build_task
 
 log = logging.getLogger("benchmark")
 
@@ -34,7 +36,8 @@ def main():
     state = load_checkpoint(args.checkpoint)
     cfg = OmegaConf.create(state["config"])
     data = load_data(cfg.dataset)
-    model = build_model(cfg.model, data, cfg.dataset, state["state_dict"]).eval()
+    task = build_task(data)
+    model = build_model(cfg.model, data, cfg.dataset, task, state["state_dict"]).eval()
     model = model.to(memory_format=torch.channels_last)
     eps = parse_eps(args.eps or cfg.eps)
     x, y = (t[:args.n_examples] for t in data.test)
@@ -42,11 +45,11 @@ def main():
 
     torch.manual_seed(0)
     start = time.perf_counter()
-    ours = evaluate(model, x, y, {
-        "apgd_ce": Attack("apgd", "linf", eps, 2 * eps, steps=100, random_start=True),
+    ours = Evaluator(task, "cpu", batch_size=args.batch_size).evaluate(model, x, y, {
+        "apgd_ce": Attack("apgd", "linf", eps, 2 * eps, steps=100, random_start=True, task=task),
         "apgd_t": Attack("apgd", "linf", eps, 2 * eps, steps=100, random_start=True, targeted=True, loss="dlr",
-                         n_targets=9),
-    }, "cpu", batch_size=args.batch_size)
+                         n_targets=9, task=task),
+    })
     rows = [("advbench eval=autoattack", time.perf_counter() - start, ours["robust_acc"])]
 
     try:
@@ -61,7 +64,7 @@ def main():
         start, correct = time.perf_counter(), 0
         for i in range(0, len(y), args.batch_size):
             xb, yb = to_unit(x[i:i + args.batch_size]), y[i:i + args.batch_size]
-            correct += (predict(model, attack(xb, yb)) == yb).sum().item()
+            correct += task.correct(task.predict(model, attack(xb, yb)), yb).sum().item()
         rows.append(("torchattacks APGD-CE + APGD-T", time.perf_counter() - start, correct / len(y)))
 
     log.info("%-32s %10s %12s", "", "seconds", "robust acc")

@@ -9,7 +9,7 @@ from advbench.config import register_configs
 from advbench.data import load_data
 from advbench.models import mlp
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(__file__).resolve().parent.parent / "advbench" / "conf"
 register_configs()
 
 

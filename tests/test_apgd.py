@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from advbench.apgd import dlr_loss, dlr_targeted_loss
-from advbench.attack_spec import Attack
-from advbench.robust_eval import predict
+from advbench.tasks.classification import dlr_loss, dlr_targeted_loss
+from advbench.attacks.spec import Attack
+from helpers import predict
 
 
 def robust_acc(model, attack, x, y, seed=0):

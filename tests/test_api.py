@@ -4,7 +4,8 @@ import torch
 
 import advbench
 from advbench.errors import AdvbenchError
-from advbench.robust_eval import evaluate as evaluate_tensors
+from advbench.evaluation import Evaluator
+from advbench.tasks import Classification
 
 
 def loader(digits, batch=100):
@@ -43,7 +44,7 @@ def test_evaluate_in_a_training_loop_leaves_the_model_as_it_was(trained_mlp, dig
     assert results["n_examples"] == len(digits.test[1])
     assert results["robust_acc"] <= results["robust_acc_by_attack"]["fgsm"] < results["clean_acc"]
     torch.manual_seed(0)
-    same = evaluate_tensors(model, *digits.test, attacks, "cpu", batch_size=100)
+    same = Evaluator(Classification(0), "cpu", batch_size=100).evaluate(model, *digits.test, attacks)
     assert same == results
     for p in model.parameters():
         p.grad = None

@@ -3,10 +3,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from advbench.attack_spec import Attack
-from advbench.attacks import attack_mode, fgm, fgsm, input_grad, pgd
-from advbench.robust_eval import predict
-from advbench.threats import L2Threat, LinfThreat
+from advbench.attacks.spec import Attack
+from advbench.attacks import attack_mode, fgm, fgsm, pgd
+from advbench.tasks import Classification
+from helpers import input_grad, predict
+from advbench.attacks.threats import L2Threat, LinfThreat
 
 ATTACKS = {
     "fgsm": Attack("fgsm", "linf", 0.1, 0.1),
@@ -102,7 +103,7 @@ def test_grad_mode_restored_after_attack():
 
 def test_fgsm_equals_one_pgd_step_without_random_start():
     model, (x, y) = bn_model().eval(), data()
-    one_step = pgd(model, x, y, LinfThreat(0.1, 0.1), steps=1, random_start=False)
+    one_step = pgd(model, x, y, LinfThreat(0.1, 0.1), steps=1, task=Classification(0), random_start=False)
     assert torch.equal(fgsm(model, x, y, 0.1), one_step)
     grad = input_grad(model, x, y)
     assert torch.equal(one_step, (x + 0.1 * grad.sign()).clamp(0, 1))

@@ -1,7 +1,5 @@
 """End to end through the real CLI in a subprocess, on tiny data."""
 import json
-import subprocess
-import sys
 
 import pytest
 import torch

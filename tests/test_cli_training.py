@@ -6,12 +6,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from advbench import guard as guard_module
-from advbench.guard import OverfittingGuard
+from advbench.attacks import make_attack
+from advbench.evaluation import Evaluator
+from advbench.tasks import Classification
+from advbench.training.guard import OverfittingGuard
 from conftest import compose_config
 from helpers import TINY, advbench, cli
 
-EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parent.parent / "conf" / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parent.parent / "advbench" / "conf" / "experiment").glob("*.yaml"))
 MODES = ["standard", "adversarial", "mixed", "fast", "free", "trades", "mart"]
 ATTACK_FOR = {"fast": "fgsm_rs", "free": "fgsm"}
 
@@ -67,7 +69,7 @@ SMOKE_DATA = {  # the experiments' data sets need a download: a synthetic stand-
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_a_smoke_variant(tmp_path, experiment):
-    text = (Path(__file__).parent.parent / "conf" / "experiment" / f"{experiment}.yaml").read_text()
+    text = (Path(__file__).parent.parent / "advbench" / "conf" / "experiment" / f"{experiment}.yaml").read_text()
     assert text.startswith("# @package _global_") and "Reported" in text or "no paper number" in text
     data = next((v for k, v in SMOKE_DATA.items() if f"/dataset: {k}" in text), [])
     width = ["model.width=8"] if "preact_resnet18" in text else []
@@ -94,10 +96,10 @@ class Constant(torch.nn.Module):
 
 
 def guard_for(tmp_path, action="rollback"):
-    cfg = OmegaConf.create({"amp": "off", "training": {"guard": {"n_examples": 8, "steps": 3, "max_drop": 0.2,
-                                                                 "action": action}}})
+    settings = OmegaConf.create({"n_examples": 8, "steps": 3, "max_drop": 0.2, "action": action})
     train = (torch.rand(8, 1, 4, 4), torch.zeros(8, dtype=torch.long))
-    return OverfittingGuard(cfg, train, 0.1, "linf", "cpu", tmp_path / "last.pt")
+    attack = make_attack("fgsm", eps=0.1, random_start=True)
+    return OverfittingGuard(settings, train, attack, Evaluator(Classification(2), "cpu"), tmp_path / "last.pt")
 
 
 def epoch_end(guard, model, optimizer, epoch, path):
@@ -141,7 +143,7 @@ def test_guard_stays_silent_when_nothing_can_collapse(tmp_path):
 def test_guard_fires_inside_a_cli_run_on_a_scripted_collapse(tmp_path, monkeypatch):
     # The guard's PGD accuracy, scripted: 0.6, 0.7, then a collapse to 0.1 at epoch 3 of 5.
     scripted = iter([0.6, 0.7, 0.1, 0.7, 0.7])
-    monkeypatch.setattr(guard_module, "evaluate", lambda *a, **k: {"robust_acc": next(scripted)})
+    monkeypatch.setattr(OverfittingGuard, "measure", lambda self, model: next(scripted))
     cli(*TINY, "training=fast", "attack=fgsm_rs", "epochs=5", "training.guard.n_examples=16",
         f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, check=True)
     results = json.loads((tmp_path / "run" / "results.json").read_text())

@@ -6,8 +6,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from advbench.attack_spec import Attack, build_attack
-from advbench.experiment import plain
+from advbench.attacks.spec import Attack, build_attack
+from advbench.run_config import plain
+from advbench.tasks import Classification, TextClassification
 from advbench.training import MODES
 from conftest import CONF, compose_config, group_options
 
@@ -31,7 +32,8 @@ def test_every_option_composes_and_builds(group, option):
                             std=list(cfg.dataset.std))
         assert model(torch.rand(2, channels, 32, 32)).shape == (2, 10)
     instantiate(cfg.optimizer)(model.parameters())
-    attack = build_attack(cfg.attack, cfg.eps, text)
+    task = TextClassification(10) if text else Classification(10)
+    attack = build_attack(cfg.attack, cfg.eps, task)
     assert attack is None if cfg.attack.name == "none" else isinstance(attack, Attack)
     assert cfg.training.name in MODES
     assert all(isinstance(build_attack(spec, cfg.eps), Attack) for spec in cfg.eval.attacks.values())
@@ -41,8 +43,8 @@ def test_every_option_composes_and_builds(group, option):
 def test_every_experiment_composes_and_builds(experiment):
     cfg = plain(compose_config([f"+experiment={experiment}"]))
     assert cfg.training.name in MODES
-    assert MODES[cfg.training.name][1] is None or build_attack(cfg.attack, cfg.eps).name in MODES[
-        cfg.training.name][1]
+    accepts = MODES[cfg.training.name].accepts
+    assert accepts is None or build_attack(cfg.attack, cfg.eps).name in accepts
     assert all(isinstance(build_attack(spec, cfg.eps), Attack) for spec in cfg.eval.attacks.values())
 
 

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from advbench.data import TensorLoader, load_data, random_crop_flip
+from advbench.data import load_data
+from advbench.data.loaders import TensorLoader, random_crop_flip
 from advbench.errors import AdvbenchError
 from advbench.models import Normalize, small_cnn
-from advbench.sources import read_idx
+from advbench.data.images import read_idx
 from conftest import compose_config
 
 
@@ -60,7 +61,7 @@ def test_fashion_mnist_from_data_root(fashion_root):
 
 
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setattr("advbench.sources.DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    monkeypatch.setattr("advbench.data.images.DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
     cfg = compose_config(["dataset=fashion_mnist", f"dataset.root={tmp_path}"]).dataset
     with pytest.raises(AdvbenchError, match="dataset-fashion-mnist.*dataset.download=true"):
         load_data(cfg)

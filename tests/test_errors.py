@@ -1,5 +1,6 @@
 """Bad input, divergence, a full disk and signals: one line naming the key, the documented exit code, no traceback,
 nothing half-written."""
+import dataclasses
 import errno
 import json
 import os
@@ -11,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from advbench import training
+from advbench.training import modes as training
 from advbench.eps import parse_eps
 from advbench.errors import AdvbenchError
 from helpers import TINY, cli, one_line_error
@@ -63,20 +64,15 @@ def test_an_evaluation_attack_can_be_added_from_the_command_line(tmp_path):
     assert results["attacks"]["fgsm"]["name"] == "fgsm" and results["attacks"]["pgd20"]["steps"] == 3
 
 
-def nan_at(epoch: int, batches_per_epoch: int, step):
-    """A training step whose loss turns NaN at the first step of ``epoch``: divergence by construction."""
-    calls = []
-
-    def diverging(model, x, y, attack, cfg):
-        calls.append(1)
-        loss, logits, logits_adv = step(model, x, y, attack, cfg)
-        return (loss * float("nan") if len(calls) > (epoch - 1) * batches_per_epoch else loss), logits, logits_adv
-    return diverging
-
-
 def test_divergence_stops_at_once_keeping_the_last_good_epoch(tmp_path, monkeypatch):
-    step, accepted = training.MODES["standard"]
-    monkeypatch.setitem(training.MODES, "standard", (nan_at(2, 6, step), accepted))  # 350 examples, batch 64
+    real_step, calls = training.Standard.step, []
+
+    def diverging(self, b):  # the loss turns NaN at the first step of epoch 2 (350 examples, batch 64: 6 steps)
+        calls.append(1)
+        if len(calls) > 6:
+            b = dataclasses.replace(b, update=lambda loss, after=None, real=b.update: real(loss * float("nan")))
+        return real_step(self, b)
+    monkeypatch.setattr(training.Standard, "step", diverging)
     code, err = cli(*TINY, "training=standard", "epochs=3", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     run = tmp_path / "run"
     assert code == 1
@@ -131,14 +127,13 @@ def test_sigint_during_start_up_is_a_clean_exit_3(tmp_path):
 
 
 def test_repeated_sigints_still_stop_cleanly_with_exit_3(tmp_path, monkeypatch):
-    step, accepted = training.MODES["standard"]
-    calls = []
+    real_step, calls = training.Standard.step, []
 
-    def interrupted(model, x, y, attack, cfg):
+    def interrupted(self, b):
         calls.append(1)
         if len(calls) == 8:  # epoch 2: Ctrl-C, and again while the first is being handled
             os.kill(os.getpid(), signal.SIGINT)
-        return step(model, x, y, attack, cfg)
+        return real_step(self, b)
 
     from advbench import main as entry
     real_record = entry.record
@@ -146,7 +141,7 @@ def test_repeated_sigints_still_stop_cleanly_with_exit_3(tmp_path, monkeypatch):
     def record_twice(out, status):
         os.kill(os.getpid(), signal.SIGINT)
         real_record(out, status)
-    monkeypatch.setitem(training.MODES, "standard", (interrupted, accepted))
+    monkeypatch.setattr(training.Standard, "step", interrupted)
     monkeypatch.setattr(entry, "record", record_twice)
     code, err = cli(*TINY, "training=standard", "epochs=3", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert code == 3 and "Traceback" not in err

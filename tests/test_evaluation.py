@@ -5,10 +5,13 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from advbench.attack_spec import Attack
-from advbench.robust_eval import robust_flags, summarize, worst_case
-from advbench.final_eval import save_flags
-from advbench.sanity import sanity_checks
+from advbench.attacks.spec import Attack
+from advbench.evaluation import Evaluator
+from advbench.tasks import Classification
+from advbench.tasks.base import worst_case
+from helpers import flags_of
+from advbench.evaluation import save_flags
+from advbench.evaluation.sanity import sanity_checks
 
 N = 10
 
@@ -49,22 +52,22 @@ def toy_data():
 def test_an_example_any_attack_breaks_counts_as_broken(cascade):
     x, y = toy_data()
     first, second = BreakIds({0, 1, 2}), BreakIds({2, 3, 4})
-    flags = robust_flags(TwoPixelClassifier(), x, y, {"a": first, "b": second}, "cpu", batch_size=4,
+    flags = flags_of(TwoPixelClassifier(), x, y, {"a": first, "b": second}, batch_size=4,
                          cascade=cascade)
     assert flags["clean"].tolist() == [True] * 9 + [False]
     assert worst_case(flags).tolist() == [False] * 5 + [True] * 4 + [False]
     assert sorted(first.seen) == list(range(9))  # never the misclassified example
     # The cascade attacks only survivors: the second attack never sees 0, 1, 2.
     assert sorted(second.seen) == (list(range(3, 9)) if cascade else list(range(9)))
-    results = summarize(flags)
+    results = Classification(0).summarize(flags)
     assert results["robust_acc"] == 0.4 and results["clean_acc"] == 0.9
     assert results["robust_acc_by_attack"] == ({"a": 0.6, "b": 0.4} if cascade else {"a": 0.6, "b": 0.6})
 
 
 def test_kept_examples_are_the_ones_that_broke_them():
     x, y = toy_data()
-    flags, kept = robust_flags(TwoPixelClassifier(), x, y, {"a": BreakIds({0}), "b": BreakIds({1})}, "cpu",
-                               batch_size=4, keep=6)
+    flags, kept = flags_of(TwoPixelClassifier(), x, y, {"a": BreakIds({0}), "b": BreakIds({1})}, batch_size=4,
+                           keep=6)
     assert len(kept) == 6
     assert kept[0, 0, 0, :2].tolist() == pytest.approx([0.0, 0.9])  # broken by a
     assert kept[1, 0, 0, :2].tolist() == pytest.approx([0.9, 0.0])  # broken by b
@@ -73,7 +76,7 @@ def test_kept_examples_are_the_ones_that_broke_them():
 
 def test_flags_file_holds_every_attack_and_the_worst_case(tmp_path):
     x, y = toy_data()
-    flags = robust_flags(TwoPixelClassifier(), x, y, {"a": BreakIds({0}), "b": BreakIds({5})}, "cpu")
+    flags = flags_of(TwoPixelClassifier(), x, y, {"a": BreakIds({0}), "b": BreakIds({5})})
     save_flags(tmp_path / "robust_flags.npz", flags)
     saved = np.load(tmp_path / "robust_flags.npz")
     assert set(saved.files) == {"clean", "a", "b", "worst_case"}
@@ -99,9 +102,8 @@ class Scale(nn.Module):
         return x * self.factor
 
 
-def sanity_cfg(**sanity):
-    return OmegaConf.create({"amp": "off", "eval": {"batch_size": 500, "sanity": {
-        "sample": 200, "zero_grad_frac": 0.1, "max_pgd_gap": 0.05, **sanity}}})
+def sanity_settings(**sanity):
+    return OmegaConf.create({"sample": 200, "zero_grad_frac": 0.1, "max_pgd_gap": 0.05, **sanity})
 
 
 PGD = Attack("pgd", "linf", 0.1, 0.0125, steps=20, random_start=True)
@@ -111,8 +113,9 @@ APGD_T = Attack("apgd", "linf", 0.1, 0.2, steps=20, random_start=True, targeted=
 def check(model, digits, attacks):
     x, y = digits.test
     torch.manual_seed(0)
-    flags = robust_flags(model, x[:200], y[:200], attacks, "cpu")
-    return sanity_checks(model, x[:200], y[:200], attacks, flags, sanity_cfg(), "cpu")
+    flags = flags_of(model, x[:200], y[:200], attacks)
+    return sanity_checks(model, x[:200], y[:200], attacks, flags, sanity_settings(),
+                         Evaluator(Classification(0), "cpu"))
 
 
 def test_sanity_checks_stay_silent_on_a_normal_model(trained_mlp, digits):

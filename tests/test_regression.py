@@ -104,6 +104,8 @@ def close(got, want, path="") -> list:
 def test_results_are_those_recorded_before_the_redesign(outcomes, name):
     expected = json.loads(EXPECTED.read_text())
     want = expected["outcomes"][name]
+    # keys added to results.json since the recording are additions, not changes
+    outcomes[name]["results"] = {k: v for k, v in outcomes[name]["results"].items() if k in want["results"]}
     if expected["machine"] == machine():
         assert outcomes[name] == want  # bit for bit where it was recorded
     else:

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from advbench import rundir, training
+from advbench.runtime import rundir
+from advbench.training import modes as training
 from helpers import DIGITS, TINY, cli, one_line_error
 
 
@@ -26,7 +27,7 @@ def test_two_runs_started_in_the_same_second_get_two_directories(tmp_path, monke
     assert runs == ["2026-01-02_03-04-05", "2026-01-02_03-04-05-2"]
     for run in runs:
         assert (name / run / "status").read_text() == "finished\n"
-        assert (name / run / "advbench.log").read_text().count("clean accuracy") == 1  # no interleaved logs
+        assert (name / run / "advbench.log").read_text().count("files in") == 1  # no interleaved logs
 
 
 def test_claim_is_atomic_and_never_returns_a_taken_directory(tmp_path):
@@ -85,12 +86,10 @@ def test_resume_accepts_how_long_where_and_how_it_is_evaluated(tmp_path):
 
 
 def test_resume_needs_a_run_that_finished_an_epoch(tmp_path, monkeypatch):
-    step, accepted = training.MODES["adversarial"]
-
-    def interrupt(*args):
+    def interrupt(self, b):
         from advbench.errors import Interrupted
         raise Interrupted("SIGINT")
-    monkeypatch.setitem(training.MODES, "adversarial", (interrupt, accepted))
+    monkeypatch.setattr(training.Adversarial, "step", interrupt)
     run = tmp_path / "run"
     code, err = cli(*DIGITS, f"hydra.run.dir={run}", cwd=tmp_path)
     assert code == 3 and "resume=" not in err and "nothing to resume" in err

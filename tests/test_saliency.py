@@ -5,8 +5,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from advbench.attack_spec import Attack
-from advbench.saliency import smoothgrad, term_gradients
+from advbench.attacks.spec import Attack
+from advbench.evaluation.saliency import smoothgrad, term_gradients
+from advbench.tasks import Classification
+from advbench.training import build_mode
 from helpers import advbench, png_size
 
 
@@ -14,8 +16,8 @@ from helpers import advbench, png_size
 def test_each_loss_term_has_its_own_gradient_map(trained_mlp, digits, mode):
     x, y = digits.test[0][:16], digits.test[1][:16]
     x_adv = Attack("pgd", "linf", 0.1, 0.03, 5, True)(trained_mlp, x, y)
-    cfg = OmegaConf.create({"training": {"name": mode, "beta": 6.0, "adv_weight": 0.5}})
-    terms = term_gradients(trained_mlp, x, x_adv, y, cfg)
+    task = Classification(10)
+    terms = term_gradients(trained_mlp, x, x_adv, y, mode_of(mode), task)
     assert len(terms) == 2
     first, second = terms.values()
     assert first.shape == second.shape == x.shape
@@ -23,14 +25,29 @@ def test_each_loss_term_has_its_own_gradient_map(trained_mlp, digits, mode):
     cos = torch.nn.functional.cosine_similarity(first.flatten(), second.flatten(), dim=0)
     assert cos < 0.99  # different terms look at different pixels
     assert all(p.grad is None for p in trained_mlp.parameters())
-    assert term_gradients(trained_mlp, x, x_adv, y, OmegaConf.create({"training": {"name": "adversarial",
-                                                                                   "beta": 0.0}})) == {}
+    assert term_gradients(trained_mlp, x, x_adv, y, mode_of("adversarial"), task) == {}
+
+
+def mode_of(name):
+    return build_mode(OmegaConf.create({"name": name, "beta": 6.0, "adv_weight": 0.5}), Classification(10))
+
+
+def test_the_terms_saliency_draws_are_those_the_step_sums(trained_mlp, digits):
+    x, y = digits.test[0][:16], digits.test[1][:16]
+    x_adv = Attack("pgd", "linf", 0.1, 0.03, 5, True)(trained_mlp, x, y)
+    for name in ("mixed", "trades", "mart"):
+        mode, task = mode_of(name), Classification(10)
+        clean, adv = trained_mlp(x), trained_mlp(x_adv)
+        per_term = [term.fn(clean, adv, True) for term in mode.terms(task, y).values()]
+        assert torch.allclose(sum(per_term), sum(term.fn(clean, adv, False).mean()
+                                                 for term in mode.terms(task, y).values()), atol=1e-5)
 
 
 def test_smoothgrad_averages_noisy_gradients(trained_mlp, digits):
     x, y = digits.test[0][:8], digits.test[1][:8]
     torch.manual_seed(0)
-    smooth = smoothgrad(trained_mlp, x, y, samples=8, sigma=0.15)
+    objective = Classification(10).objective()
+    smooth = smoothgrad(trained_mlp, x, lambda out: objective(out, y), samples=8, sigma=0.15)
     assert smooth.shape == x.shape and smooth.abs().sum() > 0
 
 

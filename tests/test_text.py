@@ -5,16 +5,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from advbench.attack_spec import Attack
-from advbench.data import TensorLoader, load_data
-from advbench.embedding import FromEmbeddings, perturb_embedding_weights, restore_embedding_weights
+from advbench.attacks.spec import Attack
+from advbench.data import load_data
+from advbench.data.loaders import TensorLoader
+from advbench.attacks.embedding import perturb_embedding_weights, restore_embedding_weights
+from advbench.tasks.text import FromEmbeddings
 from advbench.errors import AdvbenchError
-from advbench.schedules import make_scheduler
-from advbench.text import encode, parse_fortunes, tokenize, build_vocab
-from advbench.text_models import TextCNN, TransformerClassifier
-from advbench.training import train_epoch
+from advbench.training.schedules import make_scheduler
+from advbench.data.text import encode, parse_fortunes, tokenize, build_vocab
+from advbench.models import TextCNN, TransformerClassifier
+from advbench.tasks import TextClassification
+from advbench.training import Plan, build_mode, train_epoch
 from conftest import compose_config
-from helpers import advbench, png_size
+from helpers import advbench, cli, one_line_error, png_size
 from omegaconf import OmegaConf
 
 
@@ -128,7 +131,7 @@ def test_embedding_attacks_stay_in_the_ball_and_leave_padding(model_cls, name, n
     ids[:, 8:] = 0
     y = torch.arange(6) % 3
     attack = Attack(name, norm, eps, eps / 4 if name == "pgd" else eps, 5 if name == "pgd" else 1,
-                    name == "pgd", target="embedding")
+                    name == "pgd", target="embedding", task=TextClassification(3))
     emb_adv = attack(model, ids, y)
     delta = emb_adv - model.embedding(ids).detach()
     size = delta.flatten(1).norm(dim=1) if norm == "l2" else delta.flatten(1).abs().amax(1)
@@ -159,12 +162,12 @@ def test_embedding_weights_step_with_lr_zero_changes_no_weight():
     seen = []
     model.embedding.register_forward_hook(lambda m, i, o: seen.append(m.weight.detach().clone()))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    cfg = OmegaConf.create({"training": {"name": "mixed"}, "amp": "off", "grad_clip": None, "progress": False,
-                            "eps_warmup_epochs": 0})
-    stats = train_epoch(model, TensorLoader(ids, y, 16), optimizer, make_scheduler(optimizer, "constant", 1),
-                        torch.amp.GradScaler("cpu", enabled=False), Attack("fgm", "l2", 1.0, 1.0,
-                                                                          target="embedding_weights"),
-                        cfg, torch.device("cpu"))
+    task = TextClassification(2)
+    mode = build_mode(OmegaConf.create({"name": "mixed", "adv_weight": 0.5}), task)
+    attack = Attack("fgm", "l2", 1.0, 1.0, target="embedding_weights", task=task)
+    stats = train_epoch(model, TensorLoader(ids, y, 16), mode, task, attack, optimizer,
+                        make_scheduler(optimizer, "constant", 1), torch.amp.GradScaler("cpu", enabled=False), Plan(),
+                        torch.device("cpu"))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert len(seen) >= 2 and not torch.equal(seen[0], seen[1])  # the adversarial pass saw perturbed weights
     assert stats["train_adv_acc"] is not None
@@ -187,18 +190,18 @@ def test_textcnn_trains_with_fgm_through_the_cli_and_evaluates(tmp_path):
 
 @pytest.mark.parametrize("overrides, expected", [
     (["dataset=synthetic_text", "model=textcnn", "training=mixed", "attack=fgm", "attack.target=input"],
-     "attack.target=input on a text data set"),
+     "attack.target=input on text classification data"),
     (["dataset=synthetic", "attack.target=embedding"], "attack.target=embedding needs a text model"),
     (["dataset=synthetic_text", "model=mlp", "training=mixed", "attack=fgm"], "model=mlp does not take text"),
     (["dataset=synthetic_text", "model=textcnn", "training=adversarial", "attack=fgm"],
-     "training=adversarial on text data"),
+     "training=adversarial on text classification data: expected training=standard or mixed"),
     (["dataset=synthetic_text", "model=textcnn", "training=mixed", "attack=pgd", "attack.target=embedding_weights"],
      "attack.target=embedding_weights takes attack=fgm"),
 ])
 def test_text_and_image_mismatches_get_one_line_errors(tmp_path, overrides, expected):
-    proc = advbench(*overrides, "epochs=1", "progress=false", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path,
-                    check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and expected in proc.stderr
+    code, err = cli(*overrides, "epochs=1", "progress=false", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert code == 2
+    one_line_error(err, expected)
 
 
 def test_token_saliency_writes_html_and_png(tmp_path):

@@ -1,15 +1,20 @@
 """Training modes' losses, schedules and the AMP-aware epoch, on fixed tensors and tiny data."""
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from advbench.attack_spec import Attack
-from advbench.data import TensorLoader
+from advbench.attacks.spec import Attack
+from advbench.data.loaders import TensorLoader
 from advbench.models import mlp
-from advbench.losses import mart_loss, trades_loss
-from advbench.schedules import eps_factor, lr_multiplier, make_scheduler
-from advbench.training import MODES, train_epoch
+from advbench.training.losses import mart_loss, trades_loss
+from advbench.training.schedules import eps_factor, lr_multiplier, make_scheduler
+from advbench.tasks import Classification
+from advbench.training import MODES, Batch, Plan, build_mode, train_epoch
+
+TASK = Classification(3)
 
 
 def tiny():
@@ -18,21 +23,37 @@ def tiny():
     return mlp((1, 4, 4), 3, [0.5], [0.3], hidden=8), x, y
 
 
-def cfg_for(mode, **extra):
-    training = {"name": mode, "adv_weight": 0.25, "beta": 6.0, "replays": 3}
-    return OmegaConf.create({"training": training | extra.pop("training", {}), "amp": "off", "grad_clip": None,
-                             "progress": False, "eps_warmup_epochs": 0, **extra})
+def mode_for(name, **settings):
+    return build_mode(OmegaConf.create({"name": name, "adv_weight": 0.25, "beta": 6.0, "replays": 3} | settings),
+                      TASK)
+
+
+def epoch(name, model, loader, optimizer, scheduler, attack, amp="off", grad_clip=None, **settings):
+    scaler = torch.amp.GradScaler("cpu", enabled=amp == "fp16")
+    return train_epoch(model, loader, mode_for(name, **settings), TASK, attack, optimizer, scheduler, scaler,
+                       Plan(amp=amp, grad_clip=grad_clip), torch.device("cpu"))
+
+
+def step_loss(name, model, x, y, x_adv):
+    """The loss a mode's step computes with an "attack" returning the fixed ``x_adv`` (no update made)."""
+    losses = []
+    batch = Batch(model, model, TASK, x, y, attack=lambda x, y, objective=None: x_adv, eps=0.1,
+                  autocast=contextlib.nullcontext, update=lambda loss, after=None: losses.append(loss),
+                  backward=lambda loss: None)
+    mode_for(name).step(batch)
+    return losses[0]
 
 
 def test_losses_match_a_direct_computation():
     model, x, y = tiny()
     x_adv = (x + 0.1).clamp(0, 1)
     ce_clean, ce_adv = F.cross_entropy(model(x), y), F.cross_entropy(model(x_adv), y)
-    fixed = lambda model, x, y, **kw: x_adv  # noqa: E731  an "attack" returning fixed x_adv
-    assert torch.allclose(MODES["standard"][0](model, x, y, fixed, cfg_for("standard"))[0], ce_clean)
-    assert torch.allclose(MODES["adversarial"][0](model, x, y, fixed, cfg_for("adversarial"))[0], ce_adv)
-    mixed = MODES["mixed"][0](model, x, y, fixed, cfg_for("mixed"))[0]
-    assert torch.allclose(mixed, 0.75 * ce_clean + 0.25 * ce_adv, atol=1e-6)
+    assert torch.allclose(step_loss("standard", model, x, y, x_adv), ce_clean)
+    assert torch.allclose(step_loss("adversarial", model, x, y, x_adv), ce_adv)
+    assert torch.allclose(step_loss("mixed", model, x, y, x_adv), 0.75 * ce_clean + 0.25 * ce_adv, atol=1e-6)
+    logits, logits_adv = model(x), model(x_adv)
+    assert torch.allclose(step_loss("trades", model, x, y, x_adv), trades_loss(logits, logits_adv, y, 6.0))
+    assert torch.allclose(step_loss("mart", model, x, y, x_adv), mart_loss(logits, logits_adv, y, 6.0))
 
 
 def test_trades_and_mart_losses_match_the_papers_code_on_fixed_tensors():
@@ -57,10 +78,8 @@ def test_trades_and_mart_losses_match_the_papers_code_on_fixed_tensors():
 def one_step(mode, beta):
     model, x, y = tiny()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    cfg = cfg_for(mode, training={"beta": beta})
-    train_epoch(model, TensorLoader(x, y, 8), optimizer, make_scheduler(optimizer, "constant", 1),
-                torch.amp.GradScaler("cpu", enabled=False), Attack("pgd", "linf", 0.1, 0.05, 3, True), cfg,
-                torch.device("cpu"))
+    epoch(mode, model, TensorLoader(x, y, 8), optimizer, make_scheduler(optimizer, "constant", 1),
+          Attack("pgd", "linf", 0.1, 0.05, 3, True), beta=beta)
     return [p.detach() for p in model.parameters()]
 
 
@@ -78,9 +97,8 @@ def test_free_replays_each_batch_m_times():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     steps = []
     optimizer.register_step_post_hook(lambda *args: steps.append(1))
-    stats = train_epoch(model, TensorLoader(x, y, 8), optimizer, make_scheduler(optimizer, "constant", 9),
-                        torch.amp.GradScaler("cpu", enabled=False), Attack("fgsm", "linf", 0.1, 0.1),
-                        cfg_for("free"), torch.device("cpu"))
+    stats = epoch("free", model, TensorLoader(x, y, 8), optimizer, make_scheduler(optimizer, "constant", 9),
+                  Attack("fgsm", "linf", 0.1, 0.1))
     assert len(steps) == 3 * 3  # batches x replays: one forward-backward pass each
     assert stats["train_adv_acc"] is not None
 
@@ -121,11 +139,9 @@ def test_train_epoch_updates_the_model_under_every_amp_setting(mode, amp):
     x, y = x.repeat(4, 1, 1, 1), y.repeat(4)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = make_scheduler(optimizer, "constant", 2)
-    scaler = torch.amp.GradScaler("cpu", enabled=amp == "fp16")
     before = [p.clone() for p in model.parameters()]
     attack = Attack("fgsm", "linf", 0.1, 0.1)
-    stats = train_epoch(model, TensorLoader(x, y, 16), optimizer, scheduler, scaler, attack,
-                        cfg_for(mode, amp=amp), torch.device("cpu"))
+    stats = epoch(mode, model, TensorLoader(x, y, 16), optimizer, scheduler, attack, amp=amp)
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert stats["train_loss"] > 0 and 0 <= stats["train_clean_acc"] <= 1
     assert (stats["train_adv_acc"] is None) == (mode == "standard")
@@ -136,8 +152,7 @@ def test_grad_clip_bounds_the_update():
     model, x, y = tiny()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-    cfg = cfg_for("standard", grad_clip=1e-3)
-    train_epoch(model, TensorLoader(x, y, 8), optimizer, make_scheduler(optimizer, "constant", 1),
-                torch.amp.GradScaler("cpu", enabled=False), None, cfg, torch.device("cpu"))
+    epoch("standard", model, TensorLoader(x, y, 8), optimizer, make_scheduler(optimizer, "constant", 1), None,
+          grad_clip=1e-3)
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert (after - before).norm() <= 1e-3 + 1e-6

@@ -1,0 +1,75 @@
+"""APGD (Croce & Hein 2020): PGD with momentum and a step size halved at checkpoints when progress stalls.
+
+Written for any threat model of ``threats.py`` (Linf and L2), with the task's objectives: for classification the
+cross-entropy or the DLR loss, untargeted or targeted (APGD-T: the DLR-targeted loss towards each of the top
+``n_targets`` wrong classes in turn).
+"""
+import torch
+
+from advbench.attacks.gradients import as_input, attack_mode, loss_and_grad
+
+
+def apgd_run(model, x, y, threat, steps: int, task, objective, rho: float = 0.75):
+    """One APGD run from a random start; returns (adversarial examples, fooled flags)."""
+    n, shape = len(x), (-1,) + (1,) * (x.dim() - 1)
+    loss_fn = lambda outputs: objective(outputs, y)  # noqa: E731
+    eps_step = torch.full((n,), 2.0 * threat.eps, device=x.device)  # the paper's initial step, 2 eps
+    x_adv = threat.init(x)
+    losses, outputs, grad = loss_and_grad(model, x_adv, loss_fn)
+    fooled = ~task.correct(outputs, y)
+    x_fooled, x_best, loss_best, grad_best = x_adv.clone(), x_adv.clone(), losses.clone(), grad.clone()
+    x_prev = x_adv.clone()
+    # Checkpoints: the first after 22% of the steps, then periods shrinking by 3% down to 6% (the paper's p_j).
+    next_check, decrease, min_period = max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    increases = torch.zeros(n, device=x.device)
+    loss_at_check, reduced_at_check = loss_best.clone(), torch.ones(n, dtype=torch.bool, device=x.device)
+    since_check = 0
+    for i in range(steps):
+        momentum = 0.75 if i > 0 else 1.0
+        z = threat.project(threat.step(x_adv, grad, eps_step.view(shape)), x)
+        x_new = threat.project(x_adv + momentum * (z - x_adv) + (1 - momentum) * (x_adv - x_prev), x)
+        x_prev, x_adv = x_adv, x_new
+        new_losses, outputs, grad = loss_and_grad(model, x_adv, loss_fn)
+        now_fooled = ~task.correct(outputs, y)
+        x_fooled[now_fooled & ~fooled] = x_adv[now_fooled & ~fooled]
+        fooled |= now_fooled
+        increases += (new_losses > losses).float()
+        losses = new_losses
+        better = losses > loss_best
+        x_best[better], grad_best[better], loss_best[better] = x_adv[better], grad[better], losses[better]
+        since_check += 1
+        if since_check == next_check:
+            # Halve the step where the loss rose in fewer than rho of the steps since the last checkpoint,
+            # or where the step was kept last time and the best loss has not moved since; restart from the best.
+            stalled = (increases <= rho * since_check) | (~reduced_at_check & (loss_at_check >= loss_best))
+            eps_step[stalled] /= 2
+            x_adv[stalled], grad[stalled] = x_best[stalled], grad_best[stalled]
+            reduced_at_check, loss_at_check = stalled, loss_best.clone()
+            increases.zero_()
+            since_check, next_check = 0, max(next_check - decrease, min_period)
+    x_fooled[~fooled] = x_best[~fooled]
+    return x_fooled, fooled
+
+
+def apgd(model, x, y, threat, task, steps: int = 100, loss: str = "ce", targeted: bool = False,
+         n_targets: int = 9, restarts: int = 1, bn_mode: str = "eval") -> torch.Tensor:
+    """APGD (Croce & Hein 2020) in the threat model's norm; APGD-T when ``targeted``; worst case kept per example.
+
+    Every restart (and every target class) attacks only the examples that are still classified correctly.
+    """
+    with attack_mode(model, bn_mode):
+        x, y = as_input(x), task.detach(y)
+        x_out = x.clone()
+        remaining = torch.arange(len(x), device=x.device)
+        ranked = task.ranked_wrong(model, x, y, n_targets) if targeted else None
+        runs = [(r, t) for r in range(restarts) for t in (range(ranked.shape[1]) if targeted else [None])]
+        for restart, t in runs:
+            if remaining.numel() == 0:
+                break
+            xr, yr = x[remaining], task.index(y, remaining)
+            # APGD-T: the targeted DLR loss towards the (t+2)-th ranked class, skipping the true one
+            objective = task.objective(loss, target=ranked[remaining, t] if targeted else None)
+            x_adv, fooled = apgd_run(model, xr, yr, threat, steps, task, objective)
+            x_out[remaining] = x_adv
+            remaining = remaining[~fooled]
+        return x_out

@@ -1,0 +1,131 @@
+"""Attacks built in one place: a table of attack kinds (what each name fixes, its default step), and ``Attack``,
+the configured attack that the training modes, the evaluation, the guard, the sanity checks and the API call."""
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable
+
+from advbench.attacks.apgd import apgd
+from advbench.attacks.pgd import pgd
+from advbench.attacks.threats import THREATS
+from advbench.eps import check_budget, parse_eps
+from advbench.errors import AdvbenchError
+from advbench.tasks.base import Task
+from advbench.tasks.classification import Classification
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What an attack name fixes (None: configurable) and its default step size ``alpha(eps, steps, start)``."""
+
+    norm: str | None
+    steps: int | None
+    random_start: bool | None
+    alpha: Callable
+    paper: str
+
+
+KINDS = {
+    "fgsm": Kind("linf", 1, None, lambda eps, steps, start: 1.25 * eps if start else eps,  # Fast-AT's 1.25 eps
+                 "FGSM (Goodfellow et al. 2015), Linf; from a random start: Wong et al. 2020"),
+    "fgm": Kind("l2", 1, False, lambda eps, steps, start: eps, "FGM (Miyato et al. 2017), L2"),
+    "pgd": Kind(None, None, None, lambda eps, steps, start: 2.5 * eps / steps,  # enough to cross the ball and back
+                "PGD (Madry et al. 2018), Linf or L2"),
+    "apgd": Kind(None, None, True, lambda eps, steps, start: 2 * eps,  # the initial step of its adaptive schedule
+                 "APGD (Croce & Hein 2020), Linf or L2"),
+}
+EMBEDDING_KINDS = ("fgm", "fgsm", "pgd")  # what an embedding attack can be: untargeted, one restart
+
+
+@dataclass
+class Attack:
+    """A configured attack; ``attack(model, x, targets)`` returns adversarial points of ``x`` in the task's
+    attack space (pixels in [0,1], or embeddings for text)."""
+
+    name: str
+    norm: str
+    eps: float
+    alpha: float
+    steps: int = 1
+    random_start: bool = False
+    restarts: int = 1
+    targeted: bool = False
+    bn_mode: str = "eval"
+    loss: str = "ce"  # apgd: ce | dlr
+    n_targets: int = 9  # apgd targeted: how many of the top wrong classes to try
+    target: str = "input"  # input | embedding (text: the embedding output) | embedding_weights (training only)
+    task: Task = field(default_factory=lambda: Classification(0), repr=False, compare=False)
+
+    def __call__(self, model, x, targets, objective=None):
+        view, point = self.task.view(model, x)
+        threat = THREATS[self.norm](self.eps, self.alpha, box=self.task.perturbs == "input")
+        if self.name == "apgd":
+            x_adv = apgd(view, point, targets, threat, self.task, self.steps, self.loss, self.targeted,
+                         self.n_targets, self.restarts, self.bn_mode)
+        else:
+            objective = objective or self.task.objective(self.loss)
+            x_adv = pgd(view, point, targets, threat, self.steps, self.task, objective, self.random_start,
+                        self.restarts, self.targeted, self.bn_mode)
+        return self.task.finish(view, x_adv)
+
+    def outputs(self, model, x, x_adv):
+        """The model's outputs at this attack's result ``x_adv`` for clean inputs ``x`` (no grad, eval mode)."""
+        return self.task.predict(self.task.view(model, x)[0], x_adv)
+
+    def scaled(self, factor: float) -> "Attack":
+        """The same attack with eps and step scaled by ``factor`` (eps warm-up)."""
+        return replace(self, eps=self.eps * factor, alpha=self.alpha * factor)
+
+    def settings(self) -> dict:
+        """The attack's settings, as results.json records them."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "task"}
+
+
+def make_attack(name: str, norm: str | None = None, eps: float = 0.0, steps: int | None = None,
+                random_start: bool | None = None, alpha: float | None = None, task: Task | None = None,
+                **settings) -> Attack:
+    """An Attack of kind ``name`` with what the kind fixes filled in and its default step unless ``alpha``."""
+    kind = KINDS[name]
+    norm = kind.norm or norm or "linf"
+    steps = kind.steps or steps or 1
+    random_start = kind.random_start if kind.random_start is not None else bool(random_start)
+    alpha = kind.alpha(eps, steps, random_start) if alpha is None else alpha
+    return Attack(name, norm, eps, alpha, steps, random_start, task=task or Classification(0), **settings)
+
+
+def _target(spec, name: str, task: Task) -> str:
+    """What the attack perturbs, checked against the task: pixels of images, embeddings of text."""
+    target = str(spec.target) if spec.target is not None else task.perturbs
+    if task.perturbs == "input" and target != "input":
+        raise AdvbenchError(f"attack.target={target} needs a text model (dataset=fortunes, text_csv or "
+                            "synthetic_text with model=textcnn or transformer); image attacks use attack.target=input")
+    if task.perturbs != "input" and target == "input":
+        raise AdvbenchError(f"attack.target=input on {task.name} data: token ids cannot be perturbed; use "
+                            "attack.target=embedding or embedding_weights")
+    if target != "input" and (name not in EMBEDDING_KINDS or spec.restarts != 1 or spec.targeted):
+        raise AdvbenchError(f"attack.target={target} takes attack=fgm, fgsm or pgd, untargeted, with one restart")
+    if target == "embedding_weights" and name != "fgm":
+        raise AdvbenchError(f"attack.target=embedding_weights takes attack=fgm (the NLP recipe); attack={name} given")
+    return target
+
+
+def build_attack(spec, run_eps, task: Task | None = None) -> Attack | None:
+    """Build an Attack from an attack config for ``task``; its eps falls back to the run's top-level ``eps``."""
+    task = task or Classification(0)
+    name = str(spec.name)
+    if name == "none":
+        return None
+    kind = KINDS[name]
+    if kind.norm and str(spec.norm) != kind.norm:
+        raise AdvbenchError(f"attack.norm={spec.norm} does not apply to {name}, which is {kind.norm} by "
+                            "definition; use pgd for other norms")
+    target = _target(spec, name, task)
+    key = "eps" if spec.eps is None else f"attack {name} eps"
+    eps = parse_eps(run_eps if spec.eps is None else spec.eps, key)
+    if target == "input":  # embeddings have no [0,1] box, so no bound on eps
+        check_budget(eps, kind.norm or str(spec.norm), key)
+    if int(spec.steps) < 1 or spec.restarts < 1:
+        raise AdvbenchError(f"attack {name}: steps and restarts must be >= 1, got {spec.steps} and {spec.restarts}")
+    alpha = None if spec.alpha is None else parse_eps(spec.alpha, f"attack {name} alpha")
+    return make_attack(name, str(spec.norm), eps, int(spec.steps), bool(spec.random_start), alpha, task,
+                       restarts=int(spec.restarts), targeted=bool(spec.targeted), bn_mode=str(spec.bn_mode),
+                       loss=str(spec.loss), n_targets=int(spec.n_targets), target=target)
+

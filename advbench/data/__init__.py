@@ -1,0 +1,72 @@
+"""In-memory data sets: each names its task, and gets a fixed validation split carved from its training set."""
+from dataclasses import dataclass
+
+import torch
+
+from advbench.data import images, text
+from advbench.errors import AdvbenchError
+
+# name -> loader(cfg) returning (train, test, class names[, vocabulary]), and the task the data set poses
+SOURCES = {
+    "fashion_mnist": (images.fashion_mnist, "classification"),
+    "digits": (images.digits, "classification"),
+    "synthetic": (images.synthetic, "classification"),
+    "mnist": (lambda cfg: images.from_torchvision("MNIST", cfg), "classification"),
+    "cifar10": (lambda cfg: images.from_torchvision("CIFAR10", cfg), "classification"),
+    "fortunes": (text.encoded(text.fortunes), "text"),
+    "text_csv": (text.encoded(text.text_csv), "text"),
+    "synthetic_text": (text.encoded(text.synthetic_text), "text"),
+}
+
+
+@dataclass
+class Data:
+    """The three splits of a data set, what a model needs to know about it, and the task it poses."""
+
+    train: tuple
+    val: tuple
+    test: tuple
+    shape: tuple
+    n_classes: int
+    task: str = "classification"
+    vocab: list | None = None  # text: the training split's vocabulary; ids index it
+    classes: list | None = None  # class names, index = label
+
+    def model_kwargs(self, cfg) -> dict:
+        """What a model factory takes besides shape and classes: the vocabulary size, or the normalization."""
+        if self.vocab is not None:
+            return {"vocab_size": len(self.vocab)}
+        return {"mean": list(cfg.mean), "std": list(cfg.std)}
+
+
+def task_of(cfg) -> str:
+    """The task data set ``cfg.name`` poses, without loading it."""
+    if cfg.name not in SOURCES:
+        raise AdvbenchError(f"dataset.name={cfg.name!r} is unknown: expected one of {', '.join(SOURCES)}")
+    return SOURCES[cfg.name][1]
+
+
+def load_data(cfg) -> Data:
+    """Load ``cfg.name`` and carve a fixed validation split from its training set."""
+    loader, task = SOURCES[cfg.name][0], task_of(cfg)
+    (x, y), test, classes, *vocab = loader(cfg)
+    vocab = vocab[0] if vocab else None
+    if cfg.n_train is not None:
+        x, y = x[:cfg.n_train], y[:cfg.n_train]
+    if not 0 <= cfg.val_size < len(y):
+        raise AdvbenchError(f"dataset.val_size={cfg.val_size} must be in [0, {len(y)}) for dataset={cfg.name}")
+    channels = x.shape[1]
+    if vocab is None and (len(cfg.mean) != channels or len(cfg.std) != channels):
+        raise AdvbenchError(f"dataset.mean/std have {len(cfg.mean)}/{len(cfg.std)} values for {channels}-channel "
+                            f"images of dataset={cfg.name}: give one per channel")
+    # A fixed permutation, independent of the run's seed, so every run validates on the same examples.
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.split_seed))
+    val_idx, train_idx = perm[:cfg.val_size], perm[cfg.val_size:]
+    present = torch.unique(y[train_idx])
+    if len(present) < 2:
+        raise AdvbenchError(f"dataset={cfg.name}: the training split holds {len(present)} class; a classifier "
+                            "needs at least 2 (check dataset.categories, the label column or dataset.n_train)")
+    n_classes = int(max(y.max(), test[1].max())) + 1
+    classes = list(classes) if classes else [str(i) for i in range(n_classes)]
+    return Data(train=(x[train_idx], y[train_idx]), val=(x[val_idx], y[val_idx]), test=test,
+                shape=tuple(x.shape[1:]), n_classes=n_classes, task=task, vocab=vocab, classes=classes)

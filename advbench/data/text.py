@@ -1,0 +1,162 @@
+"""Text data: the fortunes topic task, the user's CSV files, a synthetic task; tokenizer and vocabulary.
+
+Loaders return raw ``(texts, labels)`` pairs for train and test; ``encode_splits`` turns them into padded token-id
+tensors with a vocabulary built from the training split alone.
+"""
+import csv
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from advbench.errors import AdvbenchError
+
+PAD, UNK = "<pad>", "<unk>"
+_TOKEN = re.compile(r"[a-z0-9']+")
+FORTUNES = Path("/usr/share/games/fortunes")
+
+
+def tokenize(text: str) -> list:
+    """Lower-case word tokens."""
+    return _TOKEN.findall(text.lower())
+
+
+def build_vocab(texts: list, max_size: int, min_freq: int) -> list:
+    """<pad>, <unk>, then the training split's tokens by frequency (ties alphabetical)."""
+    counts = Counter(token for text in texts for token in tokenize(text))
+    ranked = sorted((t for t, c in counts.items() if c >= min_freq), key=lambda t: (-counts[t], t))
+    return [PAD, UNK, *ranked[:max(0, max_size - 2)]]
+
+
+def encode(texts: list, vocab: list, max_len: int) -> torch.Tensor:
+    """Token ids, truncated to ``max_len`` and padded with <pad> (id 0); unknown words map to <unk> (id 1)."""
+    index = {token: i for i, token in enumerate(vocab)}
+    ids = torch.zeros(len(texts), max_len, dtype=torch.int64)
+    for row, text in enumerate(texts):
+        tokens = [index.get(t, 1) for t in tokenize(text)[:max_len]]
+        ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
+    return ids
+
+
+def parse_fortunes(path: Path) -> list:
+    """The entries of one fortunes file: blocks separated by lines holding a single ``%``."""
+    entries, block = [], []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines() + ["%"]:
+        if line.strip() == "%":
+            if "".join(block).strip():
+                entries.append("\n".join(block).strip())
+            block = []
+        else:
+            block.append(line)
+    return entries
+
+
+def _stratified_split(texts, labels, test_size: float, seed: int):
+    """A fixed split keeping each class's share in both halves, each in a fixed random order (so the first n
+    test examples are not all of one class)."""
+    rng, train, test = random.Random(seed), [], []
+    for label in sorted(set(labels)):
+        members = [t for t, l in zip(texts, labels) if l == label]
+        rng.shuffle(members)
+        n_test = max(1, round(test_size * len(members)))
+        test += [(t, label) for t in members[:n_test]]
+        train += [(t, label) for t in members[n_test:]]
+    rng.shuffle(train)
+    rng.shuffle(test)
+    return tuple(map(list, zip(*train))), tuple(map(list, zip(*test)))
+
+
+def fortunes(cfg):
+    """Topic classification over fortunes categories (Debian's ``fortunes``), deduplicated, fixed split."""
+    root = Path(cfg.fortunes_dir)
+    missing = [c for c in cfg.categories if not (root / c).is_file()]
+    if missing:
+        raise AdvbenchError(f"dataset=fortunes: no file for categories {missing} under dataset.fortunes_dir={root}; "
+                            "install them with `apt-get install fortunes` or choose dataset.categories from "
+                            f"{sorted(p.name for p in root.iterdir() if '.' not in p.name) if root.is_dir() else []}")
+    seen, texts, labels = set(), [], []
+    for label, category in enumerate(cfg.categories):
+        for entry in parse_fortunes(root / category):
+            if entry not in seen:  # some fortunes appear in several files: keep the first
+                seen.add(entry)
+                texts.append(entry)
+                labels.append(label)
+    return (*_stratified_split(texts, labels, cfg.test_size, cfg.split_seed), list(cfg.categories))
+
+
+def _read_csv(path, cfg) -> list:
+    """(text, label) rows of one CSV file; encoding problems and ragged rows are one-line errors."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            for column in ("text_column", "label_column"):
+                if getattr(cfg, column) not in (reader.fieldnames or []):
+                    raise AdvbenchError(f"dataset.{column}={getattr(cfg, column)!r} is not a column of {path}: "
+                                        f"it has {reader.fieldnames}")
+            rows = []
+            for row in reader:
+                if None in row or None in row.values():  # csv's marks of too many and too few fields
+                    fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, []))
+                    raise AdvbenchError(f"{path}, line {reader.line_num}: {fields} fields "
+                                        f"where the header has {len(reader.fieldnames)}: expected one value per "
+                                        "column (quote texts holding commas)")
+                rows.append((row[cfg.text_column], row[cfg.label_column].strip()))
+            return rows
+    except UnicodeDecodeError as err:
+        raise AdvbenchError(f"{path} is not UTF-8 text (byte {err.start}): expected a UTF-8 CSV file; "
+                            "convert it, e.g. with iconv -t utf-8") from None
+    except csv.Error as err:
+        raise AdvbenchError(f"{path} is not a readable CSV file: {err}") from None
+
+
+def _label_order(labels) -> list:
+    """Label names sorted as numbers when they all are ("2" before "10"), else as text."""
+    try:
+        return sorted(labels, key=float)
+    except ValueError:
+        return sorted(labels)
+
+
+def text_csv(cfg):
+    """The user's train and test CSV files, with the text and label columns the config names."""
+    splits = []
+    for key in ("train_csv", "test_csv"):
+        path = getattr(cfg, key)
+        if not path or not Path(path).is_file():
+            raise AdvbenchError(f"dataset.{key}={path}: no such CSV file")
+        splits.append(_read_csv(path, cfg))
+    names = _label_order({label for _, label in splits[0]})
+    index = {name: i for i, name in enumerate(names)}
+    unknown = {label for _, label in splits[1]} - set(names)
+    if unknown:
+        raise AdvbenchError(f"dataset.test_csv has labels absent from the training file: {sorted(unknown)[:5]}")
+    return (*(([t for t, _ in rows], [index[l] for _, l in rows]) for rows in splits), names)
+
+
+def synthetic_text(cfg):
+    """A learnable text task for tests: each class has its own keywords among shared filler words."""
+    rng = random.Random(1234)
+    filler = [f"w{i}" for i in range(50)]
+    keywords = [[f"k{c}x{i}" for i in range(5)] for c in range(cfg.n_classes)]
+
+    def sample(n):
+        labels = [i % cfg.n_classes for i in range(n)]
+        texts = [" ".join(rng.choice(filler if rng.random() < 0.7 else keywords[c]) for _ in range(12))
+                 for c in labels]
+        return texts, labels
+
+    return sample(cfg.n_train), sample(cfg.n_test), None
+
+
+def encoded(loader):
+    """``loader`` (texts and labels) turned into padded token ids, with a vocabulary built from the training
+    texts alone: (train, test, class names, vocabulary)."""
+    def load(cfg):
+        train, test, classes = loader(cfg)
+        vocab = build_vocab(train[0], cfg.max_vocab, cfg.min_freq)
+        as_ids = [(encode(texts, vocab, cfg.max_len), torch.tensor(labels, dtype=torch.int64))
+                  for texts, labels in (train, test)]
+        return as_ids[0], as_ids[1], classes, vocab
+    return load

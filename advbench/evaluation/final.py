@@ -1,0 +1,66 @@
+"""The evaluation that ends every training run and makes up ``task=eval``: the test split under attack, per-example
+flags, sanity checks, the robustness curve and example images."""
+import csv
+import io
+import logging
+
+import numpy as np
+
+from advbench.data.loaders import to_unit
+from advbench.eps import parse_eps
+from advbench.evaluation.plots import plot_robustness_curve
+from advbench.evaluation.sanity import sanity_checks
+from advbench.runtime.outputs import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+def save_flags(path, flags: dict) -> None:
+    """Per-example flags as ``robust_flags.npz``: ``clean``, one array per attack, and ``worst_case``."""
+    arrays = {name: f.numpy() for name, f in flags.items()}
+    arrays["worst_case"] = np.logical_and.reduce(list(arrays.values()))
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def robustness_curve(model, x, targets, plan, evaluator, out) -> list:
+    """The task's clean and robust numbers at each eps of ``eval.eps_list``; robustness_curve.csv and .png."""
+    clean_key, robust_key = plan.task.metrics
+    rows = []
+    for eps in plan.curve_eps():
+        summary = evaluator.evaluate(model, x, targets, plan.attacks(eps))
+        by_attack = summary[f"{robust_key}_by_attack"]
+        rows.append({"eps": str(eps), "eps_value": parse_eps(eps), clean_key: summary[clean_key], **by_attack,
+                     robust_key: summary[robust_key]})
+        log.info("eps=%s: %s %s", eps, robust_key, by_attack)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(out / "robustness_curve.csv", lambda f: f.write(text.getvalue().encode()))
+    plot_robustness_curve(rows, list(plan.attacks(plan.eps_list[0])), plan.task.metrics,
+                          out / "robustness_curve.png")
+    return rows
+
+
+def final_evaluation(model, test: tuple, plan, evaluator, out) -> dict:
+    """Evaluate ``model`` on the first ``eval.n_examples`` test examples and write the evaluation's files."""
+    x, targets = (t[:plan.n_examples] for t in test)
+    attacks = plan.attacks()
+    keep = min(plan.save_examples, len(x))
+    flags = evaluator.flags(model, x, targets, attacks, keep)
+    if keep:
+        flags, x_adv = flags
+        clean = to_unit(x[:keep]).to(evaluator.device)
+        plan.task.plot_examples(clean, x_adv.to(evaluator.device), targets[:keep], evaluator.predict(model, clean),
+                                evaluator.predict(model, x_adv.to(evaluator.device)), out / "adversarial_examples.png")
+    save_flags(out / "robust_flags.npz", flags)
+    results = plan.task.summarize(flags) | {
+        "cascade": evaluator.cascade,
+        "attacks": {name: a.settings() for name, a in attacks.items()},
+    }
+    results["sanity"] = sanity_checks(model, x, targets, attacks, flags, plan.sanity, evaluator)
+    if plan.eps_list:
+        results["robustness_curve"] = robustness_curve(model, x, targets, plan, evaluator, out)
+    return results

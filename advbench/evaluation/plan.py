@@ -1,0 +1,66 @@
+"""Which attacks an evaluation runs, at any eps: ``eval.attacks``, or for tasks whose attacks only make sense as
+the training recipe defines them (text embeddings), the run's own attack plus the entries that set a target."""
+from dataclasses import dataclass
+
+from omegaconf import OmegaConf
+
+from advbench.attacks.spec import build_attack
+from advbench.eps import parse_eps
+from advbench.errors import AdvbenchError
+
+
+def own_attack(task, run_attack, eps):
+    """The run's training attack moved to the task's attack space, one restart, at budget ``eps``."""
+    if run_attack is None or run_attack.name == "none":
+        return None
+    spec = OmegaConf.merge(run_attack, {"target": task.perturbs, "restarts": 1})
+    return build_attack(spec, eps, task)
+
+
+def validation_attack(task, val_spec, run_attack, eps):
+    """The attack of each epoch's validation: ``val.attack``, or the run's own for such tasks."""
+    if task.evaluates_with_training_attack:
+        return own_attack(task, run_attack, eps)
+    if val_spec.name == "none":
+        raise AdvbenchError("val.attack.name=none: validation measures robust accuracy (model selection uses "
+                            "it); expected an attack: fgsm, pgd, fgm or apgd")
+    return build_attack(val_spec, eps, task)
+
+
+@dataclass
+class EvalPlan:
+    """What the final evaluation runs: its attacks (at any eps), examples, robustness curve, pictures, sanity."""
+
+    task: object
+    specs: dict  # eval.attacks: name -> attack config
+    run_attack: object  # the training attack's config
+    eps: str
+    n_examples: int | None = None
+    eps_list: list | None = None
+    save_examples: int = 0
+    sanity: object = None
+    cascade: bool = True
+
+    def attacks(self, eps=None) -> dict:
+        """The evaluation's attacks at budget ``eps`` (the run's eps text unless given), in their order."""
+        eps = self.eps if eps is None else eps
+        specs = self.specs
+        attacks = {}
+        if self.task.evaluates_with_training_attack:
+            specs = {name: spec for name, spec in specs.items() if spec.target is not None}
+            if self.run_attack is not None and self.run_attack.name != "none":
+                attacks[f"{self.run_attack.name}_{self.task.perturbs}"] = own_attack(self.task, self.run_attack, eps)
+        attacks |= {name: build_attack(spec, eps, self.task) for name, spec in specs.items()}
+        return {name: a for name, a in attacks.items() if a is not None}
+
+    def check(self) -> None:
+        """Build every attack at every eps, so a bad value stops the run before any work."""
+        for eps in [self.eps, *(self.eps_list or [])]:
+            self.attacks(eps)
+        if self.save_examples and not self.task.draws_examples:
+            raise AdvbenchError(f"eval.save_examples draws images; {self.task.name} has none to draw: use "
+                                "task=saliency")
+
+    def curve_eps(self) -> list:
+        """``eval.eps_list``, smallest first."""
+        return sorted(self.eps_list or [], key=parse_eps)

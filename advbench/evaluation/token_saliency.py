@@ -1,0 +1,46 @@
+"""``task=saliency`` for text: each token's gradient norm at its embedding, as a highlighted HTML page and a PNG."""
+import html
+import logging
+
+from advbench.evaluation.plots import plt, save_figure
+from advbench.evaluation.saliency import input_gradient
+from advbench.runtime.outputs import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+def token_saliency(model, ids, y, task):
+    """Per token: the L2 norm of the loss's gradient at its embedding, (N, L); zero at padding."""
+    view, emb = task.view(model, ids)
+    objective = task.objective()
+    grad = input_gradient(view, emb, lambda outputs: objective(outputs, y))
+    return grad.norm(dim=-1).masked_fill(ids == 0, 0)
+
+
+def write_text_saliency(model, test: tuple, task, vocab: list, n_examples: int, device, out) -> tuple:
+    """saliency.html (tokens highlighted by gradient norm) and saliency_text.png for the first N test texts."""
+    ids, y = test[0][:n_examples].to(device), task.to(test[1][:n_examples], device)
+    norms, pred = token_saliency(model, ids, y, task).cpu(), task.labels(task.predict(model, ids))
+    rows = []
+    for i in range(len(y)):
+        length = int((ids[i] != 0).sum())
+        weights = (norms[i, :length] / norms[i, :length].max().clamp_min(1e-12)).tolist()
+        rows.append(([vocab[t] for t in ids[i, :length].tolist()], weights, y[i].item(), pred[i]))
+    spans = ["<p><b>y={} pred={}</b>: {}</p>".format(label, p, " ".join(
+        f'<span style="background: rgba(255, 80, 0, {w:.2f})" title="{w:.2f}">{html.escape(t)}</span>'
+        for t, w in zip(tokens, weights))) for tokens, weights, label, p in rows]
+    page = ("<!doctype html><meta charset='utf-8'><title>advbench token saliency</title>"
+            "<p>Token colour: the norm of the loss gradient at the token's embedding, per text scaled to its "
+            "largest.</p>\n" + "\n".join(spans) + "\n")
+    atomic_write(out / "saliency.html", lambda f: f.write(page.encode()))
+    width = max(len(tokens) for tokens, *_ in rows) or 1
+    fig, axes = plt.subplots(len(rows), 1, figsize=(max(6, 0.45 * width), 0.9 * len(rows) + 0.5), squeeze=False)
+    for ax, (tokens, weights, label, p) in zip(axes[:, 0], rows):
+        ax.imshow([weights + [0.0] * (width - len(weights))], cmap="Oranges", vmin=0, vmax=1, aspect="auto")
+        for j, token in enumerate(tokens):
+            ax.text(j, 0, token, ha="center", va="center", fontsize=6, rotation=90 if len(token) > 3 else 0)
+        ax.set_title(f"y={label} pred={p}", fontsize=7, loc="left")
+        ax.axis("off")
+    save_figure(fig, out / "saliency_text.png")
+    log.info("token saliency of %d test texts in %s", len(rows), out)
+    return ["saliency.html", "saliency_text.png"], {"token gradient norm": norms.mean().item()}

@@ -1,0 +1,80 @@
+"""The run's config: the command line's, resolved and validated, or a checkpoint's with the command line on top;
+and the machine it runs on (device, threads)."""
+import os
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from advbench.config import AttackConf
+from advbench.errors import AdvbenchError
+
+LEGACY_TARGETS = {  # what older advbench versions stored -> where it lives now
+    "advbench.text_models.TextCNN": "advbench.models.TextCNN",
+    "advbench.text_models.TransformerClassifier": "advbench.models.TransformerClassifier",
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AdvbenchError("device=cuda but no CUDA device is available: use device=auto or device=cpu")
+    return torch.device(name)
+
+
+def threads_per_job(threads: int | None) -> int | None:
+    """Torch CPU threads: ``threads`` if given; under the joblib launcher, the cores shared among its parallel
+    jobs, so that they do not oversubscribe the machine; else torch's default."""
+    launcher = HydraConfig.get().launcher
+    if threads or "Joblib" not in str(launcher.get("_target_", "")):
+        return threads
+    cores = os.cpu_count() or 1
+    n_jobs = launcher.n_jobs if launcher.n_jobs > 0 else max(1, cores + 1 + launcher.n_jobs)
+    return max(1, cores // n_jobs)
+
+
+def plain(cfg):
+    """The resolved config with enums as strings, still refusing unknown keys."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    cfg.eval.attacks = {name: typed_attack(spec, f"eval.attacks.{name}") for name, spec in cfg.eval.attacks.items()}
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def typed_attack(spec, key: str) -> dict:
+    """An ``eval.attacks`` entry with every AttackConf key, validated (entries added on the command line are
+    plain mappings)."""
+    try:
+        return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(AttackConf), spec), enum_to_str=True)
+    except OmegaConfBaseException as err:
+        raise AdvbenchError(f"{key}: {' '.join(str(err).split())[:200]}") from None
+
+
+def fill_missing(target, defaults, wholesale=("model", "optimizer", "attacks")) -> None:
+    """Add keys of ``defaults`` that ``target`` lacks (a checkpoint of an older advbench), recursively; the
+    open-ended nodes in ``wholesale`` are never mixed from two sources."""
+    for key, value in defaults.items():
+        if key not in target:
+            target[key] = value
+        elif key not in wholesale and isinstance(value, DictConfig) and isinstance(target[key], DictConfig):
+            fill_missing(target[key], value, wholesale)
+
+
+def checkpoint_config(cfg, state: dict, task: str = "eval", overrides: bool = True):
+    """The checkpoint's config, with what this command line overrides (eval settings, eps, device...) on top."""
+    merged = OmegaConf.create(state["config"])
+    target = OmegaConf.select(merged, "model._target_")
+    if target in LEGACY_TARGETS:
+        merged.model._target_ = LEGACY_TARGETS[target]
+    fill_missing(merged, cfg)
+    overridden = {o.lstrip("+~").split("=", 1)[0] for o in HydraConfig.get().overrides.task} if overrides else set()
+    for key in overridden - {"task", "checkpoint"}:
+        if not key.startswith("hydra"):
+            OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
+    merged.task, merged.checkpoint, merged.resume = task, cfg.checkpoint, cfg.resume
+    merged.stop_after_epoch = cfg.stop_after_epoch  # an interruption is not part of the experiment
+    OmegaConf.set_struct(merged, True)
+    return merged

@@ -1,0 +1,127 @@
+"""What a problem (classification, text, detection, segmentation) owns, and nothing else does.
+
+Attack loops, training modes and evaluation call a task's methods and never test a modality or compute an
+argmax themselves: a new problem is a new task class, not edits across the core.
+"""
+import torch
+
+from advbench.errors import AdvbenchError
+
+
+def worst_case(flags: dict) -> torch.Tensor:
+    """Per example: correct clean and after every attack."""
+    worst = flags["clean"].clone()
+    for f in flags.values():
+        worst &= f
+    return worst
+
+
+class Task:
+    """A problem's targets, named loss terms, "still correct", metrics and what an attack perturbs.
+
+    Targets of a batch are held however the task likes (a label tensor, a list of per-image dicts); the core only
+    passes them back to the task's own methods.
+    """
+
+    name = "task"
+    terms: tuple = ()  # the named terms of ``loss``
+    metrics: tuple = ()  # (clean key, robust key) of ``summarize``; the robust one is the headline
+    modes: tuple = ()  # the training modes this task supports
+    perturbs = "input"  # what attacks move: "input" (pixels in [0,1]) or "embedding"
+    # Embedding-space attacks exist only as the training recipe defines them (their eps is in embedding units):
+    # such tasks validate and evaluate under the run's own attack.
+    evaluates_with_training_attack = False
+    draws_examples = True  # eval.save_examples can draw its inputs
+
+    # --- targets ----------------------------------------------------------------------------------------------
+    def index(self, targets, idx):
+        """The targets of the examples ``idx`` (a tensor of indices)."""
+        return targets[idx]
+
+    def to(self, targets, device):
+        """The targets on ``device``."""
+        return targets.to(device, non_blocking=True)
+
+    def detach(self, targets):
+        """The targets as constants (copied out of inference mode if needed)."""
+        return targets.clone() if targets.is_inference() else targets.detach()
+
+    def count(self, targets) -> int:
+        """How many examples the targets describe."""
+        return len(targets)
+
+    # --- outputs and losses ------------------------------------------------------------------------------------
+    def loss(self, outputs, targets) -> dict:
+        """{term: per-example loss} of the model's outputs."""
+        raise NotImplementedError
+
+    def mean_loss(self, outputs, targets) -> torch.Tensor:
+        """The training loss of a batch: the terms' means, summed."""
+        return sum(term.mean() for term in self.loss(outputs, targets).values())
+
+    def total_loss(self, outputs, targets, reduce_: bool) -> torch.Tensor:
+        """The training loss (``reduce_``) or its per-example values: the sum of the terms."""
+        if reduce_:
+            return self.mean_loss(outputs, targets)
+        return sum(self.loss(outputs, targets).values())
+
+    def objective(self, name: str = "loss", weights: dict | None = None, **kwargs):
+        """What an attack ascends: ``fn(outputs, targets) -> per-example loss``; ``loss`` is the weighted sum of
+        the task's terms (all terms, weight 1, by default)."""
+        if name != "loss":
+            raise AdvbenchError(f"attack.loss={name} is not defined for {self.name}: expected loss")
+        weights = self.check_terms(weights)
+
+        def weighted(outputs, targets):
+            terms = self.loss(outputs, targets)
+            return sum(w * terms[t] for t, w in weights.items())
+        return weighted
+
+    def check_terms(self, weights: dict | None) -> dict:
+        """``weights`` (term -> weight), every name one of the task's terms; None means each term once."""
+        weights = dict(weights) if weights else {t: 1.0 for t in self.terms}
+        unknown = sorted(set(weights) - set(self.terms))
+        if unknown:
+            raise AdvbenchError(f"attack.terms: {', '.join(unknown)} is not a loss term of {self.name}: expected "
+                                f"{', '.join(self.terms)}")
+        return weights
+
+    def correct(self, outputs, targets) -> torch.Tensor:
+        """Per example: still counts as correct (the cascade and the restarts attack only these)."""
+        raise NotImplementedError
+
+    def summarize(self, flags: dict) -> dict:
+        """The evaluation's numbers from per-example flags (``clean`` and one entry per attack)."""
+        raise NotImplementedError
+
+    # --- what an attack sees ----------------------------------------------------------------------------------
+    def view(self, model, x):
+        """(the model an attack differentiates, the point it perturbs): the model and its input by default."""
+        return model, x
+
+    def finish(self, view_model, x_adv):
+        """The attack's result in ``view`` space, as the task keeps it (unchanged by default)."""
+        return x_adv
+
+    def forward_perturbed(self, model, x, x_adv):
+        """Outputs at an attack's point ``x_adv`` (in ``view`` space), differentiable for a training update."""
+        return model(x_adv)
+
+    def forward_pair(self, model, x, x_adv):
+        """Clean and adversarial outputs in one forward pass, so that batch norm sees the mixed batch."""
+        return model(torch.cat([x, x_adv])).chunk(2)
+
+    def same_outputs(self, a, b) -> bool:
+        """Whether two forward passes agree (a random forward pass needs EOT attacks)."""
+        return torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5)
+
+    def probabilities(self, outputs) -> bool:
+        """Whether the outputs look like probabilities where logits belong (a masked gradient)."""
+        return False
+
+    def predict(self, model, x):
+        """Outputs of ``model`` (in its view space) without grad, in eval mode; the caller's modes restored."""
+        from advbench.attacks.gradients import preserved_modes
+        with preserved_modes(model), torch.no_grad():
+            model.eval()
+            return model(x)

@@ -1,0 +1,158 @@
+"""Training modes: each a small class whose ``step`` reads top to bottom (attack, forward, loss, update)."""
+import math
+
+import torch
+
+from advbench.attacks.embedding import perturb_embedding_weights, restore_embedding_weights
+from advbench.errors import AdvbenchError
+from advbench.training.losses import mart_boosted_ce, mart_weighted_kl, trades_attack_loss, trades_kl
+from advbench.training.mode import Batch, Mode, Step, Term, mean_of
+
+
+class Standard(Mode):
+    """Clean training: the task's loss on clean examples."""
+
+    name, adversarial = "standard", False
+
+    def step(self, b: Batch) -> Step:
+        with b.autocast():
+            outputs = b.model(b.x)
+            loss = b.task.mean_loss(outputs, b.y)
+        b.update(loss)
+        return Step(loss, clean=outputs)
+
+
+class Adversarial(Mode):
+    """Adversarial training (Madry et al. 2018): the task's loss on adversarial examples only."""
+
+    name, accepts = "adversarial", ("fgsm", "pgd", "fgm")
+
+    def step(self, b: Batch) -> Step:
+        with b.autocast():  # the attack runs in its own bn_mode (eval by default) and leaves no parameter grads
+            x_adv = b.attack(b.x, b.y)
+            outputs = b.task.forward_perturbed(b.model, b.x, x_adv)
+            loss = b.task.mean_loss(outputs, b.y)
+        b.update(loss)
+        return Step(loss, adv=outputs)
+
+
+class Fast(Adversarial):
+    """Fast-AT (Wong, Rice & Kolter 2020): adversarial training with FGSM from a random start, step 1.25 eps."""
+
+    name, accepts = "fast", ("fgsm",)
+
+
+class Mixed(Mode):
+    """Goodfellow et al. 2015 (and Miyato et al. 2017 for text): (1 - w) clean loss + w adversarial loss."""
+
+    name, accepts = "mixed", ("fgsm", "pgd", "fgm")
+
+    def terms(self, task, y) -> dict:
+        w = self.settings.adv_weight
+        return {"clean loss": Term(lambda c, a, r: (1 - w) * task.total_loss(c, y, r), "clean"),
+                "adversarial loss (at x_adv)": Term(lambda c, a, r: w * task.total_loss(a, y, r), "adversarial")}
+
+    def step(self, b: Batch) -> Step:
+        if getattr(b.attack, "target", "input") == "embedding_weights":
+            return self.weights_step(b)
+        return self.terms_step(b)
+
+    def weights_step(self, b: Batch) -> Step:
+        """The NLP FGM recipe: after the clean backward pass move the embedding matrix W along its gradient,
+        add the adversarial loss's gradient, put W back bit for bit, then step the optimizer."""
+        w, found = self.settings.adv_weight, {}
+        with b.autocast():
+            clean = b.model(b.x)
+        loss = (1 - w) * b.task.mean_loss(clean, b.y)
+
+        def add_adversarial_gradient():
+            embedding = b.net.embedding
+            backup = perturb_embedding_weights(embedding, b.eps)
+            with b.autocast():
+                found["adv"] = b.model(b.x)
+            found["loss"] = w * b.task.mean_loss(found["adv"], b.y)
+            b.backward(found["loss"])
+            restore_embedding_weights(embedding, backup)
+
+        b.update(loss, add_adversarial_gradient)
+        return Step((loss + found["loss"]).detach(), clean.detach(), found["adv"].detach())
+
+
+class Free(Mode):
+    """Free-AT (Shafahi et al. 2019): each batch replayed m times; one backward pass per replay gives both the
+    parameter update and an FGSM step (size eps) on a perturbation carried from batch to batch."""
+
+    name, accepts = "free", ("fgsm",)
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.updates_per_batch, self.delta = settings.replays, None
+
+    def passes(self, epochs: int) -> int:
+        """``epochs`` counts gradient computations: ceil(epochs / m) passes of m replays each."""
+        return math.ceil(epochs / self.settings.replays)
+
+    def start_epoch(self) -> None:
+        self.delta = None
+
+    def step(self, b: Batch) -> Step:
+        if self.delta is None or self.delta.shape != b.x.shape:
+            self.delta = torch.zeros_like(b.x)
+        for _ in range(self.settings.replays):
+            x_adv = (b.x + self.delta).clamp(0, 1).requires_grad_(True)
+            with b.autocast():
+                outputs = b.model(x_adv)
+            loss = b.task.mean_loss(outputs, b.y)
+            b.update(loss)  # its backward fills x_adv.grad too (scaled under fp16: the sign is all we use)
+            self.delta = (self.delta + b.eps * x_adv.grad.sign()).clamp(-b.eps, b.eps)
+        return Step(loss.detach(), adv=outputs.detach())
+
+
+class Trades(Mode):
+    """TRADES (Zhang et al. 2019): CE(clean) + beta KL(p(x) || p(x_adv)), x_adv maximizing that KL."""
+
+    name, accepts = "trades", ("pgd", "fgsm")
+
+    def check(self, attack) -> None:
+        super().check(attack)
+        if attack.restarts > 1 or attack.targeted:
+            raise AdvbenchError("training=trades ascends its KL loss with one untargeted run: "
+                                "attack.restarts=1 and attack.targeted=false")
+
+    def terms(self, task, y) -> dict:
+        beta = self.settings.beta
+        return {"CE": Term(lambda c, a, r: task.total_loss(c, y, r), "clean"),
+                "beta * KL(p(x) || p(x_adv))": Term(lambda c, a, r: beta * mean_of(trades_kl(c.float(), a.float()), r),
+                                                    "clean")}
+
+    def step(self, b: Batch) -> Step:
+        with b.autocast():
+            p_clean = b.task.predict(b.net, b.x).float().softmax(1)  # fixed while the attack ascends the KL
+        return self.terms_step(b, lambda outputs, _: trades_attack_loss(outputs.float(), p_clean))
+
+
+class Mart(Mode):
+    """MART (Wang et al. 2020): boosted CE on x_adv + beta KL(p(x) || p(x_adv)) weighted by 1 - p_y(x)."""
+
+    name, accepts = "mart", ("pgd", "fgsm")
+
+    def terms(self, task, y) -> dict:
+        beta = self.settings.beta
+        return {"boosted CE (at x_adv)": Term(lambda c, a, r: mean_of(mart_boosted_ce(a.float(), y), r), "adversarial"),
+                "beta * weighted KL": Term(lambda c, a, r: beta * mean_of(mart_weighted_kl(c.float(), a.float(), y), r),
+                                           "clean")}
+
+    def step(self, b: Batch) -> Step:
+        return self.terms_step(b)
+
+
+MODES = {mode.name: mode for mode in (Standard, Adversarial, Mixed, Fast, Free, Trades, Mart)}
+
+
+def build_mode(settings, task) -> Mode:
+    """The training mode ``settings.name`` (the ``training`` config group), checked against the task."""
+    name = str(settings.name)
+    if name not in task.modes:
+        raise AdvbenchError(f"training={name} on {task.name} data: expected training="
+                            f"{' or '.join(task.modes)}")
+    return MODES[name](settings)
