@@ -39,6 +39,8 @@ _RANGES = {
     "saliency.n_examples": (lambda v: v >= 1, "a positive integer"),
     "saliency.smoothgrad_samples": (lambda v: v >= 1, "a positive integer"),
     "stop_after_epoch": (lambda v: v >= 1, "a positive epoch number or null"),
+    "eval.det_score": (lambda v: 0 <= v <= 1, "a score in [0, 1]"),
+    "eval.det_recall": (lambda v: 0 < v <= 1, "a recall in (0, 1]"),
 }
 # What a resumed run may change: how it runs, how long, and how it is evaluated; never what it trains.
 RESUMABLE = ("epochs", "device", "threads", "progress", "resume", "stop_after_epoch", "eval", "dataset.root",

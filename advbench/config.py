@@ -45,6 +45,18 @@ class Target(Enum):
     embedding_weights = "embedding_weights"
 
 
+class Goal(Enum):
+    truth = "truth"
+    predictions = "predictions"
+    empty = "empty"
+
+
+class Relabel(Enum):
+    none = "none"
+    ml = "ml"
+    ll = "ll"
+
+
 class BnMode(Enum):
     eval = "eval"
     train = "train"
@@ -58,6 +70,7 @@ class TrainingName(Enum):
     free = "free"
     trades = "trades"
     mart = "mart"
+    mtd = "mtd"
 
 
 class GuardAction(Enum):
@@ -96,6 +109,17 @@ class DatasetConf:
     categories: List[str] = field(default_factory=list)  # fortunes: one class per category file
     fortunes_dir: str = "/usr/share/games/fortunes"
     test_size: float = 0.25  # fortunes: share of each class held out for the test split
+    # detection: composed scenes (digits_det, fashion_mnist_det) and the user's YOLO / COCO data
+    n_scenes: int = 2000  # training scenes composed (the test split has n_test)
+    objects: List[int] = field(default_factory=lambda: [1, 4])  # objects per scene, min and max
+    scale: List[float] = field(default_factory=lambda: [0.6, 1.4])  # an item's size relative to its source image
+    path: Optional[str] = None  # yolo: the data set's YAML (train:, val:, test:, names:)
+    train_json: Optional[str] = None  # coco: instances JSONs and their image folders
+    train_images: Optional[str] = None
+    val_json: Optional[str] = None
+    val_images: Optional[str] = None
+    test_json: Optional[str] = None
+    test_images: Optional[str] = None
     train_csv: Optional[str] = None  # text_csv
     test_csv: Optional[str] = None
     text_column: str = "text"
@@ -116,6 +140,11 @@ class AttackConf:
     loss: Loss = Loss.ce  # apgd: cross-entropy or the DLR loss
     n_targets: int = 9  # apgd targeted: the top-n wrong classes, each in turn
     target: Optional[Target] = None  # what is perturbed; null: the input (images), the embedding output (text)
+    terms: Optional[Any] = None  # detection: {term: weight} ascended, e.g. {box: 1, obj: 1}; null: every term, 1
+    goal: Goal = Goal.truth  # detection: the targets the objective is taken against (TOG: predictions, empty)
+    relabel: Relabel = Relabel.none  # goal=predictions: relabeled to their most (ml) / least (ll) likely other class
+    descend: bool = False  # move towards the goal (TOG vanishing, mislabeling) rather than away from it
+    normalize_terms: bool = False  # scale each term's input gradient to unit norm before the weighted sum
 
 
 @dataclass
@@ -169,6 +198,8 @@ class EvalConf:
     eps_list: Optional[List[str]] = None
     save_examples: int = 0
     sanity: SanityConf = field(default_factory=SanityConf)
+    det_score: float = 0.25  # detection: predictions scoring at least this count as detections (recall)
+    det_recall: float = 0.5  # detection: an image counts as broken when its recall falls below this
 
 
 @dataclass

@@ -79,7 +79,7 @@ def prepare(cfg, out: Path, choices: dict, state: dict | None) -> Run:
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
     data = load_data(cfg.dataset)
-    task = build_task(data)
+    task = build_task(data, cfg.eval)
     model = build_model(cfg.model, data, cfg.dataset, task, state and state["state_dict"])
     if state and state.get("vocab") is not None and state["vocab"] != data.vocab:
         raise AdvbenchError(f"checkpoint: its vocabulary differs from dataset={cfg.dataset.name}'s training split "

@@ -8,35 +8,50 @@ from omegaconf.errors import OmegaConfBaseException
 
 from advbench.attacks.spec import Attack, build_attack
 from advbench.run_config import plain
-from advbench.tasks import Classification, TextClassification
+from advbench.tasks import Classification, Detection, TextClassification
 from advbench.training import MODES
 from conftest import CONF, compose_config, group_options
 
 
-TEXT_DATASETS, TEXT_MODELS = {"fortunes", "text_csv", "synthetic_text"}, {"textcnn", "transformer"}
+KINDS = {  # option -> the task it belongs to; every other option is image classification
+    **dict.fromkeys(["fortunes", "text_csv", "synthetic_text", "textcnn", "transformer"], "text"),
+    **dict.fromkeys(["digits_det", "fashion_mnist_det", "yolo", "coco", "yolo_tiny", "torchvision_detector",
+                     "tog_vanishing", "tog_fabrication", "tog_mislabeling", "tog_untargeted", "mtd_cls", "mtd_loc",
+                     "mtd"], "detection"),
+}
+PARTNERS = {"text": ["dataset=synthetic_text", "model=textcnn", "training=mixed", "attack=fgm"],
+            "detection": ["dataset=digits_det", "model=yolo_tiny", "training=adversarial", "attack=pgd"]}
 
 
 @pytest.mark.parametrize("group, option", group_options())
 def test_every_option_composes_and_builds(group, option):
-    # A text option is composed with a partner of its kind: a text model for a text data set and vice versa.
-    text = (group, option) in {("dataset", d) for d in TEXT_DATASETS} | {("model", m) for m in TEXT_MODELS}
-    partner = {"dataset": "model=textcnn", "model": "dataset=synthetic_text"}.get(group) if text else None
-    cfg = plain(compose_config([f"{group}={option}", *([partner] if partner else [])]))
+    # An option is composed with partners of its kind: a text model for a text data set, a detector for a
+    # detection attack, and so on.
+    kind = KINDS.get(option, "classification")
+    partners = [p for p in PARTNERS.get(kind, []) if p.split("=")[0] != group]
+    cfg = plain(compose_config([*partners, f"{group}={option}"]))
     assert OmegaConf.select(cfg, group) is not None
-    if text:
+    channels = len(cfg.dataset.mean)
+    if kind == "text":
         model = instantiate(cfg.model, in_shape=(16,), n_classes=10, vocab_size=50)
         assert model(torch.randint(0, 50, (2, 16))).shape == (2, 10)
+        task = TextClassification(10)
+    elif kind == "detection":
+        kwargs = {"name": "ssdlite320_mobilenet_v3_large"} if cfg.model.get("name") else {}
+        model = instantiate(cfg.model, in_shape=(channels, 64, 64), n_classes=10, mean=list(cfg.dataset.mean),
+                            std=list(cfg.dataset.std), **kwargs).eval()
+        assert len(model(torch.rand(2, channels, 64, 64)).predictions()) == 2
+        task = Detection(10)
     else:  # built on a shape of the dataset's channel count
-        channels = len(cfg.dataset.mean)
         model = instantiate(cfg.model, in_shape=(channels, 32, 32), n_classes=10, mean=list(cfg.dataset.mean),
                             std=list(cfg.dataset.std))
         assert model(torch.rand(2, channels, 32, 32)).shape == (2, 10)
+        task = Classification(10)
     instantiate(cfg.optimizer)(model.parameters())
-    task = TextClassification(10) if text else Classification(10)
     attack = build_attack(cfg.attack, cfg.eps, task)
     assert attack is None if cfg.attack.name == "none" else isinstance(attack, Attack)
     assert cfg.training.name in MODES
-    assert all(isinstance(build_attack(spec, cfg.eps), Attack) for spec in cfg.eval.attacks.values())
+    assert all(isinstance(build_attack(spec, cfg.eps, task), Attack) for spec in cfg.eval.attacks.values())
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))

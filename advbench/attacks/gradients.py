@@ -5,6 +5,8 @@ from contextlib import contextmanager
 import torch
 from torch.utils._pytree import tree_map
 
+from advbench.errors import AdvbenchError
+
 # fp16 gradients of confident examples underflow; scaling the loss (and unscaling the gradient) keeps them.
 _FP16_LOSS_SCALE = 2.0**12
 
@@ -64,7 +66,8 @@ def loss_and_grad(model, x: torch.Tensor, objective):
     outputs = model(x)
     losses = objective(outputs)
     loss = losses.sum()
-    detached = tree_map(lambda v: v.detach() if torch.is_tensor(v) else v, outputs)
+    detached = outputs.detach() if hasattr(outputs, "detach") else tree_map(
+        lambda v: v.detach() if torch.is_tensor(v) else v, outputs)
     if not loss.requires_grad:  # the output does not depend on x at all: its gradient is zero
         return losses.detach(), detached, torch.zeros_like(x)
     if not fp16:
@@ -73,4 +76,33 @@ def loss_and_grad(model, x: torch.Tensor, objective):
         grad = torch.autograd.grad(loss * _FP16_LOSS_SCALE, x, retain_graph=True)[0] / _FP16_LOSS_SCALE
         if not torch.isfinite(grad).all():  # overflow: the unscaled gradient is the safe fallback
             grad = torch.autograd.grad(loss, x)[0]
+    check_half(x, grad)
     return losses.detach(), detached, grad
+
+
+def check_half(x: torch.Tensor, grad: torch.Tensor) -> None:
+    """A model run in ``.half()`` (as YOLO's val.py does) gives all-zero input gradients: refuse to attack with
+    them, rather than report a robustness that is only underflow."""
+    if x.dtype == torch.float16 and not grad.any():
+        raise AdvbenchError("the input gradient is exactly zero with fp16 inputs (a model in .half()): gradient "
+                            "attacks cannot work there; run the model in bf16 (amp=bf16, or autocast with "
+                            "torch.bfloat16) or in fp32")
+
+
+def terms_grad(model, x: torch.Tensor, terms_fn, weights: dict) -> torch.Tensor:
+    """sum_t w_t g_t / ||g_t||_2 (per example) of the named terms ``terms_fn(model(x))``: one forward pass, one
+    backward pass per term."""
+    x = x.detach().requires_grad_(True)
+    terms = terms_fn(model(x))
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    total = torch.zeros_like(x)
+    for name, weight in weights.items():
+        if not weight:
+            continue
+        if name not in terms:
+            raise AdvbenchError(f"attack.terms: this model has no {name} loss term; it has {', '.join(terms)}")
+        grad = torch.autograd.grad(terms[name].float().sum(), x, retain_graph=True, allow_unused=True)[0]
+        if grad is not None:
+            total += weight * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
+    check_half(x, total)
+    return total

@@ -1,6 +1,8 @@
 """Attacks built in one place: a table of attack kinds (what each name fixes, its default step), and ``Attack``,
 the configured attack that the training modes, the evaluation, the guard, the sanity checks and the API call."""
+import re
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from typing import Callable
 
 from advbench.attacks.apgd import apgd
@@ -52,6 +54,11 @@ class Attack:
     loss: str = "ce"  # apgd: ce | dlr
     n_targets: int = 9  # apgd targeted: how many of the top wrong classes to try
     target: str = "input"  # input | embedding (text: the embedding output) | embedding_weights (training only)
+    terms: dict | None = None  # the loss terms ascended, with weights (detection: box, obj, cls); None: all, 1
+    goal: str = "truth"  # truth | predictions | empty: the targets the objective is taken against
+    relabel: str = "none"  # none | ml | ll: goal predictions relabeled to their most / least likely other class
+    descend: bool = False  # move towards the goal (TOG vanishing, mislabeling) rather than away from it
+    normalize_terms: bool = False  # each term's gradient scaled to unit norm before the weighted sum
     task: Task = field(default_factory=lambda: Classification(0), repr=False, compare=False)
 
     def __call__(self, model, x, targets, objective=None):
@@ -61,9 +68,15 @@ class Attack:
             x_adv = apgd(view, point, targets, threat, self.task, self.steps, self.loss, self.targeted,
                          self.n_targets, self.restarts, self.bn_mode)
         else:
-            objective = objective or self.task.objective(self.loss)
+            objective = objective or self.task.objective(self.loss, weights=self.terms)
+            goal, descend = None, self.descend
+            if self.targeted:  # classification: towards a random wrong class
+                goal, descend = self.task.random_wrong, True
+            elif self.goal != "truth":
+                goal = partial(self.task.goal, self.goal, self.relabel)
             x_adv = pgd(view, point, targets, threat, self.steps, self.task, objective, self.random_start,
-                        self.restarts, self.targeted, self.bn_mode)
+                        self.restarts, goal, descend, self.bn_mode,
+                        self.task.check_terms(self.terms) if self.normalize_terms else None)
         return self.task.finish(view, x_adv)
 
     def outputs(self, model, x, x_adv):
@@ -89,6 +102,26 @@ def make_attack(name: str, norm: str | None = None, eps: float = 0.0, steps: int
     random_start = kind.random_start if kind.random_start is not None else bool(random_start)
     alpha = kind.alpha(eps, steps, random_start) if alpha is None else alpha
     return Attack(name, norm, eps, alpha, steps, random_start, task=task or Classification(0), **settings)
+
+
+_TERM = re.compile(r"^\s*(?:([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]{1,3})?)\s*\*\s*)?([a-z_]+)\s*$")
+
+
+def parse_terms(value) -> dict | None:
+    """attack.terms: a mapping {term: weight}, or text such as ``obj``, ``box+cls`` or ``0.5*box+obj`` (text
+    replaces a preset's terms on the command line, where a mapping would merge into them); None: every term."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        pairs = [_TERM.match(part) for part in value.split("+")]
+        if not all(pairs):
+            raise AdvbenchError(f"attack.terms={value!r}: expected term names joined by +, each with an optional "
+                                "weight (obj, box+cls, 0.5*box+obj), or a mapping {box: 1, obj: 1}")
+        return {m.group(2): float(m.group(1) or 1.0) for m in pairs}
+    try:
+        return {str(k): float(v) for k, v in dict(value).items()}
+    except (TypeError, ValueError):
+        raise AdvbenchError(f"attack.terms={value}: expected a mapping of term names to numbers") from None
 
 
 def _target(spec, name: str, task: Task) -> str:
@@ -125,7 +158,15 @@ def build_attack(spec, run_eps, task: Task | None = None) -> Attack | None:
     if int(spec.steps) < 1 or spec.restarts < 1:
         raise AdvbenchError(f"attack {name}: steps and restarts must be >= 1, got {spec.steps} and {spec.restarts}")
     alpha = None if spec.alpha is None else parse_eps(spec.alpha, f"attack {name} alpha")
+    terms = parse_terms(spec.get("terms"))
+    task.check_terms(terms)  # an unknown term name is an error here, never a silent zero
+    if spec.get("goal", "truth") != "truth" and not hasattr(task, "goal"):
+        raise AdvbenchError(f"attack.goal={spec.goal} crafts detection targets; {task.name} takes attack.goal=truth "
+                            "(use attack.targeted for a random wrong class)")
     return make_attack(name, str(spec.norm), eps, int(spec.steps), bool(spec.random_start), alpha, task,
                        restarts=int(spec.restarts), targeted=bool(spec.targeted), bn_mode=str(spec.bn_mode),
-                       loss=str(spec.loss), n_targets=int(spec.n_targets), target=target)
+                       loss=str(spec.loss), n_targets=int(spec.n_targets), target=target, terms=terms,
+                       goal=str(spec.get("goal", "truth")), relabel=str(spec.get("relabel", "none")),
+                       descend=bool(spec.get("descend", False)), normalize_terms=bool(spec.get("normalize_terms",
+                                                                                                False)))
 

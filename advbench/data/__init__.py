@@ -1,12 +1,13 @@
-"""In-memory data sets: each names its task, and gets a fixed validation split carved from its training set."""
+"""In-memory data sets: each names its task, and gets a fixed validation split (its own, or one carved from its
+training set)."""
 from dataclasses import dataclass
 
 import torch
 
-from advbench.data import images, text
+from advbench.data import detection, images, text
 from advbench.errors import AdvbenchError
 
-# name -> loader(cfg) returning (train, test, class names[, vocabulary]), and the task the data set poses
+# name -> loader(cfg) returning a Source, and the task the data set poses
 SOURCES = {
     "fashion_mnist": (images.fashion_mnist, "classification"),
     "digits": (images.digits, "classification"),
@@ -16,6 +17,10 @@ SOURCES = {
     "fortunes": (text.encoded(text.fortunes), "text"),
     "text_csv": (text.encoded(text.text_csv), "text"),
     "synthetic_text": (text.encoded(text.synthetic_text), "text"),
+    "digits_det": (detection.digits_det, "detection"),
+    "fashion_mnist_det": (detection.fashion_mnist_det, "detection"),
+    "yolo": (detection.yolo, "detection"),
+    "coco": (detection.coco, "detection"),
 }
 
 
@@ -46,27 +51,40 @@ def task_of(cfg) -> str:
     return SOURCES[cfg.name][1]
 
 
+def take(targets, idx: torch.Tensor):
+    """The targets of examples ``idx``: a label tensor indexed, or a list of per-example targets picked."""
+    return targets[idx] if torch.is_tensor(targets) else [targets[i] for i in idx.tolist()]
+
+
+def _labels(targets) -> torch.Tensor:
+    return targets if torch.is_tensor(targets) else detection.labels_of(targets)
+
+
 def load_data(cfg) -> Data:
-    """Load ``cfg.name`` and carve a fixed validation split from its training set."""
+    """Load ``cfg.name``; validate on its own validation split or on a fixed one carved from its training set."""
     loader, task = SOURCES[cfg.name][0], task_of(cfg)
-    (x, y), test, classes, *vocab = loader(cfg)
-    vocab = vocab[0] if vocab else None
+    source = loader(cfg)
+    (x, y), test = source.train, source.test
     if cfg.n_train is not None:
         x, y = x[:cfg.n_train], y[:cfg.n_train]
-    if not 0 <= cfg.val_size < len(y):
-        raise AdvbenchError(f"dataset.val_size={cfg.val_size} must be in [0, {len(y)}) for dataset={cfg.name}")
+    if source.val is None and not 0 <= cfg.val_size < len(x):
+        raise AdvbenchError(f"dataset.val_size={cfg.val_size} must be in [0, {len(x)}) for dataset={cfg.name}")
     channels = x.shape[1]
-    if vocab is None and (len(cfg.mean) != channels or len(cfg.std) != channels):
+    if source.vocab is None and (len(cfg.mean) != channels or len(cfg.std) != channels):
         raise AdvbenchError(f"dataset.mean/std have {len(cfg.mean)}/{len(cfg.std)} values for {channels}-channel "
                             f"images of dataset={cfg.name}: give one per channel")
-    # A fixed permutation, independent of the run's seed, so every run validates on the same examples.
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.split_seed))
-    val_idx, train_idx = perm[:cfg.val_size], perm[cfg.val_size:]
-    present = torch.unique(y[train_idx])
+    if source.val is None:
+        # A fixed permutation, independent of the run's seed, so every run validates on the same examples.
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.split_seed))
+        val_idx, train_idx = perm[:cfg.val_size], perm[cfg.val_size:]
+        train, val = (x[train_idx], take(y, train_idx)), (x[val_idx], take(y, val_idx))
+    else:
+        train, val = (x, y), source.val
+    present = torch.unique(_labels(train[1]))
     if len(present) < 2:
         raise AdvbenchError(f"dataset={cfg.name}: the training split holds {len(present)} class; a classifier "
                             "needs at least 2 (check dataset.categories, the label column or dataset.n_train)")
-    n_classes = int(max(y.max(), test[1].max())) + 1
-    classes = list(classes) if classes else [str(i) for i in range(n_classes)]
-    return Data(train=(x[train_idx], y[train_idx]), val=(x[val_idx], y[val_idx]), test=test,
-                shape=tuple(x.shape[1:]), n_classes=n_classes, task=task, vocab=vocab, classes=classes)
+    n_classes = len(source.classes) if source.classes else int(max(y.max(), test[1].max())) + 1
+    classes = list(source.classes) if source.classes else [str(i) for i in range(n_classes)]
+    return Data(train=train, val=val, test=test, shape=tuple(x.shape[1:]), n_classes=n_classes, task=task,
+                vocab=source.vocab, classes=classes)

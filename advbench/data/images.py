@@ -1,7 +1,7 @@
 """Where each data set's tensors come from: IDX files, scikit-learn, torchvision or a generator.
 
-Every loader returns ``(train, test, class names)``, each split an ``(images, labels)`` pair; images are uint8 in
-[0,255] or float in [0,1], shaped (N, C, H, W); class names may be None (then the class indices are the names).
+Every loader returns a Source: train and test, each an ``(images, labels)`` pair (images uint8 in [0,255] or float
+in [0,1], shaped (N, C, H, W)), and class names (None: the class indices are the names).
 """
 import gzip
 import logging
@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from advbench.data.source import Source
 from advbench.errors import AdvbenchError
 
 log = logging.getLogger(__name__)
@@ -61,13 +62,13 @@ def fashion_mnist(cfg):
         train, test = _idx_split(directory, "train"), _idx_split(directory, "t10k")
         if train and test:
             log.info("Fashion-MNIST from %s", directory)
-            return train, test, FASHION_MNIST_CLASSES
+            return Source(train, test, FASHION_MNIST_CLASSES)
     if cfg.download:
         import torchvision
         torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
         torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
         raw = root / "FashionMNIST" / "raw"
-        return _idx_split(raw, "train"), _idx_split(raw, "t10k"), FASHION_MNIST_CLASSES
+        return Source(_idx_split(raw, "train"), _idx_split(raw, "t10k"), FASHION_MNIST_CLASSES)
     raise AdvbenchError(
         f"dataset=fashion_mnist: no IDX files under {', '.join(map(str, candidates))}; install them with "
         "`apt-get install dataset-fashion-mnist` or let torchvision fetch them with dataset.download=true")
@@ -82,7 +83,7 @@ def digits(cfg):
     y = torch.tensor(bunch.target, dtype=torch.int64)
     train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=0.25, stratify=bunch.target,
                                            random_state=0)
-    return (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx]), [str(i) for i in range(10)]
+    return Source((x[train_idx], y[train_idx]), (x[test_idx], y[test_idx]), [str(i) for i in range(10)])
 
 
 def synthetic(cfg):
@@ -96,7 +97,7 @@ def synthetic(cfg):
         x = prototypes[y] + cfg.noise * torch.randn(n, *shape, generator=g)
         return x.clamp(0, 1), y
 
-    return sample(cfg.n_train), sample(cfg.n_test), None
+    return Source(sample(cfg.n_train), sample(cfg.n_test))
 
 
 def from_torchvision(cls_name: str, cfg):
@@ -113,4 +114,4 @@ def from_torchvision(cls_name: str, cfg):
         data = torch.as_tensor(np.asarray(s.data))
         data = data.unsqueeze(1) if data.dim() == 3 else data.permute(0, 3, 1, 2)  # HWC -> CHW
         out.append((data.contiguous(), torch.as_tensor(np.asarray(s.targets), dtype=torch.int64)))
-    return (*out, list(getattr(sets[0], "classes", None) or []) or None)
+    return Source(*out, list(getattr(sets[0], "classes", None) or []) or None)

@@ -29,9 +29,10 @@ def _index(targets, idx):
 
 class TensorLoader:
     """Iterates (x, targets) batches of in-memory tensors; x comes out float in [0,1]. ``index(targets, idx)``
-    selects a batch's targets (a task's own indexing: a label vector, a list of per-image boxes...)."""
+    selects a batch's targets (a task's own indexing: a label vector, a list of per-image boxes...);
+    ``augment(x, targets, generator)`` (a task's) transforms a batch and its targets together."""
 
-    def __init__(self, x, targets, batch_size: int, shuffle: bool = False, generator=None, augment: bool = False,
+    def __init__(self, x, targets, batch_size: int, shuffle: bool = False, generator=None, augment=None,
                  rank: int = 0, world_size: int = 1, index=_index):
         self.x, self.targets, self.batch_size, self.index = x, targets, batch_size, index
         self.shuffle, self.generator, self.augment = shuffle, generator, augment
@@ -52,4 +53,5 @@ class TensorLoader:
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
             x = to_unit(self.x[idx])
-            yield (random_crop_flip(x, self.generator) if self.augment else x), self.index(self.targets, idx)
+            targets = self.index(self.targets, idx)
+            yield self.augment(x, targets, self.generator) if self.augment else (x, targets)

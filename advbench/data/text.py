@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from advbench.data.source import Source
 from advbench.errors import AdvbenchError
 
 PAD, UNK = "<pad>", "<unk>"
@@ -58,7 +59,7 @@ def _stratified_split(texts, labels, test_size: float, seed: int):
     test examples are not all of one class)."""
     rng, train, test = random.Random(seed), [], []
     for label in sorted(set(labels)):
-        members = [t for t, l in zip(texts, labels) if l == label]
+        members = [t for t, lab in zip(texts, labels) if lab == label]
         rng.shuffle(members)
         n_test = max(1, round(test_size * len(members)))
         test += [(t, label) for t in members[:n_test]]
@@ -132,7 +133,7 @@ def text_csv(cfg):
     unknown = {label for _, label in splits[1]} - set(names)
     if unknown:
         raise AdvbenchError(f"dataset.test_csv has labels absent from the training file: {sorted(unknown)[:5]}")
-    return (*(([t for t, _ in rows], [index[l] for _, l in rows]) for rows in splits), names)
+    return (*(([t for t, _ in rows], [index[label] for _, label in rows]) for rows in splits), names)
 
 
 def synthetic_text(cfg):
@@ -158,5 +159,5 @@ def encoded(loader):
         vocab = build_vocab(train[0], cfg.max_vocab, cfg.min_freq)
         as_ids = [(encode(texts, vocab, cfg.max_len), torch.tensor(labels, dtype=torch.int64))
                   for texts, labels in (train, test)]
-        return as_ids[0], as_ids[1], classes, vocab
+        return Source(as_ids[0], as_ids[1], classes, vocab)
     return load

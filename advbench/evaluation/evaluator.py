@@ -1,9 +1,21 @@
 """Robust evaluation from per-example flags: each attack on the examples still correct, the worst case kept."""
+from dataclasses import dataclass
+
 import torch
 
 from advbench.data.loaders import TensorLoader
 from advbench.runtime.amp import autocast
 from advbench.runtime.distributed import gather_flags, shard, world
+
+
+@dataclass
+class Outcome:
+    """What an evaluation found: per-example flags, the first adversarials if asked, and the task's own records
+    (detection keeps each image's predictions, for mAP)."""
+
+    flags: dict
+    kept: torch.Tensor | None = None
+    records: object = None
 
 
 class Evaluator:
@@ -20,23 +32,29 @@ class Evaluator:
 
     def evaluate(self, model, x, targets, attacks: dict, cascade: bool | None = None) -> dict:
         """The task's summary (clean and robust numbers, per attack and worst case) of ``model`` on the examples."""
-        return self.task.summarize(self.flags(model, x, targets, attacks, cascade=cascade))
+        outcome = self.run(model, x, targets, attacks, cascade=cascade)
+        return self.task.summarize(outcome.flags, outcome.records)
 
     def flags(self, model, x, targets, attacks: dict, keep: int = 0, cascade: bool | None = None):
-        """Per-example flags ``clean`` and, per attack, ``correct after it``; plus the first ``keep`` adversarials.
+        """Per-example flags (and the first ``keep`` adversarials): ``run`` without the task's records."""
+        outcome = self.run(model, x, targets, attacks, keep, cascade)
+        return (outcome.flags, outcome.kept) if keep else outcome.flags
 
-        Under torchrun each rank attacks its shard and the flags are gathered (every rank must call this).
-        """
+    def run(self, model, x, targets, attacks: dict, keep: int = 0, cascade: bool | None = None) -> Outcome:
+        """Per-example flags ``clean`` and, per attack, ``correct after it``; the first ``keep`` adversarials; the
+        task's records. Under torchrun each rank attacks its shard and the flags are gathered (every rank must
+        call this); a task that keeps records evaluates unsharded on each rank."""
         cascade = self.cascade if cascade is None else cascade
         n = self.task.count(targets)
-        if world()[1] > 1 and not keep:
+        records = self.task.new_records(list(attacks), n)
+        if world()[1] > 1 and not keep and records is None:
             idx = shard(n)
             local = self.local_flags(model, x[idx], self.task.index(targets, idx), attacks, cascade)
-            return gather_flags(local, n)
-        return self.local_flags(model, x, targets, attacks, cascade, keep)
+            return Outcome(gather_flags(local.flags, n))
+        return self.local_flags(model, x, targets, attacks, cascade, keep, records)
 
-    def local_flags(self, model, x, targets, attacks: dict, cascade: bool, keep: int = 0):
-        """``flags`` on this process's examples only.
+    def local_flags(self, model, x, targets, attacks: dict, cascade: bool, keep: int = 0, records=None) -> Outcome:
+        """``run`` on this process's examples only.
 
         With ``cascade`` each attack runs only on the examples that survived every attack before it, so its flags
         are cumulative; without, each attack runs on every clean-correct example. Examples wrong already count as
@@ -47,7 +65,11 @@ class Evaluator:
         batches = TensorLoader(x, targets, self.batch_size, index=task.index)
         for start, (xb, tb) in zip(range(0, task.count(targets), self.batch_size), batches):
             xb, tb = xb.to(self.device), task.to(tb, self.device)
-            correct = task.correct(self.predict(model, xb), tb)
+            clean = self.predict(model, xb)
+            correct = task.correct(clean, tb)
+            here = range(start, start + len(xb))
+            if records is not None:
+                records.add_clean(here, clean, tb)
             flags["clean"].append(correct.cpu())
             alive, shown = correct.clone(), xb.clone()
             for name, attack in attacks.items():
@@ -60,11 +82,15 @@ class Evaluator:
                         outputs = (attack.outputs(model, xi, x_adv) if hasattr(attack, "outputs")
                                    else task.predict(model, x_adv))
                     ok[idx] = task.correct(outputs, ti)
+                    if records is not None:
+                        records.add_attack((start + idx).tolist(), outputs)
                     if keep:  # examples not broken before: show this attack's attempt
                         shown[idx[alive[idx]]] = x_adv[alive[idx]]
+                if records is not None:
+                    records.close(name, here)
                 alive &= ok
                 flags[name].append(ok.cpu())
             if start < keep:
                 kept.append(shown[:keep - start].cpu())
         flags = {name: torch.cat(f) for name, f in flags.items()}
-        return (flags, torch.cat(kept)) if keep else flags
+        return Outcome(flags, torch.cat(kept) if keep else None, records)

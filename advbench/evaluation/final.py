@@ -49,14 +49,15 @@ def final_evaluation(model, test: tuple, plan, evaluator, out) -> dict:
     x, targets = (t[:plan.n_examples] for t in test)
     attacks = plan.attacks()
     keep = min(plan.save_examples, len(x))
-    flags = evaluator.flags(model, x, targets, attacks, keep)
+    outcome = evaluator.run(model, x, targets, attacks, keep)
+    flags = outcome.flags
     if keep:
-        flags, x_adv = flags
+        x_adv = outcome.kept
         clean = to_unit(x[:keep]).to(evaluator.device)
         plan.task.plot_examples(clean, x_adv.to(evaluator.device), targets[:keep], evaluator.predict(model, clean),
                                 evaluator.predict(model, x_adv.to(evaluator.device)), out / "adversarial_examples.png")
     save_flags(out / "robust_flags.npz", flags)
-    results = plan.task.summarize(flags) | {
+    results = plan.task.summarize(flags, outcome.records) | {
         "cascade": evaluator.cascade,
         "attacks": {name: a.settings() for name, a in attacks.items()},
     }

@@ -3,6 +3,9 @@
 Attack loops, training modes and evaluation call a task's methods and never test a modality or compute an
 argmax themselves: a new problem is a new task class, not edits across the core.
 """
+from functools import reduce
+from operator import add
+
 import torch
 
 from advbench.errors import AdvbenchError
@@ -33,6 +36,11 @@ class Task:
     evaluates_with_training_attack = False
     draws_examples = True  # eval.save_examples can draw its inputs
 
+    @classmethod
+    def build(cls, data, evaluation=None) -> "Task":
+        """The task of a loaded data set; ``evaluation`` (the eval config) for tasks whose judgement it sets."""
+        return cls(data.n_classes, data.classes)
+
     # --- targets ----------------------------------------------------------------------------------------------
     def index(self, targets, idx):
         """The targets of the examples ``idx`` (a tensor of indices)."""
@@ -50,14 +58,24 @@ class Task:
         """How many examples the targets describe."""
         return len(targets)
 
+    def augment(self, x, targets, generator):
+        """A training batch augmented, targets moved along (dataset.augment): random crop after 4-pixel zero
+        padding, and random horizontal flip."""
+        from advbench.data.loaders import random_crop_flip
+        return random_crop_flip(x, generator), targets
+
     # --- outputs and losses ------------------------------------------------------------------------------------
     def loss(self, outputs, targets) -> dict:
         """{term: per-example loss} of the model's outputs."""
         raise NotImplementedError
 
+    def mean_terms(self, outputs, targets) -> dict:
+        """{term: batch mean}: what a training step sums and the epoch log reports."""
+        return {name: term.mean() for name, term in self.loss(outputs, targets).items()}
+
     def mean_loss(self, outputs, targets) -> torch.Tensor:
         """The training loss of a batch: the terms' means, summed."""
-        return sum(term.mean() for term in self.loss(outputs, targets).values())
+        return reduce(add, self.mean_terms(outputs, targets).values())
 
     def total_loss(self, outputs, targets, reduce_: bool) -> torch.Tensor:
         """The training loss (``reduce_``) or its per-example values: the sum of the terms."""
@@ -77,6 +95,11 @@ class Task:
             return sum(w * terms[t] for t, w in weights.items())
         return weighted
 
+    def random_wrong(self, model, x, targets):
+        """The goal of a targeted attack (``attack.targeted``); only classification tasks define one."""
+        raise AdvbenchError(f"attack.targeted=true moves towards a random wrong class: a classification attack; "
+                            f"for {self.name} use attack.goal")
+
     def check_terms(self, weights: dict | None) -> dict:
         """``weights`` (term -> weight), every name one of the task's terms; None means each term once."""
         weights = dict(weights) if weights else {t: 1.0 for t in self.terms}
@@ -90,8 +113,12 @@ class Task:
         """Per example: still counts as correct (the cascade and the restarts attack only these)."""
         raise NotImplementedError
 
-    def summarize(self, flags: dict) -> dict:
-        """The evaluation's numbers from per-example flags (``clean`` and one entry per attack)."""
+    def new_records(self, attacks: list, n: int):
+        """What an evaluation keeps per example beyond the flags (None: nothing, the flags say it all)."""
+        return None
+
+    def summarize(self, flags: dict, records=None) -> dict:
+        """The evaluation's numbers from per-example flags (``clean`` and one entry per attack) and records."""
         raise NotImplementedError
 
     # --- what an attack sees ----------------------------------------------------------------------------------

@@ -42,9 +42,9 @@ class Classification(Task):
         """{"ce": per-example cross-entropy}, computed in fp32 even under autocast."""
         return {"ce": F.cross_entropy(outputs.float(), targets, reduction="none")}
 
-    def mean_loss(self, outputs, targets) -> torch.Tensor:
-        """Mean cross-entropy (one fused reduction, as hand-written training code computes it)."""
-        return F.cross_entropy(outputs.float(), targets)
+    def mean_terms(self, outputs, targets) -> dict:
+        """{"ce": mean cross-entropy} (one fused reduction, as hand-written training code computes it)."""
+        return {"ce": F.cross_entropy(outputs.float(), targets)}
 
     def objective(self, name: str = "loss", weights: dict | None = None, target=None):
         """``loss``/``ce`` (cross-entropy, the default), ``dlr`` (Croce & Hein 2020), or with ``target`` (labels)
@@ -94,7 +94,7 @@ class Classification(Task):
         return bool((outputs >= 0).all() and torch.allclose(
             outputs.sum(1), torch.ones(len(outputs), device=outputs.device), atol=1e-3))
 
-    def summarize(self, flags: dict) -> dict:
+    def summarize(self, flags: dict, records=None) -> dict:
         """Accuracies from per-example flags; ``robust_acc`` is the per-example worst case over all attacks."""
         per_attack = {name: _mean(f) for name, f in flags.items() if name != "clean"}
         return {

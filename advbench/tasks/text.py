@@ -37,6 +37,10 @@ class TextClassification(Classification):
         super().__init__(n_classes, classes)
         self.vocab = vocab
 
+    @classmethod
+    def build(cls, data, evaluation=None) -> "TextClassification":
+        return cls(data.n_classes, data.classes, data.vocab)
+
     def write_saliency(self, model, test, attack, mode, settings, device, out) -> tuple:
         """task=saliency: each token's gradient norm, as saliency.html and saliency_text.png."""
         from advbench.evaluation.token_saliency import write_text_saliency

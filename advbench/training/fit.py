@@ -75,8 +75,8 @@ def fit(model, data, task, recipe: Recipe, evaluator, out: Path, config: dict, c
     optimizer = recipe.optimizer(model.parameters())
     generator = torch.Generator().manual_seed(recipe.seed)
     rank, world_size = world()
-    loader = TensorLoader(*data.train, recipe.batch_size, shuffle=True, augment=recipe.augment,
-                          generator=generator, rank=rank, world_size=world_size, index=task.index)
+    loader = TensorLoader(*data.train, recipe.batch_size, shuffle=True, generator=generator, rank=rank,
+                          world_size=world_size, index=task.index, augment=task.augment if recipe.augment else None)
     trained = wrap(model, evaluator.device)  # DDP under torchrun; ``model`` stays the bare module
     passes = mode.passes(recipe.epochs)
     scheduler = make_scheduler(optimizer, recipe.schedule, passes * len(loader) * mode.updates_per_batch)

@@ -30,6 +30,7 @@ def train_epoch(model, loader, mode, task, attack, optimizer, scheduler, scaler,
     net = bare(model)  # attacks and clean predictions use the bare module: no DDP gradient synchronisation
     mode.start_epoch()
     totals = {"loss": 0.0, "clean": 0, "adv": 0, "n": 0}
+    term_sums = {}  # a task with several loss terms (detection) logs each
 
     def update(loss, after_backward=None):
         if not torch.isfinite(loss.detach()).all():  # stop before a non-finite loss reaches the weights
@@ -67,6 +68,9 @@ def train_epoch(model, loader, mode, task, attack, optimizer, scheduler, scaler,
         if step.adv is not None:
             totals["adv"] += task.correct(step.adv, y).sum().item()
         totals["n"] += len(x)
+        if len(task.terms) > 1 and step.terms:
+            for name, value in step.terms.items():
+                term_sums[name] = term_sums.get(name, 0.0) + value.item() * len(x)
         bar.set_postfix(loss=f"{totals['loss'] / totals['n']:.3f}", acc=f"{totals['clean'] / totals['n']:.3f}")
     seconds = time.perf_counter() - start
     n = max(totals["n"], 1)
@@ -74,6 +78,7 @@ def train_epoch(model, loader, mode, task, attack, optimizer, scheduler, scaler,
         "train_loss": totals["loss"] / n,
         "train_clean_acc": totals["clean"] / n,
         "train_adv_acc": totals["adv"] / n if mode.adversarial else None,
+        **{f"train_{name}": value / n for name, value in term_sums.items()},
         "lr": lr,
         "seconds": seconds,
         "images_per_s": totals["n"] / seconds,

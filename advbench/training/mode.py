@@ -33,11 +33,13 @@ class Batch:
 
 @dataclass
 class Step:
-    """A step's loss and the outputs it saw (clean, adversarial; None where it had none)."""
+    """A step's loss, the outputs it saw (clean, adversarial; None where it had none) and the task's loss terms
+    (batch means) where the step trained on one kind of output."""
 
     loss: torch.Tensor
     clean: object = None
     adv: object = None
+    terms: dict | None = None
 
 
 @dataclass

@@ -6,7 +6,7 @@ import torch
 from advbench.attacks.embedding import perturb_embedding_weights, restore_embedding_weights
 from advbench.errors import AdvbenchError
 from advbench.training.losses import mart_boosted_ce, mart_weighted_kl, trades_attack_loss, trades_kl
-from advbench.training.mode import Batch, Mode, Step, Term, mean_of
+from advbench.training.mode import Batch, Mode, Step, Term, mean_of, total
 
 
 class Standard(Mode):
@@ -17,9 +17,10 @@ class Standard(Mode):
     def step(self, b: Batch) -> Step:
         with b.autocast():
             outputs = b.model(b.x)
-            loss = b.task.mean_loss(outputs, b.y)
+            terms = b.task.mean_terms(outputs, b.y)
+            loss = total(terms.values())
         b.update(loss)
-        return Step(loss, clean=outputs)
+        return Step(loss, clean=outputs, terms=terms)
 
 
 class Adversarial(Mode):
@@ -31,9 +32,10 @@ class Adversarial(Mode):
         with b.autocast():  # the attack runs in its own bn_mode (eval by default) and leaves no parameter grads
             x_adv = b.attack(b.x, b.y)
             outputs = b.task.forward_perturbed(b.model, b.x, x_adv)
-            loss = b.task.mean_loss(outputs, b.y)
+            terms = b.task.mean_terms(outputs, b.y)
+            loss = total(terms.values())
         b.update(loss)
-        return Step(loss, adv=outputs)
+        return Step(loss, adv=outputs, terms=terms)
 
 
 class Fast(Adversarial):
@@ -102,10 +104,11 @@ class Free(Mode):
             x_adv = (b.x + self.delta).clamp(0, 1).requires_grad_(True)
             with b.autocast():
                 outputs = b.model(x_adv)
-            loss = b.task.mean_loss(outputs, b.y)
+            terms = b.task.mean_terms(outputs, b.y)
+            loss = total(terms.values())
             b.update(loss)  # its backward fills x_adv.grad too (scaled under fp16: the sign is all we use)
             self.delta = (self.delta + b.eps * x_adv.grad.sign()).clamp(-b.eps, b.eps)
-        return Step(loss.detach(), adv=outputs.detach())
+        return Step(loss.detach(), adv=outputs.detach(), terms=terms)
 
 
 class Trades(Mode):
@@ -146,7 +149,28 @@ class Mart(Mode):
         return self.terms_step(b)
 
 
-MODES = {mode.name: mode for mode in (Standard, Adversarial, Mixed, Fast, Free, Trades, Mart)}
+class Mtd(Mode):
+    """MTD (Zhang & Wang 2019, "Towards Adversarially Robust Object Detection"): per image, train on the stronger
+    of the attack on the classification loss (A_cls) and the attack on the localization loss (A_loc)."""
+
+    name, accepts = "mtd", ("pgd", "fgsm")
+
+    def step(self, b: Batch) -> Step:
+        with b.autocast():
+            x_cls = b.attack(b.x, b.y, b.task.objective(weights={"cls": 1.0}))
+            x_loc = b.attack(b.x, b.y, b.task.objective(weights={"box": 1.0}))
+            # the stronger per image: the higher total loss, judged in eval mode (no batch statistics updated)
+            stronger = (b.task.total_loss(b.task.predict(b.net, x_cls), b.y, False)
+                        >= b.task.total_loss(b.task.predict(b.net, x_loc), b.y, False))
+            x_adv = torch.where(stronger.view(-1, *[1] * (b.x.dim() - 1)), x_cls, x_loc)
+            outputs = b.model(x_adv)
+            terms = b.task.mean_terms(outputs, b.y)
+            loss = total(terms.values())
+        b.update(loss)
+        return Step(loss, adv=outputs, terms=terms)
+
+
+MODES = {mode.name: mode for mode in (Standard, Adversarial, Mixed, Fast, Free, Trades, Mart, Mtd)}
 
 
 def build_mode(settings, task) -> Mode:

@@ -1,0 +1,13 @@
+"""What a data set loader returns."""
+from dataclasses import dataclass
+
+
+@dataclass
+class Source:
+    """The splits as loaded (each an (inputs, targets) pair), class names, and what some data sets add."""
+
+    train: tuple
+    test: tuple
+    classes: list | None = None
+    vocab: list | None = None  # text: the training split's vocabulary
+    val: tuple | None = None  # a validation split of the data set's own (else one is carved from train)

@@ -1,0 +1,82 @@
+"""Detection figures: clean and adversarial images with true and predicted boxes; the input gradient of each loss
+term side by side on one colour scale."""
+import logging
+
+import torch
+from matplotlib.patches import Rectangle
+
+from advbench.data.loaders import to_unit
+from advbench.errors import AdvbenchError
+from advbench.evaluation.plots import plt, save_figure
+from advbench.evaluation.saliency import input_gradient
+from advbench.tasks.detection_metrics import confident
+
+log = logging.getLogger(__name__)
+
+
+def _image(ax, x: torch.Tensor) -> None:
+    image = x.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy()
+    ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
+    ax.axis("off")
+
+
+def _boxes(ax, boxes, labels, classes, colour, scores=None) -> None:
+    for i, (x1, y1, x2, y2) in enumerate(boxes.detach().cpu().tolist()):
+        ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, color=colour, lw=1))
+        text = classes[int(labels[i])] + (f" {scores[i]:.2f}" if scores is not None else "")
+        ax.text(x1, y1 - 1, text, color=colour, fontsize=5, va="bottom")
+
+
+def plot_detections(x, x_adv, targets, clean, adv, classes, score: float, path) -> None:
+    """Rows: the image with its true boxes (green) and clean predictions (yellow); the adversarial image with its
+    predictions (red); the amplified perturbation. Predictions scoring below ``score`` are not drawn."""
+    n = len(x)
+    fig, axes = plt.subplots(3, n, figsize=(1.8 * n, 5.6), squeeze=False)
+    delta = (x_adv - x).cpu()
+    scale = delta.abs().amax().clamp_min(1e-12)
+    for i in range(n):
+        c, a = confident(clean[i], score), confident(adv[i], score)
+        _image(axes[0, i], x[i])
+        _boxes(axes[0, i], targets[i]["boxes"], targets[i]["labels"], classes, "lime")
+        _boxes(axes[0, i], c["boxes"], c["labels"], classes, "yellow", c["scores"].tolist())
+        axes[0, i].set_title(f"{len(targets[i]['labels'])} true, {len(c['labels'])} found", fontsize=7)
+        _image(axes[1, i], x_adv[i])
+        _boxes(axes[1, i], a["boxes"], a["labels"], classes, "red", a["scores"].tolist())
+        axes[1, i].set_title(f"adversarial: {len(a['labels'])} found", fontsize=7)
+        _image(axes[2, i], 0.5 + 0.5 * delta[i] / scale)
+        axes[2, i].set_title(f"delta x{1 / (2 * scale.item()):.0f}", fontsize=7)
+    save_figure(fig, path)
+
+
+def write_term_saliency(model, test: tuple, attack, task, n_examples: int, device, out) -> tuple:
+    """saliency.png: per test image a row: the image, |d term / dx| of each loss term and of their sum, all on one
+    colour scale (with a colorbar) so their sizes compare, and the adversarial example. Returns the files and each
+    map's mean |gradient|."""
+    x = to_unit(test[0][:n_examples]).to(device)
+    targets = task.to(test[1][:n_examples], device)
+    weights = {name: {name: 1.0} for name in task.terms}
+    grads = {}
+    for name, weight in [*weights.items(), ("total", None)]:
+        objective = task.objective(weights=weight)
+        try:
+            grads[name] = input_gradient(model, x, lambda out, f=objective: f(out, targets))
+        except AdvbenchError as err:  # a detector without this term (SSD has no objectness)
+            log.info("saliency: no %s map (%s)", name, " ".join(str(err).split())[:120])
+    x_adv = attack(model, x, targets)
+    heat = {name: g.abs().amax(1) for name, g in grads.items()}  # (N, H, W): largest over channels
+    top = max(h.max().item() for h in heat.values()) or 1.0
+    columns = 2 + len(heat)
+    fig, axes = plt.subplots(len(x), columns, figsize=(2.1 * columns, 2.1 * len(x) + 0.4), squeeze=False)
+    for i in range(len(x)):
+        _image(axes[i, 0], x[i])
+        _boxes(axes[i, 0], targets[i]["boxes"], targets[i]["labels"], task.classes, "lime")
+        for j, (name, h) in enumerate(heat.items(), start=1):
+            shown = axes[i, j].imshow(h[i].cpu().numpy(), cmap="inferno", vmin=0, vmax=top)
+            axes[i, j].set_title(f"|d {name} / dx|", fontsize=7)
+            axes[i, j].axis("off")
+        _image(axes[i, -1], x_adv[i])
+        axes[i, -1].set_title(f"adversarial ({attack.name})", fontsize=7)
+    fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.6, label="|input gradient| (one scale for all maps)")
+    save_figure(fig, out / "saliency.png")
+    log.info("saliency of %d images per loss term (%s) in %s", len(x), ", ".join(heat), out)
+    return ["saliency.png"], {name: g.abs().mean().item() for name, g in grads.items()}

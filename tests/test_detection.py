@@ -1,0 +1,239 @@
+"""The detection task: loss terms, attacks on each term, TOG presets, adversarial validation inside an
+inference-mode loop, mAP under attack, and the CLI end to end."""
+import copy
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from advbench.attacks import build_attack, loss_and_grad, make_attack
+from advbench.attacks.gradients import attack_mode, terms_grad
+from advbench.data.scenes import compose_scenes, digits_source
+from advbench.errors import AdvbenchError
+from advbench.evaluation import Evaluator
+from advbench.models.torchvision_detectors import build
+from advbench.models.yolo_tiny import YoloTiny
+from advbench.tasks import Classification, Detection
+from advbench.tasks.detection_metrics import mean_ap, recall
+from helpers import cli, one_line_error, png_size
+
+TASK = Detection(10)
+
+
+def scenes(n, seed, items=slice(0, 1300)):
+    x, y = digits_source()
+    made = compose_scenes(x[items], y[items], n, size=64, objects=(1, 3), scale=(0.8, 2.0), seed=seed)
+    return made["images"].float() / 255, made["targets"]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """yolo_tiny after 700 Adam steps on digit scenes (~30 s): recall about 0.8 on held-out scenes. Assertions
+    on it keep wide margins: what is tested is the attack against the clean model, not the training's result."""
+    torch.manual_seed(0)
+    x, y = scenes(512, 0)
+    model = YoloTiny((1, 64, 64), 10, [0.1], [0.25]).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(700):
+        i = torch.randint(0, len(x), (32,))
+        loss = sum(v.mean() for v in model(x[i]).loss([y[j] for j in i.tolist()]).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return model.eval(), scenes(40, 1, slice(1300, None))
+
+
+def confident_count(model, x) -> int:
+    return sum(int((p["scores"] >= 0.25).sum()) for p in TASK.predict(model, x).predictions())
+
+
+def test_map_of_perfect_predictions_is_one_and_of_none_is_zero():
+    _, targets = scenes(20, 3)
+    perfect = [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(len(t["labels"]))}
+               for t in targets]
+    found = mean_ap(perfect, targets, [str(i) for i in range(10)])
+    assert found["map50"] == 1.0 and found["map"] == 1.0
+    assert all(v in (1.0, None) for v in found["ap50_per_class"].values())
+    nothing = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0).long(), "scores": torch.zeros(0)}] * 20
+    assert mean_ap(nothing, targets, [])["map50"] == 0.0
+
+
+def test_recall_counts_objects_found_with_their_class():
+    target = {"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]), "labels": torch.tensor([1, 2])}
+    pred = {"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 31], [40, 40, 50, 50]]),
+            "scores": torch.tensor([0.9, 0.8, 0.1]), "labels": torch.tensor([1, 3, 2])}
+    assert recall(pred, target, 0.25) == 0.5  # the second box has the wrong class
+    pred["labels"] = torch.tensor([1, 2, 2])
+    assert recall(pred, target, 0.25) == 1.0 and recall(pred, target, 0.95) == 0.0
+
+
+def test_an_unknown_term_is_an_error_never_a_silent_zero(tmp_path):
+    spec = OmegaConf.create({"name": "pgd", "norm": "linf", "eps": None, "alpha": None, "steps": 2,
+                             "random_start": False, "restarts": 1, "targeted": False, "bn_mode": "eval",
+                             "loss": "ce", "n_targets": 9, "target": None, "terms": {"boxx": 1.0}})
+    with pytest.raises(AdvbenchError, match="boxx is not a loss term of detection: expected box, obj, cls"):
+        build_attack(spec, "0.05", TASK)
+    code, err = cli("dataset=digits_det", "model=yolo_tiny", "training=standard", "attack=pgd",
+                    "attack.terms={boxx: 1}", "hydra.run.dir=run", cwd=tmp_path)
+    assert code == 2 and "boxx is not a loss term" in one_line_error(err, "attack.terms")
+
+
+def test_a_term_the_detector_lacks_is_an_error():
+    torch.manual_seed(0)
+    ssd = build("ssdlite320_mobilenet_v3_large", 10, 64).eval()
+    x, y = scenes(2, 4)
+    attack = make_attack("pgd", "linf", 0.05, steps=1, task=TASK, terms={"obj": 1.0})
+    with pytest.raises(AdvbenchError, match="this detector has no obj loss term; it has box, cls"):
+        attack(ssd, x, y)
+
+
+@pytest.mark.parametrize("settings", [
+    {}, {"terms": {"cls": 1.0}}, {"terms": {"box": 1.0}, "norm": "l2", "eps": 1.0},
+    {"terms": {"obj": 1.0}, "goal": "empty", "descend": True},  # TOG vanishing
+    {"terms": {"obj": 1.0}, "goal": "empty"},  # TOG fabrication
+    {"goal": "predictions", "relabel": "ml", "descend": True},  # TOG mislabeling
+    {"goal": "predictions", "relabel": "ll", "descend": True},
+    {"goal": "predictions"},  # TOG untargeted
+    {"normalize_terms": True, "terms": {"box": 1.0, "obj": 1.0, "cls": 1.0}},
+])
+def test_every_detection_attack_stays_in_the_ball_and_the_box(trained, settings):
+    model, (x, y) = trained
+    settings = {"norm": "linf", "eps": 0.05} | settings
+    attack = make_attack("pgd", steps=3, random_start=True, task=TASK, **settings)
+    x_adv = attack(model, x[:8], y[:8])
+    delta = (x_adv - x[:8]).flatten(1)
+    size = delta.abs().amax(1) if settings["norm"] == "linf" else delta.norm(dim=1)
+    assert (size <= settings["eps"] + 1e-5).all() and (size > 0).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_tog_vanishing_removes_detections_from_a_trained_detector(trained):
+    model, (x, y) = trained
+    clean = confident_count(model, x)
+    vanishing = make_attack("pgd", "linf", 0.1, steps=10, random_start=False, task=TASK, terms={"obj": 1.0},
+                            goal="empty", descend=True)
+    attacked = confident_count(model, vanishing(model, x, y))
+    assert clean >= 40 and attacked < 0.75 * clean  # measured: 144 -> 68
+
+
+def test_each_term_has_its_own_input_gradient(trained):
+    model, (x, y) = trained
+    grads = {}
+    with attack_mode(model):
+        for term in TASK.terms:
+            objective = TASK.objective(weights={term: 1.0})
+            grads[term] = loss_and_grad(model, x[:6], lambda out, f=objective: f(out, y[:6]))[2].flatten(1)
+    for a, b in (("box", "obj"), ("box", "cls"), ("obj", "cls")):
+        assert (grads[a].norm(dim=1) > 0).all() and (grads[b].norm(dim=1) > 0).all()
+        cos = torch.nn.functional.cosine_similarity(grads[a], grads[b], dim=1)
+        assert (cos < 0.95).all()  # the terms look at different pixels
+
+
+def test_normalized_terms_sum_unit_gradients(trained):
+    model, (x, y) = trained
+    with attack_mode(model):
+        got = terms_grad(model, x[:4], lambda out: TASK.loss(out, y[:4]), {"box": 1.0, "cls": 2.0})
+        expected = 0
+        for term, weight in (("box", 1.0), ("cls", 2.0)):
+            objective = TASK.objective(weights={term: 1.0})
+            g = loss_and_grad(model, x[:4], lambda out, f=objective: f(out, y[:4]))[2]
+            expected = expected + weight * g / g.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_adversarial_validation_inside_an_inference_mode_loop(trained):
+    """YOLOv5's val.py: an EMA copy, eval mode, frozen parameters, everything under torch.inference_mode()."""
+    model, (x, y) = trained
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    buffers = [b.clone() for b in ema.buffers()]
+    modes = [m.training for m in ema.modules()]
+    import advbench
+    attack = advbench.attack("pgd", eps="8/255", steps=5, task=TASK)
+    found = []
+    with torch.inference_mode():
+        for i in range(0, 40, 10):  # the validation loop's own batches
+            images, targets = x[i:i + 10].clone(), y[i:i + 10]
+            x_adv = attack(ema, images, targets)
+            found += ema.detect(x_adv)  # usable right there, inside inference mode
+            assert (x_adv - images).abs().max() <= 8 / 255 + 1e-6
+    assert len(found) == 40
+    assert all(torch.equal(a, b) for a, b in zip(buffers, ema.buffers()))
+    assert [m.training for m in ema.modules()] == modes and not any(p.requires_grad for p in ema.parameters())
+
+
+def test_a_detector_in_half_precision_is_refused():
+    torch.manual_seed(0)
+    model = YoloTiny((1, 64, 64), 10, [0.1], [0.25]).eval().half()
+    x, y = scenes(2, 5)
+    attack = make_attack("pgd", "linf", 0.05, steps=1, task=TASK)
+    with pytest.raises(AdvbenchError, match="fp16 inputs.*bf16"):
+        attack(model, x.half(), y)
+
+
+def test_mtd_picks_the_stronger_attack_per_image(trained, monkeypatch):
+    from advbench.training import Batch, build_mode
+    model, (x, y) = trained
+    mode = build_mode(OmegaConf.create({"name": "mtd"}), TASK)
+    attack = make_attack("pgd", "linf", 0.05, steps=2, random_start=False, task=TASK)
+    losses = []
+    batch = Batch(copy.deepcopy(model), model, TASK, x[:6], y[:6], attack=lambda a, b, o=None: attack(model, a, b, o),
+                  eps=0.05, autocast=torch.enable_grad, update=lambda loss, after=None: losses.append(loss),
+                  backward=None)
+    step = mode.step(batch)
+    assert set(step.terms) == {"box", "obj", "cls"} and torch.isfinite(losses[0])
+
+
+def test_evaluation_reports_map_under_attack_and_how_the_attack_won(trained):
+    model, (x, y) = trained
+    attacks = {"pgd": make_attack("pgd", "linf", 0.05, steps=5, random_start=True, task=TASK),
+               "tog_vanishing": make_attack("pgd", "linf", 0.05, steps=5, task=TASK, terms={"obj": 1.0},
+                                            goal="empty", descend=True)}
+    torch.manual_seed(0)
+    found = Evaluator(TASK, "cpu", batch_size=16).evaluate(model, x, y, attacks)
+    assert found["n_examples"] == 40 and found["clean_map50"] > 0.3
+    assert found["robust_map50"] <= found["robust_map50_by_attack"]["pgd"] + 1e-9
+    assert found["robust_map50"] < found["clean_map50"] - 0.1  # measured: 0.6 -> below 0.2
+    assert set(found["ap50_per_class"]["clean"]) <= {str(i) for i in range(10)}
+    rates = found["rates"]
+    assert rates["objects_found_clean"] > 0 and 0 <= rates["vanished"] + rates["mislabeled"] <= 1
+
+
+def test_a_classification_attack_cannot_craft_detection_goals():
+    spec = OmegaConf.create({"name": "pgd", "norm": "linf", "eps": None, "alpha": None, "steps": 2,
+                             "random_start": False, "restarts": 1, "targeted": False, "bn_mode": "eval",
+                             "loss": "ce", "n_targets": 9, "target": None, "goal": "empty"})
+    with pytest.raises(AdvbenchError, match="attack.goal=empty crafts detection targets"):
+        build_attack(spec, "0.1", Classification(10))
+
+
+DIGITS_DET = ["dataset=digits_det", "model=yolo_tiny", "dataset.n_scenes=160", "dataset.n_test=24",
+              "dataset.val_size=16", "epochs=1", "batch_size=16", "eps=0.05", "progress=false", "threads=2",
+              "val.attack.steps=2", "eval.attacks.pgd20.steps=2"]
+
+
+def test_cli_trains_and_evaluates_a_detector_writing_every_file(tmp_path):
+    cli(*DIGITS_DET, "training=adversarial", "attack=pgd", "attack.steps=1", "eval.save_examples=3",
+        "eval.eps_list=[0.02,0.05]", "+eval.attacks.tog={name: pgd, steps: 2, terms: {obj: 1}, goal: empty, "
+        "descend: true}", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, check=True)
+    run = tmp_path / "run"
+    results = json.loads((run / "results.json").read_text())
+    assert results["n_examples"] == 24 and results["metric_names"]["robust"] == "robust_map50"
+    assert 0 <= results["robust_map50"] <= results["clean_map50"] <= 1
+    assert set(results["robust_map50_by_attack"]) == {"pgd20", "tog"}
+    assert results["attacks"]["tog"]["goal"] == "empty" and results["attacks"]["tog"]["terms"] == {"obj": 1.0}
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"train_box", "train_obj", "train_cls", "val_clean_map50", "val_robust_map50"} <= set(rows[0])
+    for name in ("model.pt", "best.pt", "last.pt", "robust_flags.npz", "robustness_curve.csv", "status"):
+        assert (run / name).exists(), name
+    assert png_size(run / "adversarial_examples.png")[0] > 300 and png_size(run / "robustness_curve.png")[0] > 200
+
+    cli("task=saliency", f"checkpoint={run}", "saliency.n_examples=2", f"hydra.run.dir={tmp_path}/sal",
+        cwd=tmp_path, check=True)
+    scales = json.loads((tmp_path / "sal" / "results.json").read_text())["mean_abs_gradient"]
+    assert set(scales) == {"box", "obj", "cls", "total"} and len(set(scales.values())) == 4
+    assert png_size(tmp_path / "sal" / "saliency.png")[0] > 500
