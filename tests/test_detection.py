@@ -73,7 +73,7 @@ def test_an_unknown_term_is_an_error_never_a_silent_zero(tmp_path):
     spec = OmegaConf.create({"name": "pgd", "norm": "linf", "eps": None, "alpha": None, "steps": 2,
                              "random_start": False, "restarts": 1, "targeted": False, "bn_mode": "eval",
                              "loss": "ce", "n_targets": 9, "target": None, "terms": {"boxx": 1.0}})
-    with pytest.raises(AdvbenchError, match="boxx is not a loss term of detection: expected box, obj, cls"):
+    with pytest.raises(AdvbenchError, match="boxx is not a loss term of detection: expected box, obj, cls, dfl"):
         build_attack(spec, "0.05", TASK)
     code, err = cli("dataset=digits_det", "model=yolo_tiny", "training=standard", "attack=pgd",
                     "attack.terms={boxx: 1}", "hydra.run.dir=run", cwd=tmp_path)
@@ -123,7 +123,7 @@ def test_each_term_has_its_own_input_gradient(trained):
     model, (x, y) = trained
     grads = {}
     with attack_mode(model):
-        for term in TASK.terms:
+        for term in ("box", "obj", "cls"):  # yolo_tiny's terms
             objective = TASK.objective(weights={term: 1.0})
             grads[term] = loss_and_grad(model, x[:6], lambda out, f=objective: f(out, y[:6]))[2].flatten(1)
     for a, b in (("box", "obj"), ("box", "cls"), ("obj", "cls")):
@@ -237,3 +237,74 @@ def test_cli_trains_and_evaluates_a_detector_writing_every_file(tmp_path):
     scales = json.loads((tmp_path / "sal" / "results.json").read_text())["mean_abs_gradient"]
     assert set(scales) == {"box", "obj", "cls", "total"} and len(set(scales.values())) == 4
     assert png_size(tmp_path / "sal" / "saliency.png")[0] > 500
+
+
+def write_user_data(root):
+    """24 scenes written as PNG files twice: a YOLO layout (train/val/test) and COCO JSONs (train/test)."""
+    import yaml
+    from PIL import Image
+    x, y = scenes(24, 7)
+    splits = {"train": range(0, 16), "val": range(16, 20), "test": range(20, 24)}
+    coco = {}
+    for split, rows in splits.items():
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        images, annotations = [], []
+        for i in rows:
+            name = f"{i}.png"
+            Image.fromarray((x[i, 0] * 255).byte().numpy()).save(root / "images" / split / name)
+            lines = []
+            for (x1, y1, x2, y2), label in zip(y[i]["boxes"].tolist(), y[i]["labels"].tolist()):
+                lines.append(f"{label} {(x1 + x2) / 128} {(y1 + y2) / 128} {(x2 - x1) / 64} {(y2 - y1) / 64}")
+                annotations.append({"id": len(annotations), "image_id": i, "category_id": label + 1,
+                                    "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": 0})
+            (root / "labels" / split / f"{i}.txt").write_text("\n".join(lines) + "\n")
+            images.append({"id": i, "file_name": name, "width": 64, "height": 64})
+        coco[split] = root / f"{split}.json"
+        coco[split].write_text(json.dumps({"images": images, "annotations": annotations,
+                                           "categories": [{"id": c + 1, "name": f"digit{c}"} for c in range(10)]}))
+    (root / "data.yaml").write_text(yaml.safe_dump({"path": ".", "train": "images/train", "val": "images/val",
+                                                    "test": "images/test",
+                                                    "names": [f"digit{c}" for c in range(10)]}))
+    return root / "data.yaml", coco
+
+
+USER_RUN = ["model=yolo_tiny", "training=standard", "epochs=1", "batch_size=8", "dataset.image_size=64",
+            "dataset.mean=[0.1]", "dataset.std=[0.25]", "eval.attacks.pgd20.steps=1",
+            "val.attack.steps=1", "progress=false", "threads=2"]
+
+
+def test_users_yolo_and_coco_data_train_and_evaluate_through_the_cli(tmp_path):
+    data_yaml, coco = write_user_data(tmp_path / "data")
+    cli("dataset=yolo", f"dataset.path={data_yaml}", *USER_RUN, f"hydra.run.dir={tmp_path}/yolo", cwd=tmp_path,
+        check=True)
+    cli("dataset=coco", f"dataset.train_json={coco['train']}", f"dataset.train_images={tmp_path}/data/images/train",
+        f"dataset.test_json={coco['test']}", f"dataset.test_images={tmp_path}/data/images/test",
+        "dataset.val_size=4", *USER_RUN, f"hydra.run.dir={tmp_path}/coco", cwd=tmp_path, check=True)
+    for run in ("yolo", "coco"):
+        results = json.loads((tmp_path / run / "results.json").read_text())
+        assert results["n_examples"] == 4 and results["classes"] == [f"digit{c}" for c in range(10)]
+        assert results["n_objects"] > 0 and 0 <= results["robust_map50"] <= results["clean_map50"] + 1e-9
+    code, err = cli("dataset=yolo", f"dataset.path={tmp_path}/missing.yaml", *USER_RUN, cwd=tmp_path)
+    assert code == 2 and "missing.yaml" in one_line_error(err, "not found")
+
+
+@pytest.mark.parametrize("mode", Detection.modes)
+def test_every_detection_mode_trains_and_logs_each_term(mode):
+    from advbench.data.loaders import TensorLoader
+    from advbench.training import Plan, build_mode, train_epoch
+    from advbench.training.schedules import make_scheduler
+    torch.manual_seed(0)
+    x, y = scenes(16, 8)
+    model = YoloTiny((1, 64, 64), 10, [0.1], [0.25])
+    before = [p.clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    attack = make_attack("fgsm", eps=0.03, random_start=True, task=TASK)
+    stats = train_epoch(model, TensorLoader(x, y, 8, index=TASK.index), build_mode(OmegaConf.create(
+        {"name": mode, "adv_weight": 0.5, "replays": 2}), TASK), TASK, attack if mode != "standard" else None,
+        optimizer, make_scheduler(optimizer, "constant", 10), torch.amp.GradScaler("cpu", enabled=False), Plan(),
+        torch.device("cpu"))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert stats["train_loss"] > 0 and stats["train_clean_acc"] is None
+    if mode != "mixed":  # mixed sums its own two terms (clean and adversarial loss)
+        assert {"train_box", "train_obj", "train_cls"} <= set(stats)

@@ -82,7 +82,8 @@ def test_read_yolo_segment_line(yolo):
 
 
 @pytest.mark.parametrize("line, words", [("0 0.5 0.5 0.2", "4 numbers"), ("2 0.5 0.5 0.2 0.2", "class 2"),
-                                         ("0 0.5 0.5 1.5 0.2", r"outside \[0, 1\]"), ("x 0.5 0.5 0.2 0.2", "non-numeric")])
+                                         ("0 0.5 0.5 1.5 0.2", r"outside \[0, 1\]"),
+                                         ("x 0.5 0.5 0.2 0.2", "non-numeric")])
 def test_read_yolo_bad_label_lines(yolo, line, words):
     (yolo / "labels" / "val" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n" + line + "\n")
     with pytest.raises(DataError, match=words) as e:

@@ -26,7 +26,8 @@ names = pytest.mark.parametrize("name", list(MODELS))
 
 
 def _target(boxes, labels):
-    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(labels, dtype=torch.int64)}
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.int64)}
 
 
 TARGETS = [_target([[5, 6, 30, 40], [20, 20, 60, 50]], [0, 2]), _target([[10, 10, 40, 30]], [1])]

@@ -17,8 +17,10 @@ def _model(size=64, seed=0, width=16):
 
 def _targets():
     """Four images: two objects, one object, none, three objects (64x64 px)."""
-    t = lambda b, l: dict(boxes=torch.tensor(b, dtype=torch.float32).reshape(-1, 4),
-                          labels=torch.tensor(l, dtype=torch.int64))
+    def t(boxes, labels):
+        return dict(boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                    labels=torch.tensor(labels, dtype=torch.int64))
+
     return [t([[4, 6, 20, 26], [30, 28, 58, 60]], [1, 7]), t([[21, 9, 43, 37]], [3]), t([], []),
             t([[2, 40, 14, 56], [20, 2, 44, 30], [40, 30, 62, 62]], [0, 9, 5])]
 
@@ -104,7 +106,9 @@ def test_ciou_matches_torchvision():
     torch.manual_seed(0)
     a = torch.rand(50, 4) * torch.tensor([10, 10, 5, 5]) + torch.tensor([0, 0, 0.5, 0.5])
     b = torch.rand(50, 4) * torch.tensor([10, 10, 5, 5]) + torch.tensor([0, 0, 0.5, 0.5])
-    xyxy = lambda t: torch.cat([t[:, :2] - t[:, 2:] / 2, t[:, :2] + t[:, 2:] / 2], 1)
+    def xyxy(t):
+        return torch.cat([t[:, :2] - t[:, 2:] / 2, t[:, :2] + t[:, 2:] / 2], 1)
+
     from torchvision.ops import complete_box_iou_loss
     torch.testing.assert_close(1 - bbox_ciou(a, b), complete_box_iou_loss(xyxy(a), xyxy(b)), atol=1e-4, rtol=0)
 

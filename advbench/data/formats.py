@@ -48,7 +48,8 @@ def _load_image(path: Path) -> torch.Tensor:
             return t.view(im.height, im.width, -1).permute(2, 0, 1).contiguous()
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError) as e:
+    # ImportError: ultralytics, once imported, patches Image.open to try a HEIF plugin on files Pillow cannot read
+    except (UnidentifiedImageError, OSError, ImportError) as e:
         raise DataError(f"{path}: not a readable image ({e.__class__.__name__}); accepted: "
                         f"{', '.join(sorted(IMAGE_SUFFIXES))}") from None
 

@@ -41,32 +41,53 @@ def recall(pred: dict, target: dict, score: float) -> float:
     return 1.0 if n == 0 else matched(confident(pred, score), target).float().mean().item()
 
 
+def strength(pred: dict, target: dict, score: float) -> tuple:
+    """How well an image is still detected, worst first when sorted: its recall, then the mean confidence of the
+    best right-class prediction over each object (what an attack that lowers scores without losing objects lowers,
+    and average precision with it)."""
+    n = len(target["labels"])
+    if n == 0:
+        return 1.0, 1.0
+    if len(pred["labels"]) == 0:
+        return 0.0, 0.0
+    iou = box_iou(pred["boxes"].float().cpu(), target["boxes"].float().cpu())
+    fits = (iou >= IOU) & (pred["labels"].cpu()[:, None] == target["labels"].cpu()[None, :])
+    best = (fits * pred["scores"].cpu()[:, None]).amax(0)
+    return recall(pred, target, score), best.mean().item()
+
+
 class Records:
     """Per image: the ground truth, the clean predictions, and the worst-case predictions so far (the lowest
-    recall); after each attack, a snapshot of the worst cases (so per-attack numbers are cumulative)."""
+    recall, then the lowest confidence in its objects); after each attack, its predictions for the per-attack
+    numbers: the worst case so far under the cascade (cumulative, as classification's), the attack's own
+    otherwise (clean where it did not attack)."""
 
-    def __init__(self, attacks: list, n: int, score: float):
-        self.score, self.gt, self.clean, self.worst = score, [None] * n, [None] * n, [None] * n
-        self.worst_recall = [1.0] * n
+    def __init__(self, attacks: list, n: int, score: float, cascade: bool = True):
+        self.score, self.cascade = score, cascade
+        self.gt, self.clean, self.worst = [None] * n, [None] * n, [None] * n
+        self.worst_strength = [(1.0, 1.0)] * n
         self.after = {name: [None] * n for name in attacks}
+        self.own = {}
 
     def add_clean(self, indices, outputs, targets) -> None:
         """The clean predictions of the images ``indices``."""
         for i, p, t in zip(indices, _on_cpu(outputs.predictions()), _on_cpu(targets)):
             self.gt[i], self.clean[i], self.worst[i] = t, p, p
-            self.worst_recall[i] = recall(p, t, self.score)
+            self.worst_strength[i] = strength(p, t, self.score)
 
     def add_attack(self, indices, outputs) -> None:
         """An attack's predictions for the images it attacked: kept where they lower the recall."""
         for i, p in zip(indices, _on_cpu(outputs.predictions())):
-            r = recall(p, self.gt[i], self.score)
-            if r < self.worst_recall[i]:
-                self.worst[i], self.worst_recall[i] = p, r
+            self.own[i] = p
+            found = strength(p, self.gt[i], self.score)
+            if found < self.worst_strength[i]:
+                self.worst[i], self.worst_strength[i] = p, found
 
     def close(self, name: str, indices) -> None:
-        """Snapshot the worst cases of the images ``indices`` after attack ``name``."""
+        """Record attack ``name``'s predictions of the images ``indices`` (see the class docstring)."""
         for i in indices:
-            self.after[name][i] = self.worst[i]
+            self.after[name][i] = self.worst[i] if self.cascade else self.own.get(i, self.clean[i])
+        self.own = {}
 
 
 def _on_cpu(items: list) -> list:
