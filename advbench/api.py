@@ -4,6 +4,7 @@
     pgd = advbench.attack("pgd", eps="8/255", steps=10)
     x_adv = pgd(model, x, y)                      # model in any mode, inside no_grad or not
     advbench.evaluate(model, val_loader, {"pgd": pgd})
+    advbench.evaluate(model, test_loader, "autoattack", eps="8/255")   # standard AutoAttack, with sanity checks
 """
 from pathlib import Path
 
@@ -11,12 +12,13 @@ import torch
 from omegaconf import OmegaConf
 
 from advbench.attacks.spec import Attack, build_attack
-from advbench.config import AttackConf
+from advbench.config import AttackConf, SanityConf
 from advbench.errors import AdvbenchError
 from advbench.evaluation.evaluator import Evaluator
 from advbench.tasks import TASKS, Classification
 
 ATTACK_CONF = Path(__file__).resolve().parent / "conf" / "attack"
+EVAL_CONF = Path(__file__).resolve().parent / "conf" / "eval"
 
 
 def attack(spec="pgd", eps="8/255", task=None, **overrides) -> Attack:
@@ -46,18 +48,71 @@ def _task(task):
     return task
 
 
-def evaluate(model, loader, attacks: dict, device=None, amp: str = "off", cascade: bool = True) -> dict:
-    """Clean and robust accuracy of ``model`` over ``loader``'s (x, y) batches (images in [0,1]) under
-    ``attacks`` (name -> Attack); the per-example worst case over attacks is ``robust_acc``.
+def evaluate(model, loader, attacks="autoattack", eps="8/255", device=None, amp: str = "off", cascade: bool = True,
+             normalization=None, sanity: bool = True) -> dict:
+    """Clean and robust accuracy of ``model`` over ``loader``'s batches under ``attacks``: a dict name -> Attack, or
+    an evaluation preset's name (an option of conf/eval/: autoattack, autoattack_fast, pgd20, ...) built at ``eps``.
 
-    Works from inside ``torch.no_grad()`` and on a model in train mode; the model's modes and its parameters'
-    gradients are left as they were.
+    Batches are (x, y, ...) tuples or dicts (``image``/``images``/``x``/``input`` and ``label``/``labels``/``y``/
+    ``target``); images must be in [0,1] (an error otherwise, never a silent clamp). A model that expects normalized
+    inputs gets ``normalization=(mean, std)``, placed in front of it. Returns ``clean_acc``, ``robust_acc`` (the
+    per-example worst case), ``robust_acc_by_attack`` (cumulative under the cascade), ``n_examples``, ``flags``
+    (per-example booleans: clean, each attack, worst case) and, with ``sanity``, the sanity checks of a CLI
+    evaluation. Works inside ``torch.no_grad()`` and ``torch.inference_mode()``, on a model in train mode; modes,
+    buffers and gradients are left as they were.
     """
+    from advbench.evaluation.sanity import sanity_checks
+    from advbench.models import Normalize
+    from advbench.tasks.base import worst_case
+    if normalization is not None:
+        model = torch.nn.Sequential(Normalize(*normalization), model)
     device = torch.device(device) if device else next(model.parameters()).device
-    task, flags = Classification(0), []
-    for x, y in loader:
+    attacks = preset(attacks, eps) if isinstance(attacks, str) else attacks
+    task, flags, seen = Classification(0), [], []
+    for batch in loader:
+        x, y = _unpack(batch)
+        if x.is_floating_point() and (x.min() < 0 or x.max() > 1):
+            raise AdvbenchError(f"evaluate: inputs range over [{x.min().item():.3g}, {x.max().item():.3g}]; advbench "
+                                "attacks [0,1] images: pass raw images and normalization=(mean, std)")
         x, y = x.to(device), y.to(device)
         flags.append(Evaluator(task, device, amp, len(y), cascade).local_flags(model, x, y, attacks, cascade).flags)
+        if sanity and sum(len(b) for b, _ in seen) < 200:
+            seen.append((x, y))
     if not flags:
         raise AdvbenchError("evaluate: the loader yielded no batches")
-    return task.summarize({name: torch.cat([f[name] for f in flags]) for name in flags[0]})
+    flags = {name: torch.cat([f[name] for f in flags]) for name in flags[0]}
+    results = task.summarize(flags) | {"flags": {name: f.tolist() for name, f in flags.items()}}
+    results["flags"]["worst_case"] = worst_case(flags).tolist()
+    if sanity:
+        x, y = torch.cat([b for b, _ in seen])[:200], torch.cat([t for _, t in seen])[:200]
+        settings = OmegaConf.structured(SanityConf)
+        results["sanity"] = sanity_checks(model, x, y, attacks, {k: v[:len(y)] for k, v in flags.items()},
+                                          settings, Evaluator(task, device, amp, 500, cascade))
+    return results
+
+
+def preset(name: str, eps="8/255") -> dict:
+    """The attacks of evaluation preset ``name`` (conf/eval/<name>.yaml) at budget ``eps``, by name."""
+    path = EVAL_CONF / f"{name}.yaml"
+    if not path.is_file():
+        options = sorted(p.stem for p in EVAL_CONF.glob("*.yaml"))
+        raise AdvbenchError(f"attacks={name!r} is unknown: expected a dict of attacks or one of {', '.join(options)}")
+    specs = OmegaConf.load(path).attacks
+    return {key: attack(OmegaConf.to_container(spec), eps) for key, spec in specs.items()}
+
+
+_IMAGE_KEYS, _LABEL_KEYS = ("image", "images", "x", "input", "inputs"), ("label", "labels", "y", "target", "targets")
+
+
+def _unpack(batch):
+    """(images, labels) of a loader's batch: a (x, y, ...) tuple or a dict with named keys."""
+    if isinstance(batch, dict):
+        x = next((batch[k] for k in _IMAGE_KEYS if k in batch), None)
+        y = next((batch[k] for k in _LABEL_KEYS if k in batch), None)
+        if x is None or y is None:
+            raise AdvbenchError(f"evaluate: a batch dict needs an image key ({', '.join(_IMAGE_KEYS)}) and a label "
+                                f"key ({', '.join(_LABEL_KEYS)}); it has {', '.join(map(str, batch))}")
+        return x, y
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise AdvbenchError("evaluate: batches must be (x, y, ...) tuples or dicts of images and labels")

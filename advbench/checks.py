@@ -18,7 +18,7 @@ from advbench.training.modes import build_mode
 _RANGES = {
     "epochs": (lambda v: v >= 1, "a positive integer"),
     "batch_size": (lambda v: v >= 1, "a positive integer"),
-    "eval.batch_size": (lambda v: v >= 1, "a positive integer"),
+    "eval.batch_size": (lambda v: v == "auto" or (isinstance(v, int) and v >= 1), "a positive integer or auto"),
     "eval.n_examples": (lambda v: v >= 1, "a positive integer or null (all)"),
     "val.n_examples": (lambda v: v >= 1, "a positive integer or null (all)"),
     "dataset.n_train": (lambda v: v >= 1, "a positive integer or null (all)"),

@@ -27,6 +27,9 @@ class AttackName(Enum):
     pgd = "pgd"
     fgm = "fgm"
     apgd = "apgd"
+    fab = "fab"
+    square = "square"
+    autoattack_reference = "autoattack_reference"
 
 
 class Loss(Enum):
@@ -145,6 +148,7 @@ class AttackConf:
     relabel: Relabel = Relabel.none  # goal=predictions: relabeled to their most (ml) / least (ll) likely other class
     descend: bool = False  # move towards the goal (TOG vanishing, mislabeling) rather than away from it
     normalize_terms: bool = False  # scale each term's input gradient to unit norm before the weighted sum
+    eot: int = 1  # apgd: gradients averaged over this many forward passes (EOT, for randomized defenses)
 
 
 @dataclass
@@ -189,8 +193,10 @@ class SanityConf:
 
 @dataclass
 class EvalConf:
+    name: Optional[str] = None  # the preset's name and version, recorded in results.json (autoattack, standard)
+    version: Optional[str] = None
     n_examples: Optional[int] = None  # the first n test examples; null: all
-    batch_size: int = 500
+    batch_size: Any = 500  # or auto: on CUDA the largest that fits (probed once), on the CPU 500
     # Any, not AttackConf: OmegaConf cannot add a typed entry from the command line ('+eval.attacks.fgsm={name:
     # fgsm}'). The presets type their entries with the attack_schema default; checks.py validates added ones.
     attacks: Dict[str, Any] = field(default_factory=dict)

@@ -18,6 +18,8 @@ from advbench.data import load_data
 from advbench.eps import parse_eps
 from advbench.errors import AdvbenchError
 from advbench.evaluation import EvalPlan, Evaluator, final_evaluation, validation_attack
+from advbench.evaluation.batch import auto_batch_size
+from advbench.evaluation.summary import write_summary
 from advbench.run_config import checkpoint_config, plain, resolve_device, threads_per_job
 from advbench.runtime import distributed
 from advbench.runtime.checkpoint import build_model, load_checkpoint, save_checkpoint
@@ -55,7 +57,11 @@ def load_config(cfg, out: Path):
     cfg = plain(cfg)
     choices = {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
     if cfg.task in ("eval", "saliency"):
+        if cfg.checkpoint is None and cfg.task == "eval" and (cfg.model.get("weights") or cfg.model.get("model_dir")):
+            return cfg, choices, None, None  # the model's own config brings its weights (model.weights, robustbench)
         state = load_checkpoint(cfg.checkpoint)
+        if state["config"] is None:  # a plain state dict or TorchScript: the command line says what it is
+            return cfg, choices, state, None
         check_stored_targets(state["config"], f"checkpoint={cfg.checkpoint}")
         choices = state.get("choices", {}) | {k: v for k, v in choices.items() if k == "eval"}
         return checkpoint_config(cfg, state, task=cfg.task), choices, state, None
@@ -80,7 +86,10 @@ def prepare(cfg, out: Path, choices: dict, state: dict | None) -> Run:
     started = time.perf_counter()
     data = load_data(cfg.dataset)
     task = build_task(data, cfg.eval)
-    model = build_model(cfg.model, data, cfg.dataset, task, state and state["state_dict"])
+    if state and state.get("torchscript") is not None:
+        model = state["torchscript"]  # used as it is: it takes [0,1] inputs, normalizing inside if it needs to
+    else:
+        model = build_model(cfg.model, data, cfg.dataset, task, state and state["state_dict"])
     if state and state.get("vocab") is not None and state["vocab"] != data.vocab:
         raise AdvbenchError(f"checkpoint: its vocabulary differs from dataset={cfg.dataset.name}'s training split "
                             "now: the token ids would not mean the same words")
@@ -88,9 +97,10 @@ def prepare(cfg, out: Path, choices: dict, state: dict | None) -> Run:
     model = model.to(device, memory_format=torch.channels_last) if len(data.shape) == 3 else model.to(device)
     log.info("%s: %d train / %d val / %d test examples; %s on %s", cfg.dataset.name, len(data.train[0]),
              len(data.val[0]), len(data.test[0]), cfg.model._target_.rsplit(".", 1)[-1], device)
-    evaluator = Evaluator(task, device, cfg.amp, cfg.eval.batch_size, cfg.eval.cascade)
+    batch = (auto_batch_size(model, data.shape, device) if cfg.eval.batch_size == "auto" else cfg.eval.batch_size)
+    evaluator = Evaluator(task, device, cfg.amp, batch, cfg.eval.cascade, cfg.progress)
     plan = EvalPlan(task, dict(cfg.eval.attacks), cfg.attack, cfg.eps, cfg.eval.n_examples, cfg.eval.eps_list,
-                    cfg.eval.save_examples, cfg.eval.sanity, cfg.eval.cascade)
+                    cfg.eval.save_examples, cfg.eval.sanity, cfg.eval.cascade, cfg.seed)
     return Run(cfg, out, device, data, task, model, evaluator, plan, build_mode(cfg.training, task), choices,
                labels(cfg.dataset.name, cfg.model._target_, cfg.training.name, cfg.attack.name, choices), state,
                started)
@@ -184,8 +194,10 @@ def finish(run: Run, results: dict) -> float | None:
         "labels": run.labels,  # what ran: the choices, or what an override put in their place
         "classes": run.data.classes,
         "metric_names": dict(zip(("clean", "robust"), run.task.metrics)),  # what the headline numbers are
+        "evaluation": {"preset": run.choices.get("eval"), "name": cfg.eval.name, "version": cfg.eval.version},
     }
     write_json(run.out / "results.json", results)
+    write_summary(results, run.out / "summary.md")
     clean_key, robust_key = run.task.metrics
     log.info("%s %.4f, %s %s on %d test examples (eps=%s); files in %s", clean_key, results[clean_key],
              robust_key, results[f"{robust_key}_by_attack"], results["n_examples"], cfg.eps, run.out)

@@ -99,3 +99,16 @@ def flags_of(model, x, y, attacks, batch_size=500, cascade=True, keep=0):
     from advbench.tasks import Classification
     return Evaluator(Classification(0), "cpu", batch_size=batch_size, cascade=cascade).flags(model, x, y, attacks,
                                                                                               keep)
+
+
+class TinyNet(torch.nn.Module):
+    """A user's own model class with its own keyword arguments (none of advbench's)."""
+
+    def __init__(self, width: int = 4, classes: int = 10, channels: int = 1):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(channels, width, 3, padding=1), torch.nn.ReLU(),
+                                       torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(),
+                                       torch.nn.Linear(4 * width, classes))
+
+    def forward(self, x):
+        return self.net(x)

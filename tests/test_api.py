@@ -38,14 +38,45 @@ def test_evaluate_in_a_training_loop_leaves_the_model_as_it_was(trained_mlp, dig
     attacks = {"fgsm": advbench.attack("fgsm", eps=0.1), "pgd": advbench.attack("pgd", eps=0.1, steps=10)}
     torch.manual_seed(0)
     with torch.no_grad():
-        results = advbench.evaluate(model, loader(digits), attacks)
+        results = advbench.evaluate(model, loader(digits), attacks, sanity=False)
     assert [m.training for m in model.modules()] == modes
     assert all(torch.equal(p.grad, torch.full_like(p, 3.0)) and p.requires_grad for p in model.parameters())
     assert results["n_examples"] == len(digits.test[1])
     assert results["robust_acc"] <= results["robust_acc_by_attack"]["fgsm"] < results["clean_acc"]
     torch.manual_seed(0)
     same = Evaluator(Classification(0), "cpu", batch_size=100).evaluate(model, *digits.test, attacks)
-    assert same == results
+    assert same == {k: v for k, v in results.items() if k != "flags"}
+    assert results["flags"]["worst_case"].count(True) == round(results["robust_acc"] * results["n_examples"])
     for p in model.parameters():
         p.grad = None
     model.eval()
+
+
+class Normalized(torch.nn.Module):
+    """A model that expects normalized inputs, as most users' models do."""
+
+    def __init__(self, model, mean, std):
+        super().__init__()
+        self.model, self.mean, self.std = model, mean, std
+
+    def forward(self, x):
+        return self.model(x * self.std + self.mean)  # undoes the normalization the caller applied
+
+
+def test_evaluate_takes_presets_normalization_dict_batches_and_checks_the_range(trained_mlp, digits):
+    x, y = digits.test[0][:60], digits.test[1][:60]
+    torch.manual_seed(0)
+    plain = advbench.evaluate(trained_mlp, [(x, y)], "autoattack_fast", eps=0.05)
+    assert list(plain["robust_acc_by_attack"]) == ["apgd_ce", "apgd_t"] and plain["n_examples"] == 60
+    assert "warnings" in plain["sanity"] and len(plain["flags"]["clean"]) == 60
+    wrapped = Normalized(trained_mlp, 0.3, 0.2)
+    torch.manual_seed(0)
+    again = advbench.evaluate(wrapped, [{"image": x, "label": y, "index": torch.arange(60)}], "autoattack_fast",
+                              eps=0.05, normalization=(0.3, 0.2))
+    assert again["robust_acc_by_attack"] == plain["robust_acc_by_attack"]
+    with pytest.raises(AdvbenchError, match=r"inputs range over \[-1.*normalization=\(mean, std\)"):
+        advbench.evaluate(trained_mlp, [(x * 2 - 1, y)], "pgd20", eps=0.05)
+    with pytest.raises(AdvbenchError, match="attacks='nope' is unknown"):
+        advbench.evaluate(trained_mlp, [(x, y)], "nope")
+    with pytest.raises(AdvbenchError, match="a batch dict needs an image key"):
+        advbench.evaluate(trained_mlp, [{"pixels": x, "label": y}], "pgd20")

@@ -37,7 +37,7 @@ def test_run_writes_every_file_with_sane_values(tmp_path):
         "name": "pgd", "norm": "linf", "eps": None, "alpha": pytest.approx(2.5 * 8 / 255 / 20), "steps": 20,
         "random_start": True, "restarts": 1, "targeted": False, "bn_mode": "eval", "loss": "ce", "n_targets": 9,
         "target": "input", "terms": None, "goal": "truth", "relabel": "none", "descend": False,
-        "normalize_terms": False}
+        "normalize_terms": False, "eot": 1}
     assert results["cascade"] is True and results["sanity"]["warnings"] == []
     assert {"clean", "pgd20", "worst_case"} == set(__import__("numpy").load(run / "robust_flags.npz").files)
     assert results["choices"] == {"dataset": "synthetic", "model": "mlp", "attack": "pgd",

@@ -41,18 +41,23 @@ def test_eval_default_directory_names_the_checkpoints_run(trained_run, tmp_path)
 
 def test_autoattack_preset_with_curve_and_examples(trained_run, tmp_path):
     out = tmp_path / "aa"
-    advbench("task=eval", f"checkpoint={trained_run}", "eval=autoattack", "eval.n_examples=60",
-             "eval.attacks.apgd_ce.steps=20", "eval.attacks.apgd_t.steps=20", "eval.attacks.apgd_t.n_targets=3",
-             "eval.eps_list=[0.1,2/255,0.05]", "eval.save_examples=6", "eps=0.05", "progress=false",
-             f"hydra.run.dir={out}", cwd=tmp_path)
+    cli("task=eval", f"checkpoint={trained_run}", "eval=autoattack", "eval.n_examples=60",
+        "eval.attacks.apgd_ce.steps=20", "eval.attacks.apgd_t.steps=20", "eval.attacks.apgd_t.n_targets=3",
+        "eval.attacks.fab_t.steps=10", "eval.attacks.fab_t.n_targets=3", "eval.attacks.square.steps=200",
+        "eval.eps_list=[0.1,2/255,0.05]", "eval.save_examples=6", "eps=0.05", "progress=false",
+        f"hydra.run.dir={out}", cwd=tmp_path, check=True)
     res = results(out)
-    assert list(res["robust_acc_by_attack"]) == ["apgd_ce", "apgd_t"] and res["cascade"] is True
-    assert res["robust_acc"] == res["robust_acc_by_attack"]["apgd_t"] <= res["robust_acc_by_attack"]["apgd_ce"]
+    assert list(res["robust_acc_by_attack"]) == ["apgd_ce", "apgd_t", "fab_t", "square"] and res["cascade"] is True
+    by = res["robust_acc_by_attack"]
+    assert res["robust_acc"] == by["square"] <= by["fab_t"] <= by["apgd_t"] <= by["apgd_ce"]  # cumulative
+    assert res["evaluation"] == {"preset": "autoattack", "name": "autoattack", "version": "standard"}
     assert res["eps"]["value"] == 0.05 and res["attacks"]["apgd_t"]["loss"] == "dlr"
+    assert res["attacks"]["square"]["steps"] == 200 and res["attacks"]["fab_t"]["targeted"] is True
     assert set(res["sanity"]) >= {"random_forward", "outputs_probabilities", "zero_grad_frac", "pgd20_gap",
                                   "warnings"}
     rows = list(csv.DictReader((out / "robustness_curve.csv").open()))
     assert [r["eps"] for r in rows] == ["2/255", "0.05", "0.1"]
+    assert float(rows[1]["robust_acc"]) == res["robust_acc"]  # the run's eps: the main result's own point
     accs = [float(r["robust_acc"]) for r in rows]
     # eps 2/255 < 0.05 < 0.1: each attack is stronger than the last, up to a margin for its random start
     assert all(later <= earlier + 0.05 for earlier, later in zip(accs, accs[1:]))
@@ -62,21 +67,26 @@ def test_autoattack_preset_with_curve_and_examples(trained_run, tmp_path):
         assert width > 200 and height > 150
     flags = __import__("numpy").load(out / "robust_flags.npz")
     assert flags["worst_case"].mean() == pytest.approx(res["robust_acc"])
+    summary = (out / "summary.md").read_text()
+    assert f"{100 * res['robust_acc']:.2f}%" in summary and "eps = 0.05 (linf)" in summary
+    assert "`autoattack` (standard)" in summary and "| square |" in summary
 
 
 def bad_checkpoints(tmp_path):
     torch.save(argparse.Namespace(weights=torch.zeros(2)), tmp_path / "pickle.pt")
     (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage" * 100)
-    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    torch.save({"weights": "not a tensor"}, tmp_path / "foreign.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other_model.pt")
     return {
         "missing": (tmp_path / "nothing.pt", "no such file or run directory"),
         "pickle": (tmp_path / "pickle.pt", "weights_only=True"),
         "corrupt": (tmp_path / "corrupt.pt", "not a readable torch file"),
-        "foreign": (tmp_path / "foreign.pt", "not an advbench checkpoint"),
+        "foreign": (tmp_path / "foreign.pt", "neither an advbench checkpoint"),
+        "other_model": (tmp_path / "other_model.pt", "do not fit model="),
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "pickle", "corrupt", "foreign", "mismatch", "none"])
+@pytest.mark.parametrize("case", ["missing", "pickle", "corrupt", "foreign", "other_model", "mismatch", "none"])
 def test_bad_checkpoints_get_a_one_line_error(trained_run, tmp_path, case):
     if case == "mismatch":
         args, expected = [f"checkpoint={trained_run}", "model.hidden=7"], "do not fit model=advbench.models.mlp"
@@ -84,10 +94,27 @@ def test_bad_checkpoints_get_a_one_line_error(trained_run, tmp_path, case):
         args, expected = [], "task=eval needs checkpoint="
     else:
         path, expected = bad_checkpoints(tmp_path)[case]
-        args = [f"checkpoint={path}"]
+        args = [f"checkpoint={path}", "dataset=digits", "model=mlp"]
     proc = advbench("task=eval", *args, "progress=false", f"hydra.run.dir={tmp_path}/e", cwd=tmp_path,
                     check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if expected in line]
     assert len(lines) == 1 and "checkpoint" in lines[0] and len(lines[0]) < 500, proc.stderr
     assert (trained_run / "model.pt").exists()  # nothing already written is lost
+
+
+def test_eval_takes_a_plain_state_dict_and_a_torchscript_file(trained_run, tmp_path):
+    from advbench.models import mlp
+    state = torch.load(trained_run / "model.pt", weights_only=True)
+    torch.save(state["state_dict"], tmp_path / "weights.pt")
+    model = mlp((1, 8, 8), 10, [0.3053], [0.3760], hidden=32)
+    model.load_state_dict(state["state_dict"])
+    torch.jit.save(torch.jit.script(model.eval()), tmp_path / "scripted.pt")
+    same = ["dataset=digits", "eval.n_examples=60", "progress=false"]
+    cli("task=eval", f"checkpoint={tmp_path}/weights.pt", "model=mlp", "model.hidden=32", *same,
+        f"hydra.run.dir={tmp_path}/sd", cwd=tmp_path, check=True)
+    cli("task=eval", f"checkpoint={tmp_path}/scripted.pt", *same, f"hydra.run.dir={tmp_path}/ts", cwd=tmp_path,
+        check=True)
+    trained = results(trained_run)
+    for run in ("sd", "ts"):  # the same weights: the training run's numbers, to the last digit
+        assert results(tmp_path / run)["robust_acc_by_attack"] == trained["robust_acc_by_attack"], run

@@ -16,9 +16,13 @@ from conftest import CONF, compose_config, group_options
 KINDS = {  # option -> the task it belongs to; every other option is image classification
     **dict.fromkeys(["fortunes", "text_csv", "synthetic_text", "textcnn", "transformer"], "text"),
     **dict.fromkeys(["digits_det", "fashion_mnist_det", "yolo", "coco", "yolo_tiny", "torchvision_detector",
+                     "ultralytics_yolo",
                      "tog_vanishing", "tog_fabrication", "tog_mislabeling", "tog_untargeted", "mtd_cls", "mtd_loc",
-                     "mtd"], "detection"),
+                     "mtd", "detection"], "detection"),
 }
+# Options that need one more setting to build: a user's module names its class; a RobustBench model needs its
+# checkpoint on disk, so here it must fail with the one-line error (test_models_external loads a real one).
+EXTRA = {"module": ["model.module._target_=helpers.TinyNet"]}
 PARTNERS = {"text": ["dataset=synthetic_text", "model=textcnn", "training=mixed", "attack=fgm"],
             "detection": ["dataset=digits_det", "model=yolo_tiny", "training=adversarial", "attack=pgd"]}
 
@@ -28,9 +32,15 @@ def test_every_option_composes_and_builds(group, option):
     # An option is composed with partners of its kind: a text model for a text data set, a detector for a
     # detection attack, and so on.
     kind = KINDS.get(option, "classification")
+    if option == "ultralytics_yolo":
+        pytest.importorskip("ultralytics")
     partners = [p for p in PARTNERS.get(kind, []) if p.split("=")[0] != group]
-    cfg = plain(compose_config([*partners, f"{group}={option}"]))
+    cfg = plain(compose_config([*partners, f"{group}={option}", *EXTRA.get(option, [])]))
     assert OmegaConf.select(cfg, group) is not None
+    if option == "robustbench":
+        with pytest.raises(Exception, match="model.name=Standard: no weights at"):
+            instantiate(cfg.model, in_shape=(3, 32, 32), n_classes=10, mean=[0.5] * 3, std=[0.5] * 3)
+        return
     channels = len(cfg.dataset.mean)
     if kind == "text":
         model = instantiate(cfg.model, in_shape=(16,), n_classes=10, vocab_size=50)
@@ -58,9 +68,10 @@ def test_every_option_composes_and_builds(group, option):
 def test_every_experiment_composes_and_builds(experiment):
     cfg = plain(compose_config([f"+experiment={experiment}"]))
     assert cfg.training.name in MODES
+    task = Detection(10) if experiment.startswith("det_") else Classification(10)
     accepts = MODES[cfg.training.name].accepts
-    assert accepts is None or build_attack(cfg.attack, cfg.eps).name in accepts
-    assert all(isinstance(build_attack(spec, cfg.eps), Attack) for spec in cfg.eval.attacks.values())
+    assert accepts is None or build_attack(cfg.attack, cfg.eps, task).name in accepts
+    assert all(isinstance(build_attack(spec, cfg.eps, task), Attack) for spec in cfg.eval.attacks.values())
 
 
 def test_default_experiment_is_the_documented_one():

@@ -37,7 +37,7 @@ CASES = {
     "text_embedding_weights": [*TEXT, "attack=fgm", "attack.target=embedding_weights"],
 }
 DERIVED = {  # name -> (the training run it reads, its overrides)
-    "eval_autoattack": ("adversarial_pgd", ["task=eval", "eval=autoattack", "eval.attacks.apgd_ce.steps=10",
+    "eval_autoattack": ("adversarial_pgd", ["task=eval", "eval=autoattack_fast", "eval.attacks.apgd_ce.steps=10",
                                             "eval.attacks.apgd_t.steps=10", "eval.attacks.apgd_t.n_targets=3",
                                             "eval.n_examples=80", "eval.eps_list=[0.05,0.1]"]),
     "saliency_trades": ("trades", ["task=saliency", "saliency.n_examples=2", "saliency.smoothgrad_samples=3"]),

@@ -9,13 +9,23 @@ import torch
 from advbench.attacks.gradients import as_input, attack_mode, loss_and_grad
 
 
-def apgd_run(model, x, y, threat, steps: int, task, objective, rho: float = 0.75):
+def averaged(model, x, loss_fn, eot: int = 1):
+    """``loss_and_grad`` averaged over ``eot`` forward passes (expectation over transformation, Athalye et al. 2018:
+    a randomized model's gradient is its mean); the outputs of the last pass."""
+    losses, outputs, grad = loss_and_grad(model, x, loss_fn)
+    for _ in range(eot - 1):
+        more_losses, outputs, more = loss_and_grad(model, x, loss_fn)
+        losses, grad = losses + more_losses, grad + more
+    return (losses / eot, outputs, grad / eot) if eot > 1 else (losses, outputs, grad)
+
+
+def apgd_run(model, x, y, threat, steps: int, task, objective, rho: float = 0.75, eot: int = 1):
     """One APGD run from a random start; returns (adversarial examples, fooled flags)."""
     n, shape = len(x), (-1,) + (1,) * (x.dim() - 1)
     loss_fn = lambda outputs: objective(outputs, y)  # noqa: E731
     eps_step = torch.full((n,), 2.0 * threat.eps, device=x.device)  # the paper's initial step, 2 eps
     x_adv = threat.init(x)
-    losses, outputs, grad = loss_and_grad(model, x_adv, loss_fn)
+    losses, outputs, grad = averaged(model, x_adv, loss_fn, eot)
     fooled = ~task.correct(outputs, y)
     x_fooled, x_best, loss_best, grad_best = x_adv.clone(), x_adv.clone(), losses.clone(), grad.clone()
     x_prev = x_adv.clone()
@@ -29,7 +39,7 @@ def apgd_run(model, x, y, threat, steps: int, task, objective, rho: float = 0.75
         z = threat.project(threat.step(x_adv, grad, eps_step.view(shape)), x)
         x_new = threat.project(x_adv + momentum * (z - x_adv) + (1 - momentum) * (x_adv - x_prev), x)
         x_prev, x_adv = x_adv, x_new
-        new_losses, outputs, grad = loss_and_grad(model, x_adv, loss_fn)
+        new_losses, outputs, grad = averaged(model, x_adv, loss_fn, eot)
         now_fooled = ~task.correct(outputs, y)
         x_fooled[now_fooled & ~fooled] = x_adv[now_fooled & ~fooled]
         fooled |= now_fooled
@@ -52,7 +62,7 @@ def apgd_run(model, x, y, threat, steps: int, task, objective, rho: float = 0.75
 
 
 def apgd(model, x, y, threat, task, steps: int = 100, loss: str = "ce", targeted: bool = False,
-         n_targets: int = 9, restarts: int = 1, bn_mode: str = "eval") -> torch.Tensor:
+         n_targets: int = 9, restarts: int = 1, bn_mode: str = "eval", eot: int = 1) -> torch.Tensor:
     """APGD (Croce & Hein 2020) in the threat model's norm; APGD-T when ``targeted``; worst case kept per example.
 
     Every restart (and every target class) attacks only the examples that are still classified correctly.
@@ -69,7 +79,7 @@ def apgd(model, x, y, threat, task, steps: int = 100, loss: str = "ce", targeted
             xr, yr = x[remaining], task.index(y, remaining)
             # APGD-T: the targeted DLR loss towards the (t+2)-th ranked class, skipping the true one
             objective = task.objective(loss, target=ranked[remaining, t] if targeted else None)
-            x_adv, fooled = apgd_run(model, xr, yr, threat, steps, task, objective)
+            x_adv, fooled = apgd_run(model, xr, yr, threat, steps, task, objective, eot=eot)
             x_out[remaining] = x_adv
             remaining = remaining[~fooled]
         return x_out

@@ -62,7 +62,7 @@ def loss_and_grad(model, x: torch.Tensor, objective):
     """
     device = x.device.type
     fp16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
-    x = x.detach().requires_grad_(True)
+    x = as_input(x).requires_grad_(True)
     outputs = model(x)
     losses = objective(outputs)
     loss = losses.sum()

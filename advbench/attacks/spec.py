@@ -5,8 +5,13 @@ from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from typing import Callable
 
+import torch
+
 from advbench.attacks.apgd import apgd
+from advbench.attacks.fab import fab_targeted
 from advbench.attacks.pgd import pgd
+from advbench.attacks.reference import reference_autoattack
+from advbench.attacks.square import square
 from advbench.attacks.threats import THREATS
 from advbench.eps import check_budget, parse_eps
 from advbench.errors import AdvbenchError
@@ -14,25 +19,63 @@ from advbench.tasks.base import Task
 from advbench.tasks.classification import Classification
 
 
+def _run_pgd(a, model, x, targets, threat, objective):
+    objective = objective or a.task.objective(a.loss, weights=a.terms)
+    goal, descend = None, a.descend
+    if a.targeted:  # classification: towards a random wrong class
+        goal, descend = a.task.random_wrong, True
+    elif a.goal != "truth":
+        goal = partial(a.task.goal, a.goal, a.relabel)
+    return pgd(model, x, targets, threat, a.steps, a.task, objective, a.random_start, a.restarts, goal, descend,
+               a.bn_mode, a.task.check_terms(a.terms) if a.normalize_terms else None)
+
+
+def _run_apgd(a, model, x, targets, threat, objective):
+    return apgd(model, x, targets, threat, a.task, a.steps, a.loss, a.targeted, a.n_targets, a.restarts, a.bn_mode,
+                a.eot)
+
+
+def _run_fab(a, model, x, targets, threat, objective):
+    return fab_targeted(model, x, targets, a.norm, a.eps, a.n_targets, a.steps, a.restarts, bn_mode=a.bn_mode)
+
+
+def _run_square(a, model, x, targets, threat, objective):
+    return square(model, x, targets, a.norm, a.eps, n_queries=a.steps, restarts=a.restarts, bn_mode=a.bn_mode)
+
+
+def _run_reference(a, model, x, targets, threat, objective):
+    return reference_autoattack(model, x, targets, a.norm, a.eps, seed=int(torch.initial_seed()) % 2**31,
+                                bn_mode=a.bn_mode)
+
+
 @dataclass(frozen=True)
 class Kind:
-    """What an attack name fixes (None: configurable) and its default step size ``alpha(eps, steps, start)``."""
+    """What an attack name fixes (None: configurable), its default step size ``alpha(eps, steps, start)``, the
+    loop that runs it, and whether it reads logits (a classifier's margins) rather than the task's loss."""
 
     norm: str | None
     steps: int | None
     random_start: bool | None
     alpha: Callable
+    run: Callable
     paper: str
+    logits: bool = False
 
 
 KINDS = {
-    "fgsm": Kind("linf", 1, None, lambda eps, steps, start: 1.25 * eps if start else eps,  # Fast-AT's 1.25 eps
+    "fgsm": Kind("linf", 1, None, lambda eps, steps, start: 1.25 * eps if start else eps, _run_pgd,  # Fast-AT
                  "FGSM (Goodfellow et al. 2015), Linf; from a random start: Wong et al. 2020"),
-    "fgm": Kind("l2", 1, False, lambda eps, steps, start: eps, "FGM (Miyato et al. 2017), L2"),
-    "pgd": Kind(None, None, None, lambda eps, steps, start: 2.5 * eps / steps,  # enough to cross the ball and back
+    "fgm": Kind("l2", 1, False, lambda eps, steps, start: eps, _run_pgd, "FGM (Miyato et al. 2017), L2"),
+    "pgd": Kind(None, None, None, lambda eps, steps, start: 2.5 * eps / steps, _run_pgd,  # crosses the ball and back
                 "PGD (Madry et al. 2018), Linf or L2"),
-    "apgd": Kind(None, None, True, lambda eps, steps, start: 2 * eps,  # the initial step of its adaptive schedule
+    "apgd": Kind(None, None, True, lambda eps, steps, start: 2 * eps, _run_apgd,  # its adaptive schedule's first
                  "APGD (Croce & Hein 2020), Linf or L2"),
+    "fab": Kind(None, None, True, lambda eps, steps, start: eps, _run_fab,
+                "FAB-T (Croce & Hein 2020, targeted), Linf or L2", logits=True),
+    "square": Kind(None, None, True, lambda eps, steps, start: eps, _run_square,  # steps: queries
+                   "Square (Andriushchenko et al. 2020), Linf or L2, score-based", logits=True),
+    "autoattack_reference": Kind(None, None, True, lambda eps, steps, start: eps, _run_reference,
+                                 "standard AutoAttack by its authors' code (pyautoattack), Linf or L2", logits=True),
 }
 EMBEDDING_KINDS = ("fgm", "fgsm", "pgd")  # what an embedding attack can be: untargeted, one restart
 
@@ -59,24 +102,13 @@ class Attack:
     relabel: str = "none"  # none | ml | ll: goal predictions relabeled to their most / least likely other class
     descend: bool = False  # move towards the goal (TOG vanishing, mislabeling) rather than away from it
     normalize_terms: bool = False  # each term's gradient scaled to unit norm before the weighted sum
+    eot: int = 1  # apgd: gradients averaged over this many forward passes (randomized defenses)
     task: Task = field(default_factory=lambda: Classification(0), repr=False, compare=False)
 
     def __call__(self, model, x, targets, objective=None):
         view, point = self.task.view(model, x)
         threat = THREATS[self.norm](self.eps, self.alpha, box=self.task.perturbs == "input")
-        if self.name == "apgd":
-            x_adv = apgd(view, point, targets, threat, self.task, self.steps, self.loss, self.targeted,
-                         self.n_targets, self.restarts, self.bn_mode)
-        else:
-            objective = objective or self.task.objective(self.loss, weights=self.terms)
-            goal, descend = None, self.descend
-            if self.targeted:  # classification: towards a random wrong class
-                goal, descend = self.task.random_wrong, True
-            elif self.goal != "truth":
-                goal = partial(self.task.goal, self.goal, self.relabel)
-            x_adv = pgd(view, point, targets, threat, self.steps, self.task, objective, self.random_start,
-                        self.restarts, goal, descend, self.bn_mode,
-                        self.task.check_terms(self.terms) if self.normalize_terms else None)
+        x_adv = KINDS[self.name].run(self, view, point, targets, threat, objective)
         return self.task.finish(view, x_adv)
 
     def outputs(self, model, x, x_adv):
@@ -147,6 +179,9 @@ def build_attack(spec, run_eps, task: Task | None = None) -> Attack | None:
     if name == "none":
         return None
     kind = KINDS[name]
+    if kind.logits and not (task.logits and task.perturbs == "input"):
+        raise AdvbenchError(f"attack={name} reads a classifier's logits on [0,1] inputs; {task.name} takes pgd, "
+                            "fgsm, fgm or apgd")
     if kind.norm and str(spec.norm) != kind.norm:
         raise AdvbenchError(f"attack.norm={spec.norm} does not apply to {name}, which is {kind.norm} by "
                             "definition; use pgd for other norms")
@@ -167,6 +202,6 @@ def build_attack(spec, run_eps, task: Task | None = None) -> Attack | None:
                        restarts=int(spec.restarts), targeted=bool(spec.targeted), bn_mode=str(spec.bn_mode),
                        loss=str(spec.loss), n_targets=int(spec.n_targets), target=target, terms=terms,
                        goal=str(spec.get("goal", "truth")), relabel=str(spec.get("relabel", "none")),
-                       descend=bool(spec.get("descend", False)), normalize_terms=bool(spec.get("normalize_terms",
-                                                                                                False)))
+                       descend=bool(spec.get("descend", False)),
+                       normalize_terms=bool(spec.get("normalize_terms", False)), eot=int(spec.get("eot", 1)))
 

@@ -1,7 +1,11 @@
 """Robust evaluation from per-example flags: each attack on the examples still correct, the worst case kept."""
+import logging
+import sys
+import time
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from advbench.data.loaders import TensorLoader
 from advbench.runtime.amp import autocast
@@ -18,12 +22,17 @@ class Outcome:
     records: object = None
 
 
-class Evaluator:
-    """How an evaluation runs: the task that judges outputs, the device, autocast, batch size and cascade."""
+log = logging.getLogger(__name__)
 
-    def __init__(self, task, device, amp: str = "off", batch_size: int = 500, cascade: bool = True):
+
+class Evaluator:
+    """How an evaluation runs: the task that judges outputs, the device, autocast, batch size and cascade; with
+    ``progress`` a bar per evaluation (on a terminal) and a log line per attack."""
+
+    def __init__(self, task, device, amp: str = "off", batch_size: int = 500, cascade: bool = True,
+                 progress: bool = False):
         self.task, self.device, self.amp = task, torch.device(device), amp
-        self.batch_size, self.cascade = batch_size, cascade
+        self.batch_size, self.cascade, self.progress = batch_size, cascade, progress
 
     def predict(self, model, x):
         """The model's outputs on ``x`` in eval mode, without grad, under the evaluation's autocast."""
@@ -40,30 +49,36 @@ class Evaluator:
         outcome = self.run(model, x, targets, attacks, keep, cascade)
         return (outcome.flags, outcome.kept) if keep else outcome.flags
 
-    def run(self, model, x, targets, attacks: dict, keep: int = 0, cascade: bool | None = None) -> Outcome:
+    def run(self, model, x, targets, attacks: dict, keep: int = 0, cascade: bool | None = None,
+            report: bool = False) -> Outcome:
         """Per-example flags ``clean`` and, per attack, ``correct after it``; the first ``keep`` adversarials; the
         task's records. Under torchrun each rank attacks its shard and the flags are gathered (every rank must
-        call this); a task that keeps records evaluates unsharded on each rank."""
+        call this); a task that keeps records evaluates unsharded on each rank. ``report``: a log line per attack
+        (examples attacked, still correct, seconds)."""
         cascade = self.cascade if cascade is None else cascade
         n = self.task.count(targets)
-        records = self.task.new_records(list(attacks), n)
+        records = self.task.new_records(list(attacks), n, cascade)
         if world()[1] > 1 and not keep and records is None:
             idx = shard(n)
-            local = self.local_flags(model, x[idx], self.task.index(targets, idx), attacks, cascade)
+            local = self.local_flags(model, x[idx], self.task.index(targets, idx), attacks, cascade, report=report)
             return Outcome(gather_flags(local.flags, n))
-        return self.local_flags(model, x, targets, attacks, cascade, keep, records)
+        return self.local_flags(model, x, targets, attacks, cascade, keep, records, report)
 
-    def local_flags(self, model, x, targets, attacks: dict, cascade: bool, keep: int = 0, records=None) -> Outcome:
+    def local_flags(self, model, x, targets, attacks: dict, cascade: bool, keep: int = 0, records=None,
+                    report: bool = False) -> Outcome:
         """``run`` on this process's examples only.
 
         With ``cascade`` each attack runs only on the examples that survived every attack before it, so its flags
         are cumulative; without, each attack runs on every clean-correct example. Examples wrong already count as
         broken and are never attacked. The kept adversarial of an example is the one that broke it, if any.
         """
-        task = self.task
+        task, n = self.task, self.task.count(targets)
         flags, kept = {"clean": []} | {name: [] for name in attacks}, []
+        seconds, attacked = dict.fromkeys(attacks, 0.0), dict.fromkeys(attacks, 0)
         batches = TensorLoader(x, targets, self.batch_size, index=task.index)
-        for start, (xb, tb) in zip(range(0, task.count(targets), self.batch_size), batches):
+        bar = tqdm(total=n * (1 + len(attacks)), desc="evaluation", leave=False, unit="ex",
+                   disable=not (self.progress and sys.stderr.isatty()))
+        for start, (xb, tb) in zip(range(0, n, self.batch_size), batches):
             xb, tb = xb.to(self.device), task.to(tb, self.device)
             clean = self.predict(model, xb)
             correct = task.correct(clean, tb)
@@ -71,10 +86,12 @@ class Evaluator:
             if records is not None:
                 records.add_clean(here, clean, tb)
             flags["clean"].append(correct.cpu())
+            bar.update(len(xb))
             alive, shown = correct.clone(), xb.clone()
             for name, attack in attacks.items():
                 idx = (alive if cascade else correct).nonzero().squeeze(1)
                 ok = torch.zeros_like(correct)
+                began = time.perf_counter()
                 if idx.numel():
                     xi, ti = xb[idx], task.index(tb, idx)
                     with autocast(self.device, self.amp):
@@ -90,7 +107,16 @@ class Evaluator:
                     records.close(name, here)
                 alive &= ok
                 flags[name].append(ok.cpu())
+                seconds[name] += time.perf_counter() - began
+                attacked[name] += idx.numel()
+                bar.update(len(xb))
+                bar.set_postfix_str(f"{name}: {int(alive.sum())}/{len(xb)} left in this batch")
             if start < keep:
                 kept.append(shown[:keep - start].cpu())
+        bar.close()
         flags = {name: torch.cat(f) for name, f in flags.items()}
+        if report:
+            for name in attacks:
+                log.info("%s: %d examples attacked, %d of %d still correct, %.1f s", name, attacked[name],
+                         int(flags[name].sum()), n, seconds[name])
         return Outcome(flags, torch.cat(kept) if keep else None, records)

@@ -5,6 +5,7 @@ import io
 import logging
 
 import numpy as np
+import torch
 
 from advbench.data.loaders import to_unit
 from advbench.eps import parse_eps
@@ -24,12 +25,24 @@ def save_flags(path, flags: dict) -> None:
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
-def robustness_curve(model, x, targets, plan, evaluator, out) -> list:
-    """The task's clean and robust numbers at each eps of ``eval.eps_list``; robustness_curve.csv and .png."""
+def broken_by(flags: dict, n: int) -> list:
+    """For each of the first ``n`` examples: which attack broke it first ('' if none did or it was wrong clean)."""
+    names = [name for name in flags if name != "clean"]
+    return [next((f"by {name}" for name in names if flags["clean"][i] and not flags[name][i]), "")
+            for i in range(n)]
+
+
+def robustness_curve(model, x, targets, plan, evaluator, out, main: dict) -> list:
+    """The task's clean and robust numbers at each eps of ``eval.eps_list``; robustness_curve.csv and .png. The
+    run's own eps is the main evaluation's point itself; every other eps starts from the same seed."""
     clean_key, robust_key = plan.task.metrics
     rows = []
     for eps in plan.curve_eps():
-        summary = evaluator.evaluate(model, x, targets, plan.attacks(eps))
+        if parse_eps(eps) == parse_eps(plan.eps):
+            summary = main
+        else:
+            torch.manual_seed(plan.seed)
+            summary = evaluator.evaluate(model, x, targets, plan.attacks(eps))
         by_attack = summary[f"{robust_key}_by_attack"]
         rows.append({"eps": str(eps), "eps_value": parse_eps(eps), clean_key: summary[clean_key], **by_attack,
                      robust_key: summary[robust_key]})
@@ -39,8 +52,8 @@ def robustness_curve(model, x, targets, plan, evaluator, out) -> list:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(out / "robustness_curve.csv", lambda f: f.write(text.getvalue().encode()))
-    plot_robustness_curve(rows, list(plan.attacks(plan.eps_list[0])), plan.task.metrics,
-                          out / "robustness_curve.png")
+    plot_robustness_curve(rows, list(plan.attacks(plan.eps_list[0])), plan.task.metrics, out / "robustness_curve.png",
+                          evaluator.cascade, parse_eps(plan.eps))
     return rows
 
 
@@ -49,13 +62,14 @@ def final_evaluation(model, test: tuple, plan, evaluator, out) -> dict:
     x, targets = (t[:plan.n_examples] for t in test)
     attacks = plan.attacks()
     keep = min(plan.save_examples, len(x))
-    outcome = evaluator.run(model, x, targets, attacks, keep)
+    outcome = evaluator.run(model, x, targets, attacks, keep, report=True)
     flags = outcome.flags
     if keep:
-        x_adv = outcome.kept
+        x_adv = outcome.kept.to(evaluator.device)
         clean = to_unit(x[:keep]).to(evaluator.device)
-        plan.task.plot_examples(clean, x_adv.to(evaluator.device), targets[:keep], evaluator.predict(model, clean),
-                                evaluator.predict(model, x_adv.to(evaluator.device)), out / "adversarial_examples.png")
+        plan.task.plot_examples(clean, x_adv, targets[:keep], evaluator.predict(model, clean),
+                                evaluator.predict(model, x_adv), out / "adversarial_examples.png",
+                                broken_by(flags, keep), f"{', '.join(attacks)} at eps={plan.eps}")
     save_flags(out / "robust_flags.npz", flags)
     results = plan.task.summarize(flags, outcome.records) | {
         "cascade": evaluator.cascade,
@@ -63,5 +77,5 @@ def final_evaluation(model, test: tuple, plan, evaluator, out) -> dict:
     }
     results["sanity"] = sanity_checks(model, x, targets, attacks, flags, plan.sanity, evaluator)
     if plan.eps_list:
-        results["robustness_curve"] = robustness_curve(model, x, targets, plan, evaluator, out)
+        results["robustness_curve"] = robustness_curve(model, x, targets, plan, evaluator, out, results)
     return results

@@ -40,6 +40,7 @@ class EvalPlan:
     save_examples: int = 0
     sanity: object = None
     cascade: bool = True
+    seed: int = 0  # every evaluation at another eps of the curve starts from it, as the main one did
 
     def attacks(self, eps=None) -> dict:
         """The evaluation's attacks at budget ``eps`` (the run's eps text unless given), in their order."""

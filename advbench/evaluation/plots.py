@@ -17,35 +17,54 @@ def save_figure(fig, path) -> None:
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
-def plot_robustness_curve(rows: list, attacks: list, metrics: tuple, path) -> None:
-    """The task's metric against eps: clean, one line per attack, and the per-example worst case."""
+def plot_robustness_curve(rows: list, attacks: list, metrics: tuple, path, cascade: bool = True,
+                          run_eps: float | None = None) -> None:
+    """The task's metric against eps: clean, one line per attack (cumulative under the cascade: after it and the
+    attacks before it; else on its own), the per-example worst case in bold, the run's own eps marked."""
     clean_key, robust_key = metrics
-    fig, ax = plt.subplots(figsize=(6, 4))
+    metric = robust_key.removeprefix("robust_").replace("_", " ")
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
     eps = [r["eps_value"] for r in rows]
-    ax.plot(eps, [r[clean_key] for r in rows], "k--", label="clean")
-    for name in attacks:
-        ax.plot(eps, [r[name] for r in rows], marker="o", label=name)
-    if len(attacks) > 1:
-        ax.plot(eps, [r[robust_key] for r in rows], "k", marker="s", label="worst case")
-    ax.set(xlabel="eps", ylabel=robust_key.removeprefix("robust_"), ylim=(0, 1.02), title="robustness curve")
-    ax.set_xticks(eps, [r["eps"] for r in rows], rotation=45)
+    ax.plot(eps, [r[clean_key] for r in rows], color="grey", ls=":", lw=1.5, label="clean")
+    markers = "ovD^<>p*"
+    for i, name in enumerate(attacks):
+        ax.plot(eps, [r[name] for r in rows], marker=markers[i % len(markers)], ls="--", lw=1, ms=5,
+                label=f"{name} ({'cumulative' if cascade else 'on its own'})")
+    ax.plot(eps, [r[robust_key] for r in rows], "k", lw=2.5, marker="s", label="worst case (reported)")
+    if run_eps is not None and run_eps in eps:
+        ax.axvline(run_eps, color="k", lw=0.8, alpha=0.4)
+    values = [v for r in rows for k, v in r.items() if k not in ("eps", "eps_value") and isinstance(v, float)]
+    top = min(1.0, max(values, default=1.0) * 1.08 + 0.02)
+    ax.set(xlabel="eps (as given)", ylabel=metric, ylim=(0, top), title=f"{metric} under attack against eps")
+    ax.set_xticks(eps, [r["eps"] for r in rows], rotation=30 if len(eps) > 4 else 0)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, loc="best")
     save_figure(fig, path)
 
 
-def plot_examples(x, x_adv, y, pred, pred_adv, path) -> None:
-    """Rows: clean image, adversarial image, perturbation amplified to the full range; labels above each."""
+def plot_examples(x, x_adv, y, pred, pred_adv, path, classes=None, notes=None, title: str = "") -> None:
+    """Columns: examples. Rows: the clean image (true and predicted class), the adversarial one (its predicted
+    class; red where the attack broke it), the perturbation amplified to the full range. An example misclassified
+    clean is marked so in orange: it was never attacked, so it is not drawn as an attack's success."""
     n = len(x)
-    fig, axes = plt.subplots(3, n, figsize=(1.4 * n, 4.6), squeeze=False)
+
+    def name(c):
+        return classes[c] if classes and c < len(classes) else str(c)
+    fig, axes = plt.subplots(3, n, figsize=(1.5 * n + 0.4, 5.0), squeeze=False)
     delta = x_adv - x
     scale = delta.abs().amax().clamp_min(1e-12)
     for i in range(n):
-        rows = [(x[i], f"y={y[i]} pred={pred[i]}"), (x_adv[i], f"adv pred={pred_adv[i]}"),
-                (0.5 + 0.5 * delta[i] / scale, f"x{1 / (2 * scale.item()):.0f} delta")]
-        for ax, (image, title) in zip(axes[:, i], rows):
+        wrong_clean = pred[i] != y[i]
+        note = (notes[i] if notes else "") or ("wrong clean" if wrong_clean else "")
+        rows = [(x[i], f"{name(y[i])}\npred {name(pred[i])}", "darkorange" if wrong_clean else "black"),
+                (x_adv[i], "not attacked" if wrong_clean else f"adv: {name(pred_adv[i])}\n{note}",
+                 "darkorange" if wrong_clean else ("red" if pred_adv[i] != y[i] else "black")),
+                (0.5 + 0.5 * delta[i] / scale, f"delta x{1 / (2 * scale.item()):.0f}", "black")]
+        for ax, (image, label, colour) in zip(axes[:, i], rows):
             image = image.permute(1, 2, 0).clamp(0, 1).numpy()
             ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
-            ax.set_title(title, fontsize=7, color="red" if "adv" in title and pred_adv[i] != y[i] else "black")
+            ax.set_title(label, fontsize=7, color=colour)
             ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
     save_figure(fig, path)

@@ -1,7 +1,7 @@
 """Checks that guard against false robustness (Carlini et al. 2019; Croce & Hein 2020), run on a test sample."""
 import logging
 
-from advbench.attacks.gradients import attack_mode, loss_and_grad
+from advbench.attacks.gradients import as_input, attack_mode, loss_and_grad
 from advbench.attacks.spec import make_attack
 from advbench.data.loaders import to_unit
 from advbench.tasks.base import worst_case
@@ -32,7 +32,8 @@ def sanity_checks(model, x, targets, attacks: dict, flags: dict, s, evaluator) -
     if xs.is_floating_point():
         objective = task.objective()
         with attack_mode(model):
-            grad = loss_and_grad(model, xs, lambda outputs: objective(outputs, ts))[2]
+            xg, tg = as_input((xs, ts))  # the caller's inference-mode tensors cannot enter autograd
+            grad = loss_and_grad(model, xg, lambda outputs: objective(outputs, tg))[2]
         found["zero_grad_frac"] = (grad.flatten(1).abs().amax(1) == 0).float().mean().item()
     if found["zero_grad_frac"] is not None and found["zero_grad_frac"] > s.zero_grad_frac:
         warnings.append(f"the input gradient is exactly zero for {found['zero_grad_frac']:.0%} of examples "

@@ -22,7 +22,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, config: dict, **extra) -
 def resolve(path: str) -> Path:
     """The checkpoint file: ``path`` itself, or ``model.pt`` in a run directory."""
     if path is None:
-        raise AdvbenchError("task=eval needs checkpoint=<run directory or model.pt>")
+        raise AdvbenchError("task=eval needs checkpoint=<run directory, model.pt, a state dict or a TorchScript file> "
+                            "(or a model that loads its own weights: model.weights=..., model=robustbench)")
     p = Path(path).expanduser()
     if p.is_dir():
         p = p / "model.pt"
@@ -31,11 +32,24 @@ def resolve(path: str) -> Path:
     return p
 
 
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (torch.jit.save): it holds the model's code as TorchScript."""
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
 def load_checkpoint(path: str) -> dict:
-    """Load an advbench checkpoint safely; every failure is a one-line AdvbenchError naming ``checkpoint``."""
+    """Load a checkpoint safely: an advbench one ({state_dict, config}), a plain state dict (config: None; the
+    command line's model builds it), or a TorchScript archive ({"torchscript": module}). Every failure is a
+    one-line AdvbenchError naming ``checkpoint``."""
     p = resolve(path)
     if not zipfile.is_zipfile(p):  # torch.save has written zip archives since torch 1.6
         raise AdvbenchError(f"checkpoint={path}: not a readable torch file (corrupt, truncated or another format)")
+    if _is_torchscript(p):
+        try:  # TorchScript runs in torch's own interpreter: no Python pickle is loaded
+            return {"torchscript": torch.jit.load(str(p), map_location="cpu"), "state_dict": None, "config": None}
+        except (RuntimeError, OSError, ValueError) as err:
+            raise AdvbenchError(f"checkpoint={path}: not a readable TorchScript file ({type(err).__name__})") from None
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -44,10 +58,13 @@ def load_checkpoint(path: str) -> dict:
         raise AdvbenchError(f"checkpoint={path}: refused by torch.load(weights_only=True): {reason}") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
         raise AdvbenchError(f"checkpoint={path}: not a readable torch file ({type(err).__name__})") from None
-    if not isinstance(state, dict) or not {"state_dict", "config"} <= set(state):
-        raise AdvbenchError(f"checkpoint={path}: not an advbench checkpoint (expected a dict with 'state_dict' "
-                            "and 'config')")
-    return state
+    if isinstance(state, dict) and {"state_dict", "config"} <= set(state):
+        return state
+    weights = state.get("state_dict", state) if isinstance(state, dict) else None
+    if isinstance(weights, dict) and weights and all(torch.is_tensor(v) for v in weights.values()):
+        return {"state_dict": weights, "config": None}  # a plain state dict: the command line says what it is
+    raise AdvbenchError(f"checkpoint={path}: neither an advbench checkpoint (a dict with 'state_dict' and 'config'), "
+                        "a state dict of tensors, nor a TorchScript file")
 
 
 def _unexpected_keyword(err: Exception) -> str | None:
@@ -62,7 +79,9 @@ def build_model(model_cfg, data, dataset_cfg, task, state_dict=None) -> torch.nn
     target = str(model_cfg._target_)
     try:
         model = instantiate(model_cfg, **data_kwargs)
-    except Exception as err:  # instantiate wraps the factory's TypeError
+    except Exception as err:  # instantiate wraps the factory's TypeError (and its AdvbenchErrors)
+        if isinstance(err.__cause__, AdvbenchError):
+            raise err.__cause__ from None
         keyword = _unexpected_keyword(err)
         if keyword is None:
             raise

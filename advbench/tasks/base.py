@@ -31,10 +31,12 @@ class Task:
     metrics: tuple = ()  # (clean key, robust key) of ``summarize``; the robust one is the headline
     modes: tuple = ()  # the training modes this task supports
     perturbs = "input"  # what attacks move: "input" (pixels in [0,1]) or "embedding"
+    logits = False  # outputs are a classifier's logits (what FAB and Square read)
     # Embedding-space attacks exist only as the training recipe defines them (their eps is in embedding units):
     # such tasks validate and evaluate under the run's own attack.
     evaluates_with_training_attack = False
     draws_examples = True  # eval.save_examples can draw its inputs
+    scores_training = True  # the epoch log reports training accuracy (cheap for classification)
 
     @classmethod
     def build(cls, data, evaluation=None) -> "Task":
@@ -113,7 +115,7 @@ class Task:
         """Per example: still counts as correct (the cascade and the restarts attack only these)."""
         raise NotImplementedError
 
-    def new_records(self, attacks: list, n: int):
+    def new_records(self, attacks: list, n: int, cascade: bool = True):
         """What an evaluation keeps per example beyond the flags (None: nothing, the flags say it all)."""
         return None
 

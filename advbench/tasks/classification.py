@@ -33,6 +33,7 @@ class Classification(Task):
     metrics = ("clean_acc", "robust_acc")
     modes = ("standard", "adversarial", "mixed", "fast", "free", "trades", "mart")
     models = "mlp, small_cnn or preact_resnet18"  # the shipped models for this task, for error messages
+    logits = True
 
     def __init__(self, n_classes: int, classes: list | None = None):
         self.n_classes = n_classes
@@ -79,10 +80,11 @@ class Classification(Task):
         """The predicted class of each example."""
         return outputs.argmax(1).tolist()
 
-    def plot_examples(self, x, x_adv, y, clean_outputs, adv_outputs, path) -> None:
+    def plot_examples(self, x, x_adv, y, clean_outputs, adv_outputs, path, notes=None, title: str = "") -> None:
         """adversarial_examples.png: clean and adversarial images, the perturbation, true and predicted classes."""
         from advbench.evaluation.plots import plot_examples
-        plot_examples(x.cpu(), x_adv.cpu(), y.tolist(), self.labels(clean_outputs), self.labels(adv_outputs), path)
+        plot_examples(x.cpu(), x_adv.cpu(), y.tolist(), self.labels(clean_outputs), self.labels(adv_outputs), path,
+                      self.classes, notes, title)
 
     def write_saliency(self, model, test, attack, mode, settings, device, out) -> tuple:
         """task=saliency: one PNG of gradient maps per test image (see evaluation/saliency.py)."""

@@ -59,14 +59,15 @@ def train_epoch(model, loader, mode, task, attack, optimizer, scheduler, scaler,
             model, net, task, x, y, attack=_bound(scaled, net), eps=scaled.eps if scaled else 0.0,
             autocast=lambda: autocast(device, plan.amp), update=update,
             backward=lambda loss: scaler.scale(loss).backward()))
-        clean = step.clean
-        if clean is None:  # adversarial-only modes: clean accuracy costs one extra no-grad forward
-            with autocast(device, plan.amp):
-                clean = task.predict(net, x)
+        if task.scores_training:
+            clean = step.clean
+            if clean is None:  # adversarial-only modes: clean accuracy costs one extra no-grad forward
+                with autocast(device, plan.amp):
+                    clean = task.predict(net, x)
+            totals["clean"] += task.correct(clean, y).sum().item()
+            if step.adv is not None:
+                totals["adv"] += task.correct(step.adv, y).sum().item()
         totals["loss"] += step.loss.item() * len(x)
-        totals["clean"] += task.correct(clean, y).sum().item()
-        if step.adv is not None:
-            totals["adv"] += task.correct(step.adv, y).sum().item()
         totals["n"] += len(x)
         if len(task.terms) > 1 and step.terms:
             for name, value in step.terms.items():
@@ -76,8 +77,8 @@ def train_epoch(model, loader, mode, task, attack, optimizer, scheduler, scaler,
     n = max(totals["n"], 1)
     return {
         "train_loss": totals["loss"] / n,
-        "train_clean_acc": totals["clean"] / n,
-        "train_adv_acc": totals["adv"] / n if mode.adversarial else None,
+        "train_clean_acc": totals["clean"] / n if task.scores_training else None,
+        "train_adv_acc": totals["adv"] / n if mode.adversarial and task.scores_training else None,
         **{f"train_{name}": value / n for name, value in term_sums.items()},
         "lr": lr,
         "seconds": seconds,

@@ -1,0 +1,42 @@
+"""``eval.batch_size: auto``: on CUDA the largest batch an attack step fits in memory (probed once per model and
+input shape), on the CPU the usual 500 (larger batches do not run faster there)."""
+import logging
+
+import torch
+
+from advbench.attacks.gradients import attack_mode
+
+log = logging.getLogger(__name__)
+CPU_BATCH, FIRST, LARGEST = 500, 256, 32768
+_probed: dict = {}
+
+
+def fits(model, shape: tuple, batch: int, device) -> bool:
+    """Whether a forward and input-gradient pass of ``batch`` inputs of ``shape`` fits in the device's memory."""
+    try:
+        x = torch.rand(batch, *shape, device=device, requires_grad=True)
+        with attack_mode(model):
+            out = model(x)
+            torch.autograd.grad(out.float().sum(), x)
+        return True
+    except torch.cuda.OutOfMemoryError:
+        return False
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def auto_batch_size(model, shape: tuple, device, fits=fits) -> int:
+    """The evaluation batch size for ``model`` on inputs of ``shape``: doubling from 256 while an attack step
+    fits, then half of the largest that fitted (room for the attacks' own tensors); 500 on the CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return CPU_BATCH
+    key = (id(model), tuple(shape), str(device))
+    if key not in _probed:
+        batch = FIRST
+        while batch * 2 <= LARGEST and fits(model, shape, batch * 2, device):
+            batch *= 2
+        _probed[key] = max(FIRST // 2, batch // 2) if not fits(model, shape, batch, device) else batch
+        log.info("eval.batch_size=auto: %d on %s for inputs %s", _probed[key], device, tuple(shape))
+    return _probed[key]

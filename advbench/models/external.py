@@ -1,0 +1,93 @@
+"""Models from elsewhere, with the data set's normalization placed in front so attacks stay in [0,1] pixel space:
+any torchvision or timm classifier by name, a user's own ``nn.Module`` by ``_target_``, a RobustBench model from
+its local model directory."""
+import logging
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from advbench.errors import AdvbenchError
+from advbench.models.image import Normalize
+
+log = logging.getLogger(__name__)
+
+
+def _first_conv(module: nn.Module) -> tuple:
+    """(parent, attribute name, conv) of the first Conv2d, to adapt its input channels."""
+    for parent in module.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                return parent, name, child
+    return None, None, None
+
+
+def adapt_channels(model: nn.Module, channels: int) -> nn.Module:
+    """Give the model's first convolution ``channels`` inputs (grey images into an RGB architecture): its weights
+    are averaged over the original channels, so a pretrained filter keeps its response to luminance."""
+    parent, name, conv = _first_conv(model)
+    if conv is None or conv.in_channels == channels:
+        return model
+    new = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    conv.groups, conv.bias is not None, conv.padding_mode)
+    with torch.no_grad():
+        new.weight.copy_(conv.weight.mean(1, keepdim=True).expand(-1, channels, -1, -1))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    setattr(parent, name, new)
+    return model
+
+
+def _load_weights(model: nn.Module, weights: str | None, what: str) -> nn.Module:
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise AdvbenchError(f"model.weights={weights}: no such file (a state dict saved with torch.save)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise AdvbenchError(f"model.weights={weights}: does not fit {what}: "
+                                f"{' '.join(str(err).split())[:200]}") from None
+    return model
+
+
+def torchvision_classifier(in_shape, n_classes: int, mean, std, name: str = "resnet18", weights: str | None = None,
+                           **kwargs) -> nn.Module:
+    """Any classifier of torchvision.models by ``name`` (resnet18, vit_b_16...), built offline with ``n_classes``
+    outputs and the data's input channels, ``weights`` a local state dict; Normalize(mean, std) in front."""
+    import torchvision
+    try:
+        model = torchvision.models.get_model(name, weights=None, num_classes=n_classes, **kwargs)
+    except ValueError:
+        options = ", ".join(sorted(torchvision.models.list_models(torchvision.models))[:12])
+        raise AdvbenchError(f"model.name={name} is not a torchvision classifier: e.g. {options}...") from None
+    model = _load_weights(adapt_channels(model, in_shape[0]), weights, f"torchvision {name}")
+    return nn.Sequential(Normalize(mean, std), model)
+
+
+def timm_classifier(in_shape, n_classes: int, mean, std, name: str = "resnet18", weights: str | None = None,
+                    **kwargs) -> nn.Module:
+    """Any timm model by ``name`` (pip install 'advbench[timm]'), built offline with ``n_classes`` outputs and the
+    data's input channels (timm's in_chans), ``weights`` a local state dict; Normalize(mean, std) in front."""
+    try:
+        import timm
+    except ImportError:
+        raise AdvbenchError("model=timm needs the timm package: pip install 'advbench[timm]'") from None
+    if not timm.is_model(name):
+        raise AdvbenchError(f"model.name={name} is not a timm model (timm.list_models() lists them)")
+    model = timm.create_model(name, pretrained=False, num_classes=n_classes, in_chans=in_shape[0], **kwargs)
+    return nn.Sequential(Normalize(mean, std), _load_weights(model, weights, f"timm {name}"))
+
+
+def module(in_shape, n_classes: int, mean, std, module, normalize: bool = True) -> nn.Module:
+    """A user's own ``nn.Module`` (``model.module``: its ``_target_`` and its own keyword arguments, none of
+    advbench's; Hydra builds it before this call), with the data set's normalization in front unless
+    ``normalize=false``."""
+    built = module if isinstance(module, nn.Module) else instantiate(module)
+    if not isinstance(built, nn.Module):
+        raise AdvbenchError(f"model.module._target_={module.get('_target_')} built a {type(built).__name__}, not an "
+                            "nn.Module")
+    return nn.Sequential(Normalize(mean, std), built) if normalize else built

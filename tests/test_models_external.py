@@ -1,0 +1,70 @@
+"""Any model: torchvision and timm classifiers by name, a user's own nn.Module by _target_, RobustBench's zoo from
+its local layout; each with the data set's normalization in front (RobustBench models normalize themselves)."""
+import json
+
+import pytest
+import torch
+
+from advbench.errors import AdvbenchError
+from advbench.models.external import adapt_channels, module, timm_classifier, torchvision_classifier
+from helpers import DIGITS, cli, one_line_error
+
+DATA = [a for a in DIGITS if not a.startswith("model")]  # digits, and the run settings; the model is the test's
+
+
+def test_torchvision_and_timm_classifiers_take_any_channels_and_classes():
+    x = torch.rand(2, 1, 32, 32)
+    for factory in (torchvision_classifier, timm_classifier):
+        if factory is timm_classifier:
+            pytest.importorskip("timm")
+        model = factory((1, 32, 32), 7, [0.5], [0.25], name="resnet18").eval()
+        assert model(x).shape == (2, 7)
+        assert torch.equal(model[0].mean.flatten(), torch.tensor([0.5]))  # the data's normalization in front
+    with pytest.raises(AdvbenchError, match="model.name=nonet is not a torchvision classifier"):
+        torchvision_classifier((1, 32, 32), 7, [0.5], [0.25], name="nonet")
+
+
+def test_adapting_channels_averages_the_first_filters():
+    conv_net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    weights = conv_net[0].weight.detach().clone()
+    adapt_channels(conv_net, 1)
+    assert conv_net[0].in_channels == 1
+    assert torch.allclose(conv_net[0].weight[:, 0], weights.mean(1))
+
+
+def test_a_users_own_module_by_target_through_the_cli(tmp_path):
+    cli(*DATA, "epochs=1", "model=module", "model.module._target_=helpers.TinyNet", "+model.module.width=6",
+        f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, check=True)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["labels"]["model"] == "module" and results["n_examples"] == 60
+    built = module((1, 8, 8), 10, [0.3], [0.4], {"_target_": "helpers.TinyNet", "width": 6})
+    assert isinstance(built[1].net[0], torch.nn.Conv2d) and built[1].net[0].out_channels == 6
+
+
+def test_a_torchvision_model_trains_and_evaluates_through_the_cli(tmp_path):
+    cli(*DATA, "epochs=1", "model=torchvision", "model.name=resnet18", f"hydra.run.dir={tmp_path}/run",
+        cwd=tmp_path, check=True)
+    assert (tmp_path / "run" / "results.json").exists()
+
+
+def test_a_robustbench_model_loads_from_its_local_layout_only(tmp_path):
+    from advbench.models.robustbench import _pkg_resources_stub
+    _pkg_resources_stub()  # as advbench's adapter does before importing robustbench
+    pytest.importorskip("robustbench")
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+    torch.manual_seed(0)
+    zoo = model_dicts[BenchmarkDataset("cifar10")][ThreatModel("Linf")]
+    model = zoo["Wong2020Fast"]["model"]()
+    target = tmp_path / "models" / "cifar10" / "Linf"
+    target.mkdir(parents=True)
+    synthetic = ["dataset=synthetic", "dataset.channels=3", "dataset.image_size=32", "dataset.n_classes=10",
+                 "dataset.mean=[0.5,0.5,0.5]", "dataset.std=[0.25,0.25,0.25]", "eval.n_examples=8",
+                 "eval.attacks.pgd20.steps=2", "progress=false", "threads=2"]
+    rb = ["task=eval", "model=robustbench", "model.name=Wong2020Fast", f"model.model_dir={tmp_path}/models"]
+    code, err = cli(*rb, *synthetic, f"hydra.run.dir={tmp_path}/missing", cwd=tmp_path)
+    assert code == 2 and "put RobustBench's checkpoint there" in one_line_error(err, "no weights at")
+    torch.save({"state_dict": model.state_dict()}, target / "Wong2020Fast.pt")
+    cli(*rb, *synthetic, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, check=True)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["n_examples"] == 8 and results["labels"]["model"] == "robustbench"
