@@ -196,7 +196,7 @@ class EvalConf:
     name: Optional[str] = None  # the preset's name and version, recorded in results.json (autoattack, standard)
     version: Optional[str] = None
     n_examples: Optional[int] = None  # the first n test examples; null: all
-    batch_size: Any = 500  # or auto: on CUDA the largest that fits (probed once), on the CPU 500
+    batch_size: Any = "auto"  # a number, or auto: on CUDA the largest that fits (probed once), on the CPU 500
     # Any, not AttackConf: OmegaConf cannot add a typed entry from the command line ('+eval.attacks.fgsm={name:
     # fgsm}'). The presets type their entries with the attack_schema default; checks.py validates added ones.
     attacks: Dict[str, Any] = field(default_factory=dict)
@@ -233,6 +233,7 @@ class Config:
     eps_warmup_epochs: float = 0.0  # ramp eps linearly from 0 over this many epochs
     device: Device = Device.auto
     amp: Amp = Amp.off
+    compile: bool = False  # torch.compile the model for training (attack and update)
     progress: bool = True
     threads: Optional[int] = None  # torch CPU threads; null: torch's default
     val: ValConf = field(default_factory=ValConf)

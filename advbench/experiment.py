@@ -113,7 +113,8 @@ def recipe(run: Run) -> Recipe:
     run.mode.check(attack)
     return Recipe(run.mode, attack, validation_attack(task, cfg.val.attack, cfg.attack, cfg.eps),
                   partial(instantiate(cfg.optimizer)), cfg.schedule, cfg.epochs, cfg.batch_size, cfg.seed,
-                  Plan(cfg.amp, cfg.grad_clip, cfg.eps_warmup_epochs, cfg.progress), cfg.dataset.augment,
+                  Plan(cfg.amp, cfg.grad_clip, cfg.eps_warmup_epochs, cfg.progress, cfg.compile),
+                  cfg.dataset.augment,
                   cfg.training.guard if cfg.training.guard.enabled else None, cfg.val.n_examples,
                   cfg.stop_after_epoch)
 

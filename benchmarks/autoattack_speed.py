@@ -47,6 +47,8 @@ def main():
     parser.add_argument("--eps", default=None, help="default: the checkpoint's eps")
     parser.add_argument("--batch-sizes", default=None, help="advbench's eval.batch_size values, comma-separated "
                         "(default: 500 on the CPU, 500,auto on CUDA)")
+    parser.add_argument("--preset", default="autoattack", help="advbench's evaluation preset (autoattack_fast: "
+                        "APGD-CE and APGD-T only, to measure batch sizes quickly)")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference AutoAttack")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -71,8 +73,8 @@ def main():
         batch = auto_batch_size(model, data.shape, device) if size == "auto" else int(size)
         torch.manual_seed(0)
         evaluator = Evaluator(task, device, batch_size=batch)
-        ours, seconds = timed(lambda: evaluator.evaluate(model, x, y, preset("autoattack", eps_text)), device)
-        rows.append((f"advbench eval=autoattack (batch {batch})", seconds, ours["robust_acc"]))
+        ours, seconds = timed(lambda: evaluator.evaluate(model, x, y, preset(args.preset, eps_text)), device)
+        rows.append((f"advbench eval={args.preset} (batch {batch})", seconds, ours["robust_acc"]))
         log.info("%s: %.1f s, robust acc %.4f", rows[-1][0], seconds, ours["robust_acc"])
     if not args.no_reference:
         def reference():

@@ -26,5 +26,12 @@ def test_eval_batch_size_auto_is_500_on_the_cpu_and_probes_cuda_memory():
     def fits(model, shape, batch, device):
         seen.append(batch)
         return batch <= largest
-    assert auto_batch_size(torch.nn.Linear(4, 2), (4,), "cuda", fits=fits) == 2048
+    assert auto_batch_size(torch.nn.Linear(4, 2), (1, 2, 2), "cuda", fits=fits) == 2048
     assert seen[:4] == [512, 1024, 2048, 4096]
+
+
+def test_eval_batch_size_auto_keeps_500_where_a_probe_cannot_drive_the_model():
+    def structured(model, shape, batch, device):  # a detector: its outputs are no tensor to sum
+        raise TypeError("'dict' object has no attribute 'float'")
+    assert auto_batch_size(torch.nn.Linear(4, 3), (3, 8, 8), "cuda", fits=structured) == 500
+    assert auto_batch_size(torch.nn.Embedding(9, 2), (16,), "cuda", fits=structured) == 500  # token ids

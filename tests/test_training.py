@@ -31,7 +31,7 @@ def mode_for(name, **settings):
 def epoch(name, model, loader, optimizer, scheduler, attack, amp="off", grad_clip=None, **settings):
     scaler = torch.amp.GradScaler("cpu", enabled=amp == "fp16")
     return train_epoch(model, loader, mode_for(name, **settings), TASK, attack, optimizer, scheduler, scaler,
-                       Plan(amp=amp, grad_clip=grad_clip), torch.device("cpu"))
+                       Plan(amp=amp, grad_clip=grad_clip), torch.device("cpu"), clean_sample=(loader.x, loader.targets))
 
 
 def step_loss(name, model, x, y, x_adv):
@@ -146,6 +146,21 @@ def test_train_epoch_updates_the_model_under_every_amp_setting(mode, amp):
     assert stats["train_loss"] > 0 and 0 <= stats["train_clean_acc"] <= 1
     assert (stats["train_adv_acc"] is None) == (mode == "standard")
     assert model.training
+
+
+def test_adversarial_only_modes_pay_no_extra_clean_forward_for_their_training_accuracy():
+    model, x, y = tiny()
+    x, y = x.repeat(4, 1, 1, 1), y.repeat(4)  # 32 examples, 2 batches of 16
+    calls = []
+    model.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    stats = epoch("fast", model, TensorLoader(x, y, 16), optimizer, make_scheduler(optimizer, "constant", 2),
+                  Attack("fgsm", "linf", 0.1, 0.1, random_start=True))
+    # per batch: the attack's forward and the update's; then one forward over the fixed sample of 32
+    assert calls == [16, 16, 16, 16, 32]
+    model.eval()
+    with torch.no_grad():
+        assert stats["train_clean_acc"] == pytest.approx((model(x).argmax(1) == y).float().mean().item())
 
 
 def test_grad_clip_bounds_the_update():

@@ -72,10 +72,10 @@ def loss_and_grad(model, x: torch.Tensor, objective):
         return losses.detach(), detached, torch.zeros_like(x)
     if not fp16:
         grad = torch.autograd.grad(loss, x)[0]
-    else:
-        grad = torch.autograd.grad(loss * _FP16_LOSS_SCALE, x, retain_graph=True)[0] / _FP16_LOSS_SCALE
+    else:  # no retained graph: an overflow (rare) pays a second forward pass instead of every step a kept graph
+        grad = torch.autograd.grad(loss * _FP16_LOSS_SCALE, x)[0] / _FP16_LOSS_SCALE
         if not torch.isfinite(grad).all():  # overflow: the unscaled gradient is the safe fallback
-            grad = torch.autograd.grad(loss, x)[0]
+            grad = torch.autograd.grad(objective(model(x)).sum(), x)[0]
     check_half(x, grad)
     return losses.detach(), detached, grad
 

@@ -19,10 +19,9 @@ def pgd(model, x, targets, threat, steps: int, task, objective=None, random_star
     objective = objective or task.objective()
     with attack_mode(model, bn_mode):
         x, targets = as_input(x), task.detach(targets)
-        x_best = x.clone()
-        remaining = torch.arange(len(x), device=x.device)
+        x_best, remaining = None, None  # None: every example (no gather and scatter in the one-restart case)
         for restart in range(restarts):
-            xr, tr = x[remaining], task.index(targets, remaining)
+            xr, tr = (x, targets) if remaining is None else (x[remaining], task.index(targets, remaining))
             aim = goal(model, xr, tr) if goal else tr
             x_adv = threat.init(xr) if random_start else xr.clone()
             for _ in range(steps):
@@ -31,11 +30,15 @@ def pgd(model, x, targets, threat, steps: int, task, objective=None, random_star
                 else:
                     grad = loss_and_grad(model, x_adv, lambda outputs: objective(outputs, aim))[2]
                 x_adv = threat.project(threat.step(x_adv, -grad if descend else grad), xr)
-            x_best[remaining] = x_adv
+            if remaining is None:
+                x_best = x_adv
+            else:
+                x_best[remaining] = x_adv
             if restart == restarts - 1:
                 break
             with torch.no_grad():
-                remaining = remaining[task.correct(model(x_adv), tr)]
+                still = task.correct(model(x_adv), tr)
+            remaining = (torch.arange(len(x), device=x.device) if remaining is None else remaining)[still]
             if remaining.numel() == 0:
                 break
         return x_best

@@ -1,4 +1,8 @@
-"""Loaders that batch in-memory tensors with one index per batch, and the batch augmentation they apply."""
+"""Loaders that batch in-memory tensors with one index per batch, and the batch augmentation they apply.
+
+On CUDA the uint8 images live on the device once and each batch is indexed, converted and augmented there: no
+per-batch copy from the host. The random draws (order, crops, flips) stay on the CPU generator, so a run
+shuffles and augments the same way on every device and a resume restores them exactly."""
 import torch
 import torch.nn.functional as F
 
@@ -14,13 +18,14 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) 
     """Random crop after zero padding, and random horizontal flip, for a whole batch at once."""
     n, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    top = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
-    left = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
-    rows = (top + torch.arange(h)).view(n, 1, h, 1)
-    cols = (left + torch.arange(w)).view(n, 1, 1, w)
-    flip = torch.rand(n, generator=generator) < 0.5
+    top = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator).to(x.device, non_blocking=True)
+    left = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator).to(x.device, non_blocking=True)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device, non_blocking=True)
+    rows = (top + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+    cols = (left + torch.arange(w, device=x.device)).view(n, 1, 1, w)
     cols = torch.where(flip.view(n, 1, 1, 1), cols.flip(-1), cols)
-    return padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(c).view(1, c, 1, 1), rows, cols]
+    images, channels = torch.arange(n, device=x.device), torch.arange(c, device=x.device)
+    return padded[images.view(n, 1, 1, 1), channels.view(1, c, 1, 1), rows, cols]
 
 
 def _index(targets, idx):
@@ -30,10 +35,14 @@ def _index(targets, idx):
 class TensorLoader:
     """Iterates (x, targets) batches of in-memory tensors; x comes out float in [0,1]. ``index(targets, idx)``
     selects a batch's targets (a task's own indexing: a label vector, a list of per-image boxes...);
-    ``augment(x, targets, generator)`` (a task's) transforms a batch and its targets together."""
+    ``augment(x, targets, generator)`` (a task's) transforms a batch and its targets together. With a CUDA
+    ``device`` the images (and tensor targets) are moved there once."""
 
     def __init__(self, x, targets, batch_size: int, shuffle: bool = False, generator=None, augment=None,
-                 rank: int = 0, world_size: int = 1, index=_index):
+                 rank: int = 0, world_size: int = 1, index=_index, device=None):
+        if device is not None and torch.device(device).type == "cuda":
+            x = x.to(device)
+            targets = targets.to(device) if torch.is_tensor(targets) else targets
         self.x, self.targets, self.batch_size, self.index = x, targets, batch_size, index
         self.shuffle, self.generator, self.augment = shuffle, generator, augment
         self.rank, self.world_size = rank, world_size
@@ -52,6 +61,7 @@ class TensorLoader:
         order = order[:n * self.world_size][self.rank::self.world_size]
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
-            x = to_unit(self.x[idx])
-            targets = self.index(self.targets, idx)
+            x = to_unit(self.x[idx.to(self.x.device, non_blocking=True)])
+            on = self.targets.device if torch.is_tensor(self.targets) else "cpu"
+            targets = self.index(self.targets, idx.to(on, non_blocking=True))
             yield self.augment(x, targets, self.generator) if self.augment else (x, targets)

@@ -28,15 +28,20 @@ def fits(model, shape: tuple, batch: int, device) -> bool:
 
 def auto_batch_size(model, shape: tuple, device, fits=fits) -> int:
     """The evaluation batch size for ``model`` on inputs of ``shape``: doubling from 256 while an attack step
-    fits, then half of the largest that fitted (room for the attacks' own tensors); 500 on the CPU."""
+    fits, up to 32768 (128 where 256 does not fit); 500 on the CPU, and for models a plain probe cannot drive
+    (token ids, detectors' structured outputs)."""
     device = torch.device(device)
-    if device.type != "cuda":
+    if device.type != "cuda" or len(shape) != 3:
         return CPU_BATCH
     key = (id(model), tuple(shape), str(device))
     if key not in _probed:
-        batch = FIRST
-        while batch * 2 <= LARGEST and fits(model, shape, batch * 2, device):
-            batch *= 2
-        _probed[key] = max(FIRST // 2, batch // 2) if not fits(model, shape, batch, device) else batch
+        try:
+            batch = FIRST
+            while batch * 2 <= LARGEST and fits(model, shape, batch * 2, device):
+                batch *= 2
+            _probed[key] = batch if fits(model, shape, batch, device) else FIRST // 2
+        except (TypeError, AttributeError, RuntimeError) as err:  # outputs that are not one tensor
+            log.info("eval.batch_size=auto: cannot probe this model (%s); using %d", type(err).__name__, CPU_BATCH)
+            _probed[key] = CPU_BATCH
         log.info("eval.batch_size=auto: %d on %s for inputs %s", _probed[key], device, tuple(shape))
     return _probed[key]

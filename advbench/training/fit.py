@@ -17,6 +17,9 @@ from advbench.training.loop import Plan, train_epoch
 from advbench.training.schedules import make_scheduler
 
 log = logging.getLogger(__name__)
+# Adversarial-only modes never see clean outputs; their training clean accuracy is measured at the end of each
+# epoch on this many training examples instead of with an extra forward pass per batch.
+CLEAN_SAMPLE = 1000
 
 
 @dataclass
@@ -76,14 +79,18 @@ def fit(model, data, task, recipe: Recipe, evaluator, out: Path, config: dict, c
     generator = torch.Generator().manual_seed(recipe.seed)
     rank, world_size = world()
     loader = TensorLoader(*data.train, recipe.batch_size, shuffle=True, generator=generator, rank=rank,
-                          world_size=world_size, index=task.index, augment=task.augment if recipe.augment else None)
-    trained = wrap(model, evaluator.device)  # DDP under torchrun; ``model`` stays the bare module
+                          world_size=world_size, index=task.index, augment=task.augment if recipe.augment else None,
+                          device=evaluator.device)
+    # The attack and the update run through the compiled graph; ``model`` stays the bare module checkpoints save.
+    compiled = torch.compile(model) if recipe.plan.compile else model
+    trained = wrap(compiled, evaluator.device)  # DDP under torchrun
     passes = mode.passes(recipe.epochs)
     scheduler = make_scheduler(optimizer, recipe.schedule, passes * len(loader) * mode.updates_per_batch)
     scaler = torch.amp.GradScaler(evaluator.device.type, enabled=recipe.plan.amp == "fp16")
     guard = (OverfittingGuard(recipe.guard, data.train, recipe.attack, evaluator, out / "last.pt")
              if recipe.guard is not None else None)
     val_x, val_y = (t[:recipe.val_n_examples] for t in data.val)
+    clean_sample = tuple(t[:CLEAN_SAMPLE] for t in data.train)
     metrics, best, best_epoch, first = [], None, None, 1
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
@@ -98,7 +105,7 @@ def fit(model, data, task, recipe: Recipe, evaluator, out: Path, config: dict, c
     for epoch in range(first, passes + 1):
         row = {"epoch": epoch, **train_epoch(trained, loader, mode, task, recipe.attack, optimizer, scheduler,
                                              scaler, recipe.plan, evaluator.device, epoch,
-                                             desc=f"epoch {epoch}/{passes}")}
+                                             desc=f"epoch {epoch}/{passes}", clean_sample=clean_sample)}
         row["grad_computations_per_example"] = epoch * mode.updates_per_batch
         if len(val_x):  # model selection and monitoring never look at the test split
             val = evaluator.evaluate(model, val_x, val_y, {"val": recipe.val_attack})

@@ -1,4 +1,8 @@
-"""One epoch: batches through the training mode's step, with the update every mode shares."""
+"""One epoch: batches through the training mode's step, with the update every mode shares.
+
+Losses and accuracy counts add up on the device and are read once per epoch (and when a progress bar
+refreshes): a per-step ``.item()`` would stall the GPU's queue three times a step.
+"""
 import sys
 import time
 from dataclasses import dataclass
@@ -12,32 +16,51 @@ from advbench.runtime.distributed import bare
 from advbench.training.mode import Batch
 from advbench.training.schedules import eps_factor
 
+REFRESH = 20  # steps between progress-bar refreshes (each reads the running numbers: a host sync)
+
 
 @dataclass
 class Plan:
-    """How training runs, whatever the mode: mixed precision, clipping, eps warm-up, progress bars."""
+    """How training runs, whatever the mode: mixed precision, clipping, eps warm-up, progress bars, compilation."""
 
     amp: str = "off"
     grad_clip: float | None = None
     eps_warmup_epochs: float = 0.0
     progress: bool = False
+    compile: bool = False
+
+
+class Totals:
+    """Running sums kept on the device, in float64 as the host's Python floats were (so a CPU run's numbers stay
+    what they were when each step was read with ``.item()``); ``read()`` brings them over in one transfer."""
+
+    def __init__(self, device):
+        self.device, self.sums = device, {}
+
+    def add(self, name: str, value: torch.Tensor) -> None:
+        self.sums[name] = self.sums.get(name, 0) + value.detach().to(self.device, torch.float64)
+
+    def read(self) -> dict:
+        names = list(self.sums)
+        values = torch.stack([self.sums[k] for k in names]).tolist() if names else []
+        return dict(zip(names, values))
 
 
 def train_epoch(model, loader, mode, task, attack, optimizer, scheduler, scaler, plan: Plan, device,
-                epoch: int = 1, desc: str = "train") -> dict:
-    """Train one pass over ``loader``; return the pass's loss, accuracies, lr and speed."""
+                epoch: int = 1, desc: str = "train", clean_sample: tuple | None = None) -> dict:
+    """Train one pass over ``loader``; return the pass's loss, accuracies, lr and speed. Adversarial-only modes
+    see no clean outputs while training: their clean accuracy is measured on ``clean_sample`` (x, targets of
+    the training split) at the end of the epoch, where given."""
     model.train()
     net = bare(model)  # attacks and clean predictions use the bare module: no DDP gradient synchronisation
     mode.start_epoch()
-    totals = {"loss": 0.0, "clean": 0, "adv": 0, "n": 0}
-    term_sums = {}  # a task with several loss terms (detection) logs each
+    totals, n = Totals(device), 0
+    first_bad = torch.full((), -1, device=device)  # the first step whose loss was not finite
 
     def update(loss, after_backward=None):
-        if not torch.isfinite(loss.detach()).all():  # stop before a non-finite loss reaches the weights
-            raise RunFailed(f"diverged at epoch {epoch} step {i + 1}: the training loss is "
-                            f"{loss.detach().float().sum().item()}; "
-                            + (f"last.pt keeps epoch {epoch - 1}" if epoch > 1 else "no epoch finished")
-                            + " (lower lr, or set grad_clip)")
+        nonlocal first_bad
+        bad = ~torch.isfinite(loss.detach()).all()
+        first_bad = torch.where(bad & (first_bad < 0), i, first_bad)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if after_backward:  # e.g. the embedding-weights recipe adds its adversarial gradient to the clean one
@@ -49,6 +72,13 @@ def train_epoch(model, loader, mode, task, attack, optimizer, scheduler, scaler,
         scaler.update()
         scheduler.step()
 
+    def check_finite():
+        step = int(first_bad)
+        if step >= 0:  # the run stops here; last.pt still holds the last good epoch
+            raise RunFailed(f"diverged at epoch {epoch} step {step + 1}: the training loss is not finite; "
+                            + (f"last.pt keeps epoch {epoch - 1}" if epoch > 1 else "no epoch finished")
+                            + " (lower lr, or set grad_clip)")
+
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, disable=not (plan.progress and sys.stderr.isatty()))
     for i, (x, y) in enumerate(bar):
@@ -59,31 +89,48 @@ def train_epoch(model, loader, mode, task, attack, optimizer, scheduler, scaler,
             model, net, task, x, y, attack=_bound(scaled, net), eps=scaled.eps if scaled else 0.0,
             autocast=lambda: autocast(device, plan.amp), update=update,
             backward=lambda loss: scaler.scale(loss).backward()))
+        totals.add("loss", step.loss.detach().double() * len(x))
         if task.scores_training:
-            clean = step.clean
-            if clean is None:  # adversarial-only modes: clean accuracy costs one extra no-grad forward
-                with autocast(device, plan.amp):
-                    clean = task.predict(net, x)
-            totals["clean"] += task.correct(clean, y).sum().item()
-            if step.adv is not None:
-                totals["adv"] += task.correct(step.adv, y).sum().item()
-        totals["loss"] += step.loss.item() * len(x)
-        totals["n"] += len(x)
+            for kind, outputs in (("clean", step.clean), ("adv", step.adv)):
+                if outputs is not None:
+                    totals.add(kind, task.correct(outputs, y).sum())
         if len(task.terms) > 1 and step.terms:
             for name, value in step.terms.items():
-                term_sums[name] = term_sums.get(name, 0.0) + value.item() * len(x)
-        bar.set_postfix(loss=f"{totals['loss'] / totals['n']:.3f}", acc=f"{totals['clean'] / totals['n']:.3f}")
+                totals.add(f"train_{name}", value.detach().double() * len(x))
+        n += len(x)
+        if i % REFRESH == 0:  # a divergence stops the run within REFRESH steps
+            check_finite()
+            if not bar.disable:
+                seen = totals.read()
+                bar.set_postfix(loss=f"{seen['loss'] / n:.3f}", acc=f"{seen.get('clean', 0) / n:.3f}")
     seconds = time.perf_counter() - start
-    n = max(totals["n"], 1)
+    check_finite()
+    sums, n = totals.read(), max(n, 1)
+    clean_acc = sums["clean"] / n if "clean" in sums else None
+    if clean_acc is None and task.scores_training and clean_sample is not None:
+        clean_acc = sample_accuracy(net, task, clean_sample, device, plan.amp)
     return {
-        "train_loss": totals["loss"] / n,
-        "train_clean_acc": totals["clean"] / n if task.scores_training else None,
-        "train_adv_acc": totals["adv"] / n if mode.adversarial and task.scores_training else None,
-        **{f"train_{name}": value / n for name, value in term_sums.items()},
+        "train_loss": sums["loss"] / n,
+        "train_clean_acc": clean_acc,
+        "train_adv_acc": sums.get("adv", 0) / n if mode.adversarial and task.scores_training else None,
+        **{name: value / n for name, value in sums.items() if name.startswith("train_")},
         "lr": lr,
         "seconds": seconds,
-        "images_per_s": totals["n"] / seconds,
+        "images_per_s": n / seconds,
     }
+
+
+def sample_accuracy(net, task, sample: tuple, device, amp: str, batch_size: int = 500) -> float:
+    """Clean accuracy (eval mode, no grad) of ``net`` on a fixed sample of training examples."""
+    from advbench.data.loaders import to_unit
+    x, targets = sample
+    correct = torch.zeros((), device=device)
+    for i in range(0, len(x), batch_size):
+        xb = to_unit(x[i:i + batch_size]).to(device)
+        yb = task.to(task.index(targets, torch.arange(i, min(i + batch_size, len(x)))), device)
+        with autocast(device, amp):
+            correct += task.correct(task.predict(net, xb), yb).sum()
+    return correct.item() / max(len(x), 1)
 
 
 def _bound(attack, net):
