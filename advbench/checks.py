@@ -120,7 +120,10 @@ def check_stored_targets(stored: dict, source: str) -> None:
     from advbench.run_config import LEGACY_TARGETS
     shipped = set(shipped_targets("model").values()) | set(LEGACY_TARGETS)
     allowed = {"model._target_": shipped | {given.get("model._target_")},
-               "optimizer._target_": set(shipped_targets("optimizer").values()) | {given.get("optimizer._target_")}}
+               "optimizer._target_": set(shipped_targets("optimizer").values()) | {given.get("optimizer._target_")},
+               # dataset=custom: the user's data set classes, only as this command line names them again
+               **{f"dataset.{key}._target_": {given.get(f"dataset.{key}._target_")}
+                  for key in ("train_set", "val_set", "test_set")}}
     for path, target in _targets(stored):
         if path not in allowed:
             raise AdvbenchError(f"{source}: its config holds a nested {path}={target}; refused: a stored config is "

@@ -96,7 +96,8 @@ class DatasetConf:
     val_size: int = 0
     split_seed: int = 0
     n_train: Optional[int] = None  # keep only the first n training examples (quick runs)
-    augment: bool = False
+    augment: Any = False  # true (random_crop, flip), false, or a list of: random_crop, flip,
+    # random_resized_crop, color_jitter, rotation (streamed data sets; in-memory ones crop and flip together)
     mean: List[float] = field(default_factory=list)  # images: per channel (the model normalizes)
     std: List[float] = field(default_factory=list)
     # synthetic only
@@ -123,6 +124,19 @@ class DatasetConf:
     val_images: Optional[str] = None
     test_json: Optional[str] = None
     test_images: Optional[str] = None
+    # streamed (image_folder, torchvision, custom): read through a DataLoader, never held whole in memory
+    train_dir: Optional[str] = None  # image_folder: one sub-folder per class in each split
+    val_dir: Optional[str] = None
+    test_dir: Optional[str] = None
+    resize: Optional[int] = None  # resize (shorter side) and centre-crop every image to this square size
+    class_name: Optional[str] = None  # torchvision: a torchvision.datasets class, e.g. CIFAR100, SVHN, STL10
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # torchvision: the class's other keyword arguments
+    train_split: str = "train"  # torchvision: split= values of classes that take one (ImageNet: test_split=val)
+    test_split: str = "test"
+    train_set: Optional[Dict[str, Any]] = None  # custom: {_target_: ...} building a map-style (image, label) set
+    val_set: Optional[Dict[str, Any]] = None
+    test_set: Optional[Dict[str, Any]] = None
+    workers: int = 2  # DataLoader worker processes
     train_csv: Optional[str] = None  # text_csv
     test_csv: Optional[str] = None
     text_column: str = "text"

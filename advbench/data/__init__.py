@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from advbench.data import detection, images, text
+from advbench.data import detection, external, images, text
 from advbench.errors import AdvbenchError
 
 # name -> loader(cfg) returning a Source, and the task the data set poses
@@ -21,6 +21,10 @@ SOURCES = {
     "fashion_mnist_det": (detection.fashion_mnist_det, "detection"),
     "yolo": (detection.yolo, "detection"),
     "coco": (detection.coco, "detection"),
+    # streamed through a DataLoader (data/streams.py): the users' own images, at any scale
+    "image_folder": (external.image_folder, "classification"),
+    "torchvision": (external.torchvision_sets, "classification"),
+    "custom": (external.custom, "classification"),
 }
 
 
@@ -64,6 +68,12 @@ def load_data(cfg) -> Data:
     """Load ``cfg.name``; validate on its own validation split or on a fixed one carved from its training set."""
     loader, task = SOURCES[cfg.name][0], task_of(cfg)
     source = loader(cfg)
+    if isinstance(source, external.RawSets):
+        return _streamed(cfg, source, task)
+    if external.augment_names(cfg.augment) not in ([], ["random_crop", "flip"], ["flip", "random_crop"]):
+        raise AdvbenchError(f"dataset.augment={list(cfg.augment)}: dataset={cfg.name} is held in memory and "
+                            "augments with random_crop and flip together (true); the other augmentations stream "
+                            "(dataset=image_folder, torchvision, custom)")
     (x, y), test = source.train, source.test
     if cfg.n_train is not None:
         x, y = x[:cfg.n_train], y[:cfg.n_train]
@@ -88,3 +98,19 @@ def load_data(cfg) -> Data:
     classes = list(source.classes) if source.classes else [str(i) for i in range(n_classes)]
     return Data(train=train, val=val, test=test, shape=tuple(x.shape[1:]), n_classes=n_classes, task=task,
                 vocab=source.vocab, classes=classes)
+
+
+def _streamed(cfg, source, task) -> Data:
+    """A streamed data set's ``Data``: lazy splits (data/streams.py), classes from the source or the labels."""
+    split = external.load_stream(cfg, source)
+    channels = split["shape"][0]
+    if len(cfg.mean) != channels or len(cfg.std) != channels:
+        raise AdvbenchError(f"dataset.mean/std have {len(cfg.mean)}/{len(cfg.std)} values for {channels}-channel "
+                            f"images of dataset={cfg.name}: give one per channel")
+    present = torch.unique(split["labels"])
+    if len(present) < 2:
+        raise AdvbenchError(f"dataset={cfg.name}: the training split holds {len(present)} class; a classifier "
+                            "needs at least 2")
+    classes = source.classes or [str(i) for i in range(int(present.max()) + 1)]
+    return Data(train=split["train"], val=split["val"], test=split["test"], shape=split["shape"],
+                n_classes=len(classes), task=task, classes=classes)

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from advbench.data.loaders import TensorLoader
+from advbench.data.streams import Stream, StreamLoader
 from advbench.errors import AdvbenchError, Interrupted
 from advbench.runtime.checkpoint import save_checkpoint
 from advbench.runtime.distributed import world, wrap
@@ -78,9 +79,13 @@ def fit(model, data, task, recipe: Recipe, evaluator, out: Path, config: dict, c
     optimizer = recipe.optimizer(model.parameters())
     generator = torch.Generator().manual_seed(recipe.seed)
     rank, world_size = world()
-    loader = TensorLoader(*data.train, recipe.batch_size, shuffle=True, generator=generator, rank=rank,
-                          world_size=world_size, index=task.index, augment=task.augment if recipe.augment else None,
-                          device=evaluator.device)
+    if isinstance(data.train, Stream):
+        loader = StreamLoader(data.train, recipe.batch_size, generator, evaluator.device, rank, world_size,
+                              augment=bool(recipe.augment))
+    else:
+        loader = TensorLoader(*data.train, recipe.batch_size, shuffle=True, generator=generator, rank=rank,
+                              world_size=world_size, index=task.index, device=evaluator.device,
+                              augment=task.augment if recipe.augment else None)
     # The attack and the update run through the compiled graph; ``model`` stays the bare module checkpoints save.
     compiled = torch.compile(model) if recipe.plan.compile else model
     trained = wrap(compiled, evaluator.device)  # DDP under torchrun

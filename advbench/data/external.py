@@ -1,0 +1,126 @@
+"""The users' own image data, streamed: an image folder (``dataset=image_folder``), any torchvision data set class
+(``dataset=torchvision dataset.class_name=CIFAR100``), or map-style data sets of (image, label) built by
+``_target_`` (``dataset=custom``)."""
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Subset
+
+from advbench.data.streams import AUGMENTS, Mapped, Stream, labels_of, transforms
+from advbench.errors import AdvbenchError
+
+
+@dataclass
+class RawSets:
+    """A streamed data set's splits as the user's code gives them (examples (image, label)), and class names."""
+
+    train: object
+    test: object
+    val: object = None
+    classes: list | None = None
+
+
+def _folder(path, key: str):
+    import torchvision
+    if not path:
+        raise AdvbenchError(f"dataset.{key} is not set: give the folder of one sub-folder per class")
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise AdvbenchError(f"dataset.{key}={path}: no such folder")
+    try:
+        return torchvision.datasets.ImageFolder(str(directory))
+    except (FileNotFoundError, RuntimeError) as err:
+        raise AdvbenchError(f"dataset.{key}={path}: {' '.join(str(err).split())[:160]}") from None
+
+
+def image_folder(cfg) -> RawSets:
+    """torchvision's ImageFolder over dataset.train_dir, test_dir and (optional) val_dir; class names from the
+    sub-folder names, the same in every split."""
+    train, test = _folder(cfg.train_dir, "train_dir"), _folder(cfg.test_dir, "test_dir")
+    val = _folder(cfg.val_dir, "val_dir") if cfg.val_dir else None
+    for key, split in (("test_dir", test), ("val_dir", val)):
+        if split is not None and split.classes != train.classes:
+            raise AdvbenchError(f"dataset.{key}: its classes ({', '.join(split.classes)}) differ from train_dir's "
+                                f"({', '.join(train.classes)}); every split needs the same sub-folders")
+    return RawSets(train, test, val, list(train.classes))
+
+
+def torchvision_sets(cfg) -> RawSets:
+    """``torchvision.datasets.<dataset.class_name>`` from dataset.root with dataset.kwargs; its train and test
+    splits by ``train=`` or ``split=`` (dataset.train_split / test_split), whichever the class takes."""
+    import torchvision
+    cls = getattr(torchvision.datasets, str(cfg.class_name), None)
+    if not (inspect.isclass(cls) and issubclass(cls, torch.utils.data.Dataset)):
+        raise AdvbenchError(f"dataset.class_name={cfg.class_name!r} is not a torchvision.datasets class (e.g. "
+                            "CIFAR100, SVHN, STL10, ImageNet, FakeData)")
+    params = inspect.signature(cls).parameters
+    kwargs = dict(cfg.kwargs or {})
+    if "download" in params:
+        kwargs["download"] = cfg.download
+    if "root" in params:
+        kwargs["root"] = str(Path(cfg.root).expanduser())
+
+    def split(name: str):
+        if "train" in params:
+            return cls(train=name == "train", **kwargs)
+        if "split" in params:
+            return cls(split=name, **kwargs)
+        return cls(**kwargs)
+    try:
+        train, test = split(cfg.train_split), split(cfg.test_split)
+    except (RuntimeError, FileNotFoundError, ValueError, TypeError) as err:
+        raise AdvbenchError(f"dataset.class_name={cfg.class_name}: {' '.join(str(err).split())[:200]} (root "
+                            f"{cfg.root}; download={cfg.download})") from None
+    return RawSets(train, test, None, list(getattr(train, "classes", None) or []) or None)
+
+
+def custom(cfg) -> RawSets:
+    """dataset.train_set, test_set (and optional val_set): each a ``_target_`` building a map-style data set of
+    (image, label) pairs, images as PIL images or CHW tensors."""
+    from hydra.utils import instantiate
+    if not cfg.train_set or not cfg.test_set:
+        raise AdvbenchError("dataset=custom needs dataset.train_set and dataset.test_set, each a {_target_: ...} "
+                            "building a map-style data set of (image, label)")
+    built = {key: instantiate(cfg[key]) if cfg[key] else None for key in ("train_set", "test_set", "val_set")}
+    classes = getattr(built["train_set"], "classes", None)
+    return RawSets(built["train_set"], built["test_set"], built["val_set"], list(classes) if classes else None)
+
+
+def augment_names(augment) -> list:
+    """dataset.augment as a list of names: true is [random_crop, flip]; false or null is none."""
+    if augment in (None, False):
+        return []
+    names = ["random_crop", "flip"] if augment is True else list(augment)
+    unknown = [n for n in names if n not in AUGMENTS]
+    if unknown:
+        raise AdvbenchError(f"dataset.augment: {', '.join(map(str, unknown))} unknown; expected true, false or a "
+                            f"list of {', '.join(AUGMENTS)}")
+    return names
+
+
+def load_stream(cfg, raw: RawSets) -> dict:
+    """The splits of a streamed data set (validation carved from the training set by a fixed permutation where
+    it has none), its image shape and classes. The training split also carries its augmented view."""
+    workers = cfg.workers
+    plain = transforms(cfg.resize, [])
+    train_plain, test = Mapped(raw.train, plain), Mapped(raw.test, plain)
+    if len(train_plain) == 0 or len(test) == 0:
+        raise AdvbenchError(f"dataset={cfg.name}: the {'training' if len(train_plain) == 0 else 'test'} split "
+                            "holds no examples")
+    shape = tuple(train_plain[0][0].shape)
+    augmented = Mapped(raw.train, transforms(cfg.resize, augment_names(cfg.augment), shape))
+    keep = range(min(cfg.n_train, len(train_plain)) if cfg.n_train is not None else len(train_plain))
+    if raw.val is not None:
+        train_idx, val = list(keep), Mapped(raw.val, plain)
+    else:
+        if not 0 <= cfg.val_size < len(keep):
+            raise AdvbenchError(f"dataset.val_size={cfg.val_size} must be in [0, {len(keep)}) for "
+                                f"dataset={cfg.name}")
+        perm = torch.randperm(len(keep), generator=torch.Generator().manual_seed(cfg.split_seed)).tolist()
+        val, train_idx = Subset(train_plain, perm[:cfg.val_size]), perm[cfg.val_size:]
+    train = Stream(Subset(train_plain, train_idx), workers)
+    train.augmented = Subset(augmented, train_idx)
+    return {"train": train, "val": Stream(val, workers), "test": Stream(test, workers), "shape": shape,
+            "labels": labels_of(train.dataset), "test_labels": labels_of(test)}
