@@ -9,6 +9,6 @@ def __getattr__(name):
         from advbench import api
         return getattr(api, name)
     if name == "Attack":
-        from advbench.attack_spec import Attack
+        from advbench.attacks.spec import Attack
         return Attack
     raise AttributeError(f"module 'advbench' has no attribute {name!r}")

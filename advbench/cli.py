@@ -5,6 +5,7 @@ Exit codes: 0 done; 1 the run failed (diverged, disk full, a sweep job failed, a
 SIGTERM, ``stop_after_epoch``).
 """
 import logging
+import os
 import signal
 import sys
 
@@ -36,6 +37,9 @@ def _load_entry():
 def main() -> None:
     """Console entry point of ``advbench`` and ``python -m advbench``."""
     install_signal_handlers()  # before the heavy imports: a Ctrl-C during start-up is a clean stop too
+    # As with `python -m`: a _target_ in the directory advbench starts from (a model, a data set) is importable.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     started = []
     try:
         entry = _load_entry()

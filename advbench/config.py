@@ -35,6 +35,8 @@ class AttackName(Enum):
 class Loss(Enum):
     ce = "ce"
     dlr = "dlr"
+    segpgd = "segpgd"  # segmentation: SegPGD's weighting of right and wrong pixels
+    cospgd = "cospgd"  # segmentation: CosPGD's cosine weighting
 
 
 class Norm(Enum):
@@ -117,7 +119,8 @@ class DatasetConf:
     n_scenes: int = 2000  # training scenes composed (the test split has n_test)
     objects: List[int] = field(default_factory=lambda: [1, 4])  # objects per scene, min and max
     scale: List[float] = field(default_factory=lambda: [0.6, 1.4])  # an item's size relative to its source image
-    path: Optional[str] = None  # yolo: the data set's YAML (train:, val:, test:, names:)
+    path: Optional[str] = None  # yolo: the data set's YAML (train:, val:, test:, names:); seg_folder: its folder
+    ignore_index: int = 255  # seg_folder: the mask value of unlabelled pixels
     train_json: Optional[str] = None  # coco: instances JSONs and their image folders
     train_images: Optional[str] = None
     val_json: Optional[str] = None
@@ -220,6 +223,7 @@ class EvalConf:
     sanity: SanityConf = field(default_factory=SanityConf)
     det_score: float = 0.25  # detection: predictions scoring at least this count as detections (recall)
     det_recall: float = 0.5  # detection: an image counts as broken when its recall falls below this
+    seg_threshold: float = 0.75  # segmentation: an image counts as broken when its pixel accuracy falls below this
 
 
 @dataclass
@@ -227,6 +231,14 @@ class ValConf:
     n_examples: Optional[int] = None  # null: the whole validation split
     attack: AttackConf = field(default_factory=lambda: AttackConf(name=AttackName.pgd, steps=10,
                                                                    random_start=True))
+
+
+@dataclass
+class LoggerConf:
+    trackers: List[str] = field(default_factory=list)  # csv, tensorboard, mlflow, wandb
+    experiment: str = "advbench"  # mlflow experiment, wandb project
+    mlflow_uri: str = "mlruns"  # a folder (relative to where advbench starts) or a tracking URI
+    wandb_mode: str = "offline"  # offline | online
 
 
 @dataclass
@@ -252,6 +264,7 @@ class Config:
     threads: Optional[int] = None  # torch CPU threads; null: torch's default
     val: ValConf = field(default_factory=ValConf)
     eval: EvalConf = MISSING
+    logger: LoggerConf = field(default_factory=LoggerConf)
     task: Task = Task.train
     checkpoint: Optional[str] = None
     saliency: SaliencyConf = field(default_factory=SaliencyConf)

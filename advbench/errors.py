@@ -23,3 +23,14 @@ class Interrupted(BaseException):
 
 class Refused(SystemExit):
     """The exit of a check that ran before the task (a Hydra callback): its code is deliberate, not Hydra's."""
+
+
+def unimportable(err: Exception) -> AdvbenchError | None:
+    """Hydra's "Error locating target" as a one-line error naming the key, or None for any other error."""
+    import re
+    found = re.search(r"Error locating target '([^']+)'", str(err))
+    if not found:
+        return None
+    key = re.search(r"full_key: (\S+)", str(err))
+    return AdvbenchError(f"{key.group(1) + '.' if key else ''}_target_={found.group(1)} cannot be imported: code in "
+                         "the directory advbench starts from is importable; elsewhere add its folder to PYTHONPATH")

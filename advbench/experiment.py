@@ -22,7 +22,9 @@ from advbench.evaluation.batch import auto_batch_size
 from advbench.evaluation.summary import write_summary
 from advbench.run_config import checkpoint_config, plain, resolve_device, threads_per_job
 from advbench.runtime import distributed
+from advbench.runtime import readable
 from advbench.runtime.checkpoint import build_model, load_checkpoint, save_checkpoint
+from advbench.runtime.trackers import Trackers
 from advbench.runtime.outputs import versions, write_json
 from advbench.runtime.rundir import labels
 from advbench.tasks import build_task
@@ -48,6 +50,7 @@ class Run:
     labels: dict
     state: dict | None = None  # the checkpoint loaded (eval, saliency) or resumed (train)
     started: float = 0.0
+    trackers: Trackers | None = None  # the logger group's experiment trackers
 
 
 def load_config(cfg, out: Path):
@@ -55,7 +58,8 @@ def load_config(cfg, out: Path):
     config for eval and saliency, a last.pt's for a resume, each checked before it is used."""
     check_keys(cfg)
     cfg = plain(cfg)
-    choices = {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
+    choices = {k: v for k, v in HydraConfig.get().runtime.choices.items()
+               if not k.startswith("hydra") and v is not None}  # an optional group left out is no choice
     if cfg.task in ("eval", "saliency"):
         if cfg.checkpoint is None and cfg.task == "eval" and (cfg.model.get("weights") or cfg.model.get("model_dir")):
             return cfg, choices, None, None  # the model's own config brings its weights (model.weights, robustbench)
@@ -101,9 +105,13 @@ def prepare(cfg, out: Path, choices: dict, state: dict | None) -> Run:
     evaluator = Evaluator(task, device, cfg.amp, batch, cfg.eval.cascade, cfg.progress)
     plan = EvalPlan(task, dict(cfg.eval.attacks), cfg.attack, cfg.eps, cfg.eval.n_examples, cfg.eval.eps_list,
                     cfg.eval.save_examples, cfg.eval.sanity, cfg.eval.cascade, cfg.seed)
-    return Run(cfg, out, device, data, task, model, evaluator, plan, build_mode(cfg.training, task), choices,
-               labels(cfg.dataset.name, cfg.model._target_, cfg.training.name, cfg.attack.name, choices), state,
-               started)
+    mode = build_mode(cfg.training, task)
+    # Last: a tracker opens its run (an MLflow run, a wandb process) only once everything else was accepted.
+    trackers = Trackers(list(cfg.logger.trackers) if distributed.is_main() else [], out, cfg.logger)
+    return Run(cfg, out, device, data, task, model, evaluator, plan, mode, choices,
+               labels(cfg.dataset.name, cfg.model._target_, cfg.training.name, cfg.attack.name, choices,
+                      cfg.model.get("name"), OmegaConf.select(cfg.model, "module._target_")), state,
+               started, trackers)
 
 
 def recipe(run: Run) -> Recipe:
@@ -135,7 +143,7 @@ def train_job(run: Run) -> dict:
     """Train, save model.pt, evaluate it (and best.pt) on the test split."""
     config = OmegaConf.to_container(run.cfg)
     training = fit(run.model, run.data, run.task, recipe(run), run.evaluator, run.out, config, run.choices,
-                   resume=run.state)
+                   resume=run.state, trackers=run.trackers)
     save_checkpoint(run.out / "model.pt", run.model, config, choices=run.choices, vocab=run.data.vocab,
                     classes=run.data.classes)
     results = eval_job(run)
@@ -169,13 +177,19 @@ def run(cfg, out: Path | None = None, on_start=lambda: None) -> float | None:
     out = Path(out or HydraConfig.get().runtime.output_dir)
     cfg, choices, state, _ = load_config(cfg, out)
     the_run = prepare(cfg, out, choices, state)
-    on_start()
-    results = JOBS[cfg.task](the_run)
-    if cfg.task == "saliency":
-        write_json(out / "results.json", {"task": "saliency", "checkpoint": cfg.checkpoint, **results,
-                                          "choices": choices, "labels": the_run.labels, "versions": versions()})
-        return None
-    return finish(the_run, results)
+    try:
+        on_start()
+        the_run.trackers.hyperparams(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+        results = JOBS[cfg.task](the_run)
+        if cfg.task == "saliency":
+            write_json(out / "results.json", {"task": "saliency", "checkpoint": cfg.checkpoint, **results,
+                                              "choices": choices, "labels": the_run.labels, "versions": versions()})
+            return None
+        headline = finish(the_run, results)
+        the_run.trackers.results(results)
+        return headline
+    finally:
+        the_run.trackers.close()
 
 
 def finish(run: Run, results: dict) -> float | None:
@@ -200,6 +214,20 @@ def finish(run: Run, results: dict) -> float | None:
     write_json(run.out / "results.json", results)
     write_summary(results, run.out / "summary.md")
     clean_key, robust_key = run.task.metrics
-    log.info("%s %.4f, %s %s on %d test examples (eps=%s); files in %s", clean_key, results[clean_key],
-             robust_key, results[f"{robust_key}_by_attack"], results["n_examples"], cfg.eps, run.out)
-    return results[robust_key]
+    by_attack = ", ".join(f"{name} {readable.number(robust_key, v)}"
+                          for name, v in results[f"{robust_key}_by_attack"].items())
+    log.info("%s %s, %s %s (%s) on %d test examples (eps=%s); files in %s", clean_key,
+             readable.number(clean_key, results[clean_key]), robust_key,
+             readable.number(robust_key, results[robust_key]), by_attack, results["n_examples"], cfg.eps, run.out)
+    return headline(results)
+
+
+def headline(results: dict) -> float | None:
+    """What main returns to a sweeper: for a training run its best epoch's robust validation metric (a search
+    must never select on the test split; None without a validation split), for an evaluation the test one."""
+    if results.get("task") == "train":
+        best = (results.get("training") or {}).get("best_val")
+        if best is None:
+            log.warning("no validation split (dataset.val_size=0): no metric for a sweeper to optimize")
+        return best and best["robust"]
+    return results[results["metric_names"]["robust"]]

@@ -10,12 +10,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from advbench.runtime import distributed
 from advbench.cli import install_signal_handlers
 from advbench.config import register_configs
 from advbench.errors import AdvbenchError, Interrupted
-from advbench.experiment import run
-from advbench.runtime.outputs import write_status
+
+# torch is imported only once a run starts (run, distributed, write_status below): --help and shell completion
+# compose the config alone and answer in well under a second.
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -27,7 +27,8 @@ def finished_result(out: Path):
     if not (out / "status").exists() or (out / "status").read_text().strip() != "finished":
         return False, None
     try:
-        return True, json.loads((out / "results.json").read_text())["robust_acc"]
+        from advbench.experiment import headline
+        return True, headline(json.loads((out / "results.json").read_text()))
     except (OSError, ValueError, KeyError, TypeError):
         raise AdvbenchError(f"resume={out}: the run is marked finished but its results.json is missing or "
                             "unreadable (truncated?); evaluate its model again with task=eval "
@@ -45,6 +46,11 @@ def claim(out: Path) -> None:
     except FileExistsError:
         raise DirectoryTaken(f"{out} already holds another run ({(out / 'status').read_text().strip()}): "
                             f"continue it with resume={out}, or choose another directory") from None
+
+
+def write_status(out: Path, status: str) -> None:
+    from advbench.runtime.outputs import write_status as write
+    write(out, status)
 
 
 def record(out: Path, status: str) -> None:
@@ -68,6 +74,7 @@ def job(cfg, out: Path, started: list):
     def on_start():  # once the config has passed every check: a refused resume leaves the run's status alone
         started.append(True)
         write_status(out, "running")
+    from advbench.experiment import run
     result = run(cfg, out, on_start)
     write_status(out, "finished")
     return result
@@ -75,7 +82,8 @@ def job(cfg, out: Path, started: list):
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg) -> float | None:
-    """Run one experiment; return its worst-case robust accuracy for sweepers.
+    """Run one experiment; return its headline metric for sweepers (a training run's best robust validation
+    accuracy, an evaluation's worst-case robust accuracy on the test split).
 
     A job of a multirun that fails is recorded (its ``status`` file, its log) and the sweep goes on; the sweep
     then exits non-zero. SIGINT and SIGTERM stop the run cleanly: every file is written atomically, and
@@ -83,6 +91,7 @@ def main(cfg) -> float | None:
     """
     STARTED.append(True)
     install_signal_handlers()
+    from advbench.runtime import distributed
     out = Path(HydraConfig.get().runtime.output_dir if distributed.is_main() else distributed.scratch_dir())
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     started = []

@@ -1,5 +1,6 @@
-"""``advbench-report DIR``: one table of every run below DIR (finished, failed or unfinished), with mean and std
-over seeds, as report.csv, report.md and report.png (robust accuracy against eps, one line per training method)."""
+"""``advbench-report DIR [--by KEY]``: one table of every run below DIR (finished, failed or unfinished), with mean
+and std over seeds, as report.csv, report.md (percentages, clean and robust side by side, the evaluation preset)
+and report.png (robust accuracy against eps, or against any config key with --by, one line per setting)."""
 import argparse
 import csv
 import io
@@ -17,11 +18,12 @@ from advbench.errors import AdvbenchError
 from advbench.runtime.outputs import atomic_write
 
 log = logging.getLogger("advbench.report")
-COLUMNS = ["run", "status", "task", "dataset", "model", "training", "attack", "eps", "seed", "setting",
+COLUMNS = ["run", "status", "task", "dataset", "model", "training", "attack", "eval", "eps", "seed", "setting",
            "clean_acc", "robust_acc", "metric", "wall_seconds"]
 # Overrides that do not change what a run computes: they never split a group.
 NOT_SETTINGS = ("seed", "progress", "threads", "device", "resume", "stop_after_epoch", "dataset.root")
 LABELS = ("dataset", "model", "training", "attack")
+SHOWN = ("run", "status", "task", *LABELS, "eval", "eps", "seed", "setting", "clean_acc", "robust_acc")
 
 
 def _setting(overrides: list) -> str:
@@ -39,7 +41,13 @@ def _load(path: Path, reader):
     return value
 
 
-def read_run(run: Path, root: Path) -> dict:
+def _lookup(config: dict, key: str):
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
+
+
+def read_run(run: Path, root: Path, by: str = "eps") -> dict:
     """One row: what ran (labels, setting) from the run's Hydra files and results.json, and its status; a run
     whose files cannot be read gets status ``unreadable: <file>`` and is left out of every mean."""
     row = {"run": str(run.relative_to(root)) or "."}
@@ -53,7 +61,8 @@ def read_run(run: Path, root: Path) -> dict:
         overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or [] if (
             run / ".hydra" / "overrides.yaml").exists() else []
         row |= {"task": config.get("task", "train"), "eps": str(config.get("eps")), "seed": config.get("seed"),
-                "setting": _setting(overrides), **{k: choices.get(k) for k in LABELS}}
+                "setting": _setting(overrides), **{k: choices.get(k) for k in LABELS}, "eval": choices.get("eval"),
+                "x": _lookup(config, by)}
         current = "results.json"
         if (run / "results.json").exists():
             results = _load(run / "results.json", json.loads)
@@ -70,10 +79,10 @@ def read_run(run: Path, root: Path) -> dict:
     return row
 
 
-def collect(root: Path) -> list:
-    """Every run directory below ``root`` (one holding .hydra/), sorted by path."""
+def collect(root: Path, by: str = "eps") -> list:
+    """Every run directory below ``root`` (one holding .hydra/), sorted by path; ``x`` is each run's ``by``."""
     runs = sorted({p.parent for p in root.rglob(".hydra") if p.is_dir()})
-    return [read_run(run, root) for run in runs]
+    return [read_run(run, root, by) for run in runs]
 
 
 def aggregate(rows: list) -> list:
@@ -87,8 +96,8 @@ def aggregate(rows: list) -> list:
     for (task, setting), members in sorted(groups.items(), key=lambda kv: (kv[0][0], _eps_key(kv[1][0]),
                                                                          kv[0][1])):
         first = members[0]
-        stats = {"task": task, **{k: first[k] for k in LABELS}, "eps": first["eps"], "setting": setting,
-                 "n_seeds": len(members)}
+        stats = {"task": task, **{k: first[k] for k in LABELS}, "eval": first.get("eval"), "eps": first["eps"],
+                 "setting": setting, "n_seeds": len(members), "x": first.get("x")}
         for metric in ("clean_acc", "robust_acc"):
             values = [m[metric] for m in members if m[metric] is not None]
             stats[f"{metric}_mean"] = statistics.fmean(values) if values else None
@@ -104,64 +113,93 @@ def _eps_key(row) -> float:
         return float("inf")
 
 
+def _x(row) -> float:
+    """The plot's x of a group: its ``by`` value as a number (a fraction such as 8/255 too)."""
+    try:
+        return parse_eps(str(row["x"]))
+    except (AdvbenchError, KeyError):
+        return float("nan")
+
+
 def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "" if value is None else str(value)
 
 
+def _pct(value, std=None) -> str:
+    if value is None:
+        return ""
+    return f"{100 * value:.2f}%" if std is None else f"{100 * value:.2f} ± {100 * std:.2f}%"
+
+
 def markdown(rows: list, groups: list) -> str:
-    """report.md: mean/std per combination, every run, and the runs that did not finish."""
-    def table(records, columns):
+    """report.md: mean ± std per combination (percentages), every run, and the runs that did not finish."""
+    def table(records, columns, cell):
         lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-        return lines + ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in records]
-    text = ["# advbench report", "", "## Mean and std over seeds (finished runs, grouped by every override but "
-            "the seed)", ""]
-    text += table(groups, ["task", *LABELS, "eps", "setting", "n_seeds", "clean_acc_mean", "clean_acc_std",
-                           "robust_acc_mean", "robust_acc_std"])
-    text += ["", "## Runs", ""] + table(rows, COLUMNS)
+        return lines + ["| " + " | ".join(cell(r, c) for c in columns) + " |" for r in records]
+
+    def mean_cell(g, column):
+        if column in ("clean", "robust"):
+            return _pct(g[f"{column}_acc_mean"], g[f"{column}_acc_std"])
+        return _fmt(g.get("n_seeds" if column == "seeds" else column))
+
+    def run_cell(r, column):
+        return _pct(r.get(column)) if column in ("clean_acc", "robust_acc") else _fmt(r.get(column))
+    text = ["# advbench report", "", "## Mean ± std over seeds (finished runs, grouped by every override but the "
+            "seed)", ""]
+    text += table(groups, ["task", *LABELS, "eval", "eps", "setting", "seeds", "clean", "robust"], mean_cell)
+    text += ["", "## Runs", ""] + table(rows, list(SHOWN), run_cell)
     missing = [r for r in rows if r["status"] != "finished"]
     text += ["", "## Failed, unfinished or unreadable", ""]
     text += [f"- `{r['run']}`: {r['status']}" for r in missing] or ["none"]
     return "\n".join(text) + "\n"
 
 
-def plot(groups: list, path: Path) -> None:
-    """report.png: robust accuracy (mean, std bars) against eps, one line per training method."""
+def plot(groups: list, path: Path, by: str = "eps") -> None:
+    """report.png: robust accuracy (mean, std bars) against ``by`` (eps by default), one line per setting; the
+    y-axis fits the data."""
     from advbench.evaluation.plots import plt, save_figure
     fig, ax = plt.subplots(figsize=(6, 4))
     lines = defaultdict(list)
     for g in groups:
-        if g["robust_acc_mean"] is not None and g["task"] == "train":
-            # one line per setting apart from eps: points of a line differ in eps alone
-            rest = ",".join(o for o in g["setting"].split(",") if not o.startswith("eps="))
+        if g["robust_acc_mean"] is not None and g["task"] == "train" and _x(g) == _x(g):
+            # one line per setting apart from the x key: points of a line differ in it alone
+            rest = ",".join(o for o in g["setting"].split(",") if not o.lstrip("+~").startswith(f"{by}="))
             lines[(g["training"], g["dataset"], g["model"], g["attack"], rest)].append(g)
     several_setups = len({key[1:] for key in lines}) > 1  # then a label also names the rest of the setting
+    values = []
     for (training, *setup), points in sorted(lines.items()):
-        points.sort(key=_eps_key)
-        ax.errorbar([_eps_key(p) for p in points], [p["robust_acc_mean"] for p in points],
-                    yerr=[p["robust_acc_std"] for p in points], marker="o", capsize=3,
+        points.sort(key=_x)
+        ys = [100 * p["robust_acc_mean"] for p in points]
+        errs = [100 * p["robust_acc_std"] for p in points]
+        values += [y - e for y, e in zip(ys, errs)] + [y + e for y, e in zip(ys, errs)]
+        ax.errorbar([_x(p) for p in points], ys, yerr=errs, marker="o", capsize=3,
                     label=f"{training} ({', '.join(x for x in setup if x)})" if several_setups else training)
-    ax.set(xlabel="eps", ylabel="robust accuracy", ylim=(0, 1.02), title="robust accuracy vs eps")
-    ax.grid(alpha=0.3)
-    if lines:
+    if values:
+        low, high = min(values), max(values)
+        pad = max(2.0, 0.1 * (high - low))
+        ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad))
         ax.legend(fontsize=8)
+    ax.set(xlabel=by, ylabel="robust accuracy (%)", title=f"robust accuracy vs {by}")
+    ax.grid(alpha=0.3)
     save_figure(fig, path)
 
 
-def write_report(root: Path) -> list:
-    """Gather every run below ``root`` into report.csv, report.md and report.png; return the rows."""
+def write_report(root: Path, by: str = "eps") -> list:
+    """Gather every run below ``root`` into report.csv, report.md and report.png (against ``by``); return the
+    rows."""
     if not root.is_dir():
         raise AdvbenchError(f"advbench-report: {root} is not a directory")
-    rows = collect(root)
+    rows = collect(root, by)
     if not rows:
         raise AdvbenchError(f"advbench-report: no run directories (with .hydra/) below {root}")
     groups = aggregate(rows)
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(root / "report.csv", lambda f: f.write(text.getvalue().encode()))
     atomic_write(root / "report.md", lambda f: f.write(markdown(rows, groups).encode()))
-    plot(groups, root / "report.png")
+    plot(groups, root / "report.png", by)
     return rows
 
 
@@ -169,10 +207,12 @@ def main(argv=None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="advbench-report", description=__doc__.splitlines()[0])
     parser.add_argument("dir", type=Path, help="a directory holding advbench runs (outputs/, multirun/...)")
+    parser.add_argument("--by", default="eps", help="the plot's x-axis: any config key (eps, lr, "
+                        "training.adv_weight...)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        rows = write_report(args.dir)
+        rows = write_report(args.dir, args.by)
     except AdvbenchError as err:
         log.error("%s", err)
         sys.exit(2)

@@ -21,7 +21,8 @@ def compose_config(overrides=()):
 
 def group_options():
     """(group, option) for every YAML option of every config group in conf/."""
-    return [(d.name, f.stem) for d in sorted(CONF.iterdir()) if d.is_dir() and d.name != "experiment"
+    global_packages = ("experiment", "hparams_search")  # `# @package _global_` files, tested on their own
+    return [(d.name, f.stem) for d in sorted(CONF.iterdir()) if d.is_dir() and d.name not in global_packages
             for f in sorted(d.glob("*.yaml"))]
 
 

@@ -41,7 +41,7 @@ def test_run_writes_every_file_with_sane_values(tmp_path):
     assert results["cascade"] is True and results["sanity"]["warnings"] == []
     assert {"clean", "pgd20", "worst_case"} == set(__import__("numpy").load(run / "robust_flags.npz").files)
     assert results["choices"] == {"dataset": "synthetic", "model": "mlp", "attack": "pgd",
-                                  "training": "adversarial", "optimizer": "adam", "eval": "pgd20"}
+                                  "training": "adversarial", "optimizer": "adam", "eval": "pgd20", "logger": "none"}
     assert set(results["versions"]) == {"python", "torch", "torchvision", "advbench"}
     assert results["wall_seconds"] > 0
 

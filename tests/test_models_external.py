@@ -36,7 +36,7 @@ def test_a_users_own_module_by_target_through_the_cli(tmp_path):
     cli(*DATA, "epochs=1", "model=module", "model.module._target_=helpers.TinyNet", "+model.module.width=6",
         f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, check=True)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["labels"]["model"] == "module" and results["n_examples"] == 60
+    assert results["labels"]["model"] == "TinyNet" and results["n_examples"] == 60
     built = module((1, 8, 8), 10, [0.3], [0.4], {"_target_": "helpers.TinyNet", "width": 6})
     assert isinstance(built[1].net[0], torch.nn.Conv2d) and built[1].net[0].out_channels == 6
 
@@ -67,4 +67,4 @@ def test_a_robustbench_model_loads_from_its_local_layout_only(tmp_path):
     torch.save({"state_dict": model.state_dict()}, target / "Wong2020Fast.pt")
     cli(*rb, *synthetic, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, check=True)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["n_examples"] == 8 and results["labels"]["model"] == "robustbench"
+    assert results["n_examples"] == 8 and results["labels"]["model"] == "robustbench-Wong2020Fast"

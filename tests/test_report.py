@@ -45,8 +45,8 @@ def test_report_lists_every_run_and_aggregates_over_seeds(sweep):
         ("a/seed=0", "finished"), ("a/seed=1", "finished"), ("b/seed=0", "finished"), ("c/seed=0", "finished"),
         ("d/seed=0", "failed"), ("e/seed=0", "unfinished")]
     text = (sweep / "report.md").read_text()
-    assert ("| train | digits | mlp | adversarial | pgd | 2/255 | eps=2/255,training=adversarial | 2 | 0.9000 | "
-            "0.0000 | 0.6500 | 0.0707 |") in text
+    assert ("| train | digits | mlp | adversarial | pgd |  | 2/255 | eps=2/255,training=adversarial | 2 | "
+            "90.00 ± 0.00% | 65.00 ± 7.07% |") in text
     assert "- `d/seed=0`: failed" in text and "- `e/seed=0`: unfinished" in text
     assert (sweep / "report.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -120,3 +120,17 @@ def test_slurm_launcher_configs_compose():
             assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
             assert (cfg.hydra.launcher.timeout_min, cfg.hydra.launcher.partition) == (30, "gpu")
             assert cfg.hydra.launcher.gpus_per_node == gpus
+
+
+def test_report_plots_against_any_config_key(tmp_path):
+    for lr, robust in (("0.01", 0.5), ("0.001", 0.6)):
+        run = fake_run(tmp_path, f"lr{lr}", "adversarial", "0.1", 0, robust, "finished", extra=[f"lr={lr}"])
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"eps": "0.1", "seed": 0, "task": "train",
+                                                                    "lr": float(lr)}))
+    rows = write_report(tmp_path, by="lr")
+    assert sorted(r["x"] for r in rows) == [0.001, 0.01]
+    groups = aggregate(rows)
+    assert len(groups) == 2 and (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+    proc = subprocess.run([sys.executable, "-m", "advbench.report", str(tmp_path), "--by", "lr"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

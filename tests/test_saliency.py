@@ -51,7 +51,7 @@ def test_smoothgrad_averages_noisy_gradients(trained_mlp, digits):
     assert smooth.shape == x.shape and smooth.abs().sum() > 0
 
 
-def test_saliency_task_writes_one_png_per_image(tmp_path):
+def test_saliency_task_writes_one_grid_per_run(tmp_path):
     advbench("dataset=digits", "model=mlp", "model.hidden=32", "training=trades", "attack=pgd", "attack.steps=2",
              "epochs=2", "progress=false", "threads=1", "eval.n_examples=50", f"hydra.run.dir={tmp_path}/run",
              cwd=tmp_path)
@@ -59,8 +59,30 @@ def test_saliency_task_writes_one_png_per_image(tmp_path):
                     "saliency.smoothgrad_samples=4", "progress=false", f"hydra.run.dir={tmp_path}/sal",
                     cwd=tmp_path)
     files = json.loads((tmp_path / "sal" / "results.json").read_text())["files"]
-    assert files == ["saliency_0.png", "saliency_1.png", "saliency_2.png"]
-    for name in files:
-        width, height = png_size(tmp_path / "sal" / name)
-        assert width > 400 and height > 100  # several panels side by side
+    assert files == ["saliency.png"]
+    width, height = png_size(tmp_path / "sal" / "saliency.png")
+    assert width > 700 and height > 300  # 3 images + 4 maps (|dL/dx|, SmoothGrad, 2 TRADES terms) by 3 rows
     assert "beta * KL(p(x) || p(x_adv))" in proc.stderr and "SmoothGrad" in proc.stderr
+
+
+def test_saliency_maps_of_a_row_share_one_colour_scale(trained_mlp, digits, tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    import advbench.evaluation.saliency as saliency
+    from advbench.attacks import Attack
+    from advbench.config import SaliencyConf
+    from advbench.training import build_mode
+    figures = []
+    monkeypatch.setattr(saliency, "save_figure", lambda fig, path: figures.append(fig))
+    settings = OmegaConf.structured(SaliencyConf(n_examples=2, smoothgrad_samples=3))
+    mode = build_mode(OmegaConf.create({"name": "trades", "beta": 6.0}), Classification(10))
+    attack = Attack("pgd", "linf", 0.1, 0.05, steps=2, task=Classification(10))
+    saliency.write_saliency(trained_mlp, digits.test, attack, mode, settings, "cpu", tmp_path)
+    (fig,) = figures
+    grid = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    rows = [grid[i * 7:(i + 1) * 7] for i in range(2)]
+    for row in rows:
+        limits = {ax.images[0].get_clim() for ax in row[3:]}
+        assert len(limits) == 1 and next(iter(limits))[1] > 0  # four maps, one scale
+    assert rows[0][3].images[0].get_clim() != rows[1][3].images[0].get_clim()  # each row its own
+    assert sum(ax.get_label() == "<colorbar>" for ax in fig.axes) == 2

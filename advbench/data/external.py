@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Subset
 
 from advbench.data.streams import AUGMENTS, Mapped, Stream, labels_of, transforms
-from advbench.errors import AdvbenchError
+from advbench.errors import AdvbenchError, unimportable
 
 
 @dataclass
@@ -83,7 +83,12 @@ def custom(cfg) -> RawSets:
     if not cfg.train_set or not cfg.test_set:
         raise AdvbenchError("dataset=custom needs dataset.train_set and dataset.test_set, each a {_target_: ...} "
                             "building a map-style data set of (image, label)")
-    built = {key: instantiate(cfg[key]) if cfg[key] else None for key in ("train_set", "test_set", "val_set")}
+    try:
+        built = {key: instantiate(cfg[key]) if cfg[key] else None for key in ("train_set", "test_set", "val_set")}
+    except Exception as err:  # Hydra wraps the import error and the data set's own
+        if unimportable(err):
+            raise unimportable(err) from None
+        raise AdvbenchError(f"dataset=custom: {' '.join(str(err).split())[:200]}") from None
     classes = getattr(built["train_set"], "classes", None)
     return RawSets(built["train_set"], built["test_set"], built["val_set"], list(classes) if classes else None)
 

@@ -117,6 +117,7 @@ class Evaluator:
         flags = {name: torch.cat(f) for name, f in flags.items()}
         if report:
             for name in attacks:
-                log.info("%s: %d examples attacked, %d of %d still correct, %.1f s", name, attacked[name],
-                         int(flags[name].sum()), n, seconds[name])
+                still = int(flags[name].sum())
+                log.info("%s: %d examples attacked, %d of %d still correct (%.2f%%), %.1f s", name,
+                         attacked[name], still, n, 100 * still / max(n, 1), seconds[name])
         return Outcome(flags, torch.cat(kept) if keep else None, records)

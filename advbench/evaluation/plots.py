@@ -68,3 +68,27 @@ def plot_examples(x, x_adv, y, pred, pred_adv, path, classes=None, notes=None, t
     if title:
         fig.suptitle(title, fontsize=9)
     save_figure(fig, path)
+
+
+def plot_curves(rows: list, metrics: tuple, path) -> None:
+    """curves.png: the training loss (and each loss term) and the clean and robust validation numbers per epoch."""
+    epochs = [r["epoch"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    losses = [k for k in rows[-1] if k.startswith("train_") and not k.endswith("_acc")]
+    for key in losses:
+        left.plot(epochs, [r.get(key) for r in rows], marker="o", label=key.removeprefix("train_"))
+    left.set(xlabel="epoch", ylabel="training loss", title="loss")
+    left.legend(fontsize=8)
+    clean, robust = metrics
+    for key, style in ((f"train_{clean}", ":"), ("train_adv_acc", ":"), (f"val_{clean}", "-"),
+                       (f"val_{robust}", "-")):
+        values = [r.get(key) for r in rows]
+        if any(v is not None for v in values):
+            right.plot(epochs, [None if v is None else 100 * v for v in values], style, marker="o",
+                       label=key.replace("_", " "))
+    right.set(xlabel="epoch", ylabel="%", title="accuracy (validation: solid)")
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    save_figure(fig, path)

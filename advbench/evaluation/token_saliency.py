@@ -33,12 +33,18 @@ def write_text_saliency(model, test: tuple, task, vocab: list, n_examples: int, 
             "<p>Token colour: the norm of the loss gradient at the token's embedding, per text scaled to its "
             "largest.</p>\n" + "\n".join(spans) + "\n")
     atomic_write(out / "saliency.html", lambda f: f.write(page.encode()))
-    width = max(len(tokens) for tokens, *_ in rows) or 1
-    fig, axes = plt.subplots(len(rows), 1, figsize=(max(6, 0.45 * width), 0.9 * len(rows) + 0.5), squeeze=False)
+    # Tokens left to right, horizontal and readable, each on a box shaded by its gradient norm; a row per text.
+    chars = max(sum(len(t) + 1 for t in tokens) for tokens, *_ in rows) or 1
+    fig, axes = plt.subplots(len(rows), 1, figsize=(min(24, max(6, 0.09 * chars)), 0.6 * len(rows) + 0.4),
+                             squeeze=False)
+    shade = plt.get_cmap("Oranges")
     for ax, (tokens, weights, label, p) in zip(axes[:, 0], rows):
-        ax.imshow([weights + [0.0] * (width - len(weights))], cmap="Oranges", vmin=0, vmax=1, aspect="auto")
-        for j, token in enumerate(tokens):
-            ax.text(j, 0, token, ha="center", va="center", fontsize=6, rotation=90 if len(token) > 3 else 0)
+        ax.set(xlim=(0, chars), ylim=(0, 1))
+        position = 0
+        for token, weight in zip(tokens, weights):
+            ax.text(position, 0.45, token, fontsize=8, va="center", family="monospace",
+                    bbox={"facecolor": shade(0.85 * weight), "edgecolor": "none", "pad": 1.5})
+            position += len(token) + 1
         ax.set_title(f"y={label} pred={p}", fontsize=7, loc="left")
         ax.axis("off")
     save_figure(fig, out / "saliency_text.png")

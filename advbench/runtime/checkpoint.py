@@ -9,7 +9,7 @@ import torch
 from hydra._internal.utils import _locate
 from hydra.utils import instantiate
 
-from advbench.errors import AdvbenchError
+from advbench.errors import AdvbenchError, unimportable
 from advbench.runtime.outputs import atomic_write
 
 
@@ -82,6 +82,8 @@ def build_model(model_cfg, data, dataset_cfg, task, state_dict=None) -> torch.nn
     except Exception as err:  # instantiate wraps the factory's TypeError (and its AdvbenchErrors)
         if isinstance(err.__cause__, AdvbenchError):
             raise err.__cause__ from None
+        if unimportable(err):
+            raise unimportable(err) from None
         keyword = _unexpected_keyword(err)
         if keyword is None:
             raise

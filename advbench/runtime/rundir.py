@@ -56,19 +56,25 @@ def shipped_targets(group: str) -> dict:
     return targets
 
 
-def labels(dataset: str, model_target: str, training: str, attack: str, choices: dict) -> dict:
+def labels(dataset: str, model_target: str, training: str, attack: str, choices: dict, model_name=None,
+           module_target=None) -> dict:
     """What ran, by name: the group choices, except where an override replaced what a choice builds
-    (``dataset.name``, ``model._target_``, ``attack.name``)."""
+    (``dataset.name``, ``model._target_``, ``attack.name``); a model option that builds many models by name
+    says which (``torchvision-resnet18``), and a user's module its class (``model=module``: ``MyNet``)."""
     model_choice, attack_choice = choices.get("model"), choices.get("attack")
     model = model_choice if shipped_targets("model").get(model_choice) == model_target else str(
         model_target).rsplit(".", 1)[-1]
+    if module_target:
+        model = str(module_target).rsplit(".", 1)[-1]
+    elif model_name:
+        model = f"{model}-{model_name}"
     # fgsm_rs is FGSM from a random start: the choice says more than the name, unless the name was overridden
     attack = attack_choice if attack_choice and attack_choice.split("_")[0] == attack else attack
     return {"dataset": dataset, "model": model, "training": training, "attack": attack}
 
 
 def run_dir(resume, task, checkpoint, seed, timestamp, dataset, model_target, training, attack, eps,
-            model_choice, attack_choice) -> str:
+            model_choice, attack_choice, model_name=None, module_target=None) -> str:
     """``hydra.run.dir``: the directory being resumed; else a fresh outputs/<what ran>/<timestamp>."""
     rank = int(os.environ.get("RANK", 0))
     if rank > 0:  # torchrun: only rank 0 writes to the run directory; the others get scratch space
@@ -83,7 +89,7 @@ def run_dir(resume, task, checkpoint, seed, timestamp, dataset, model_target, tr
     else:
         enum = lambda v: str(getattr(v, "value", v))  # noqa: E731
         ran = labels(dataset, model_target, enum(training), enum(attack),
-                     {"model": model_choice, "attack": attack_choice})
+                     {"model": model_choice, "attack": attack_choice}, model_name, module_target)
         name = "_".join([*ran.values(), f"eps{eps}", f"seed{seed}"])
     return claim(f"outputs/{short(name)}/{timestamp}")
 

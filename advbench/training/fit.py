@@ -10,6 +10,8 @@ import torch
 from advbench.data.loaders import TensorLoader
 from advbench.data.streams import Stream, StreamLoader
 from advbench.errors import AdvbenchError, Interrupted
+from advbench.evaluation.plots import plot_curves
+from advbench.runtime import readable
 from advbench.runtime.checkpoint import save_checkpoint
 from advbench.runtime.distributed import world, wrap
 from advbench.runtime.outputs import write_jsonl
@@ -72,9 +74,10 @@ def read_metrics(path: Path, epochs: int) -> list:
 
 
 def fit(model, data, task, recipe: Recipe, evaluator, out: Path, config: dict, choices: dict,
-        resume: dict | None = None) -> dict:
+        resume: dict | None = None, trackers=None) -> dict:
     """Train; validate each epoch; write metrics.jsonl, last.pt (everything a resume needs) and best.pt (by
-    robust validation score). With ``resume`` (a last.pt), continue after its epoch as if never stopped."""
+    robust validation score), and hand each epoch's row to the experiment ``trackers``. With ``resume`` (a
+    last.pt), continue after its epoch as if never stopped."""
     mode, clean_key, robust_key = recipe.mode, *task.metrics
     optimizer = recipe.optimizer(model.parameters())
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -117,8 +120,10 @@ def fit(model, data, task, recipe: Recipe, evaluator, out: Path, config: dict, c
             row |= {f"val_{clean_key}": val[clean_key], f"val_{robust_key}": val[robust_key]}
         metrics.append(row)
         write_jsonl(out / "metrics.jsonl", metrics)
-        log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
-                                                   if isinstance(v, float)))
+        plot_curves(metrics, task.metrics, out / "curves.png")
+        if trackers:
+            trackers.metrics(row, epoch)
+        log.info("epoch %d: %s", epoch, readable.row({k: v for k, v in row.items() if k != "epoch"}))
         score = (row.get(f"val_{robust_key}", 0.0), row.get(f"val_{clean_key}", 0.0))
         if best is None or score > best:
             best, best_epoch = score, epoch
@@ -134,4 +139,5 @@ def fit(model, data, task, recipe: Recipe, evaluator, out: Path, config: dict, c
         if epoch == recipe.stop_after_epoch and epoch < passes:
             raise Interrupted(f"stop_after_epoch={epoch}")
     return {"epochs_run": len(metrics), "best_epoch": best_epoch,
+            "best_val": {"robust": best[0], "clean": best[1]} if len(val_x) else None,
             "guard": guard.report() if guard else None}
