@@ -8,7 +8,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from advbench.attacks.spec import Attack, build_attack
 from advbench.run_config import plain
-from advbench.tasks import Classification, Detection, TextClassification
+from advbench.tasks import Classification, Detection, Segmentation, TextClassification
 from advbench.training import MODES
 from conftest import CONF, compose_config, group_options
 
@@ -19,12 +19,16 @@ KINDS = {  # option -> the task it belongs to; every other option is image class
                      "ultralytics_yolo",
                      "tog_vanishing", "tog_fabrication", "tog_mislabeling", "tog_untargeted", "mtd_cls", "mtd_loc",
                      "mtd", "detection"], "detection"),
+    **dict.fromkeys(["digits_seg", "fashion_mnist_seg", "seg_folder", "voc", "unet_tiny", "torchvision_segmenter",
+                     "segpgd", "cospgd", "segmentation"], "segmentation"),
 }
 # Options that need one more setting to build: a user's module names its class; a RobustBench model needs its
 # checkpoint on disk, so here it must fail with the one-line error (test_models_external loads a real one).
 EXTRA = {"module": ["model.module._target_=helpers.TinyNet"]}
 PARTNERS = {"text": ["dataset=synthetic_text", "model=textcnn", "training=mixed", "attack=fgm"],
-            "detection": ["dataset=digits_det", "model=yolo_tiny", "training=adversarial", "attack=pgd"]}
+            "detection": ["dataset=digits_det", "model=yolo_tiny", "training=adversarial", "attack=pgd"],
+            "segmentation": ["dataset=digits_seg", "model=unet_tiny", "training=adversarial", "attack=pgd",
+                             "eval=segmentation"]}
 
 
 @pytest.mark.parametrize("group, option", group_options())
@@ -52,6 +56,11 @@ def test_every_option_composes_and_builds(group, option):
                             std=list(cfg.dataset.std), **kwargs).eval()
         assert len(model(torch.rand(2, channels, 64, 64)).predictions()) == 2
         task = Detection(10)
+    elif kind == "segmentation":
+        model = instantiate(cfg.model, in_shape=(channels, 32, 32), n_classes=11, mean=list(cfg.dataset.mean),
+                            std=list(cfg.dataset.std)).eval()
+        assert model(torch.rand(2, channels, 32, 32)).shape == (2, 11, 32, 32)
+        task = Segmentation(11)
     else:  # built on a shape of the dataset's channel count
         model = instantiate(cfg.model, in_shape=(channels, 32, 32), n_classes=10, mean=list(cfg.dataset.mean),
                             std=list(cfg.dataset.std))
@@ -68,7 +77,8 @@ def test_every_option_composes_and_builds(group, option):
 def test_every_experiment_composes_and_builds(experiment):
     cfg = plain(compose_config([f"+experiment={experiment}"]))
     assert cfg.training.name in MODES
-    task = Detection(10) if experiment.startswith("det_") else Classification(10)
+    task = (Detection(10) if experiment.startswith("det_") else Segmentation(11) if experiment.startswith("seg_")
+            else Classification(10))
     accepts = MODES[cfg.training.name].accepts
     assert accepts is None or build_attack(cfg.attack, cfg.eps, task).name in accepts
     assert all(isinstance(build_attack(spec, cfg.eps, task), Attack) for spec in cfg.eval.attacks.values())

@@ -20,7 +20,7 @@ from advbench.tasks.classification import Classification
 
 
 def _run_pgd(a, model, x, targets, threat, objective):
-    objective = objective or a.task.objective(a.loss, weights=a.terms)
+    objective = objective or a.task.objective(a.loss, weights=a.terms, steps=a.steps)
     goal, descend = None, a.descend
     if a.targeted:  # classification: towards a random wrong class
         goal, descend = a.task.random_wrong, True

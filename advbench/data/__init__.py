@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from advbench.data import detection, external, images, text
+from advbench.data import detection, external, images, segmentation, text
 from advbench.errors import AdvbenchError
 
 # name -> loader(cfg) returning a Source, and the task the data set poses
@@ -21,6 +21,10 @@ SOURCES = {
     "fashion_mnist_det": (detection.fashion_mnist_det, "detection"),
     "yolo": (detection.yolo, "detection"),
     "coco": (detection.coco, "detection"),
+    "digits_seg": (segmentation.digits_seg, "segmentation"),
+    "fashion_mnist_seg": (segmentation.fashion_mnist_seg, "segmentation"),
+    "seg_folder": (segmentation.seg_folder, "segmentation"),
+    "voc": (segmentation.voc, "segmentation"),
     # streamed through a DataLoader (data/streams.py): the users' own images, at any scale
     "image_folder": (external.image_folder, "classification"),
     "torchvision": (external.torchvision_sets, "classification"),

@@ -2,9 +2,11 @@
 from advbench.tasks.base import Task
 from advbench.tasks.classification import Classification
 from advbench.tasks.detection import Detection
+from advbench.tasks.segmentation import Segmentation
 from advbench.tasks.text import TextClassification
 
-TASKS = {"classification": Classification, "text": TextClassification, "detection": Detection}
+TASKS = {"classification": Classification, "text": TextClassification, "detection": Detection,
+         "segmentation": Segmentation}
 
 
 def build_task(data, evaluation=None) -> Task:
@@ -12,4 +14,5 @@ def build_task(data, evaluation=None) -> Task:
     return TASKS[data.task].build(data, evaluation)
 
 
-__all__ = ["TASKS", "Task", "Classification", "Detection", "TextClassification", "build_task"]
+__all__ = ["TASKS", "Task", "Classification", "Detection", "Segmentation", "TextClassification",
+           "build_task"]

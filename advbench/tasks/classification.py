@@ -47,7 +47,7 @@ class Classification(Task):
         """{"ce": mean cross-entropy} (one fused reduction, as hand-written training code computes it)."""
         return {"ce": F.cross_entropy(outputs.float(), targets)}
 
-    def objective(self, name: str = "loss", weights: dict | None = None, target=None):
+    def objective(self, name: str = "loss", weights: dict | None = None, target=None, **kwargs):
         """``loss``/``ce`` (cross-entropy, the default), ``dlr`` (Croce & Hein 2020), or with ``target`` (labels)
         the targeted DLR loss."""
         if target is not None:

@@ -1,0 +1,110 @@
+"""Segmentation data sets: the detection scenes with a class mask per pixel (background 0, class k as k + 1), and
+the users' own masks (an images/ and a masks/ folder) or Pascal VOC from a local root. Targets are (N, H, W)
+int64 masks, IGNORE (255) where unlabelled."""
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from advbench.data import images
+from advbench.data.scenes import compose_scenes, digits_source
+from advbench.data.source import Source
+from advbench.errors import AdvbenchError
+from advbench.tasks.segmentation_metrics import IGNORE
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def _scenes(cfg, train: tuple, test: tuple, classes: list) -> Source:
+    """``dataset.n_scenes`` training and ``dataset.n_test`` test canvases, each split composed from the matching
+    split of items; the masks mark each item's own pixels (above the composer's foreground threshold)."""
+    made = []
+    for (x, y), n, seed in ((train, cfg.n_scenes, cfg.split_seed), (test, cfg.n_test, cfg.split_seed + 1)):
+        scenes = compose_scenes(x, y, n, size=cfg.image_size, objects=tuple(cfg.objects), scale=tuple(cfg.scale),
+                                seed=seed)
+        made.append((scenes["images"], scenes["masks"].long()))
+    return Source(made[0], made[1], ["background", *classes])
+
+
+def digits_seg(cfg) -> Source:
+    """Canvases of scikit-learn's digits, with the stratified 75/25 split of dataset=digits."""
+    x, y = digits_source()
+    train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=0.25, stratify=y.numpy(), random_state=0)
+    return _scenes(cfg, (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx]), [str(i) for i in range(10)])
+
+
+def fashion_mnist_seg(cfg) -> Source:
+    """Canvases of Fashion-MNIST items: training canvases from its training split, test ones from its test split."""
+    source = images.fashion_mnist(cfg)
+    return _scenes(cfg, source.train, source.test, source.classes)
+
+
+def _read_pairs(root: Path, size: int, ignore_index: int) -> tuple:
+    """images/<name>.<ext> and masks/<name>.png (class indices) under ``root``, resized to size x size (nearest for
+    the masks); ``ignore_index`` in a mask becomes IGNORE."""
+    from PIL import Image
+    files = sorted(p for p in (root / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise AdvbenchError(f"dataset.path: no images under {root / 'images'}")
+    xs, ms = [], []
+    for f in files:
+        mask_path = root / "masks" / f"{f.stem}.png"
+        if not mask_path.is_file():
+            raise AdvbenchError(f"dataset.path: {f.name} has no mask {mask_path} (a PNG of class indices)")
+        image = Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR)
+        mask = Image.open(mask_path)
+        if mask.mode not in ("L", "P", "I"):
+            raise AdvbenchError(f"{mask_path}: a mask holds class indices (mode L or P), not {mask.mode} colours")
+        mask = np.asarray(mask.resize((size, size), Image.NEAREST)).astype(np.int64)
+        mask[mask == ignore_index] = IGNORE
+        xs.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
+        ms.append(torch.from_numpy(mask))
+    return torch.stack(xs), torch.stack(ms)
+
+
+def seg_folder(cfg) -> Source:
+    """``dataset.path``/{train,test,val}/images and masks (the same file names; masks as class-index PNGs),
+    resized to ``dataset.image_size``; class names from ``dataset.categories`` (else 0..max)."""
+    if not cfg.path:
+        raise AdvbenchError("dataset=seg_folder needs dataset.path=<a folder with train/ and test/, each holding "
+                            "images/ and masks/>")
+    root = Path(cfg.path).expanduser()
+    for split in ("train", "test"):
+        if not (root / split / "images").is_dir():
+            raise AdvbenchError(f"dataset.path={cfg.path}: no {split}/images folder")
+    train, test = (_read_pairs(root / s, cfg.image_size, cfg.ignore_index) for s in ("train", "test"))
+    val = _read_pairs(root / "val", cfg.image_size, cfg.ignore_index) if (root / "val" / "images").is_dir() else None
+    top = int(max(m[m != IGNORE].max().item() if (m != IGNORE).any() else 0 for _, m in (train, test)))
+    classes = list(cfg.categories) or [str(i) for i in range(top + 1)]
+    if top >= len(classes):
+        raise AdvbenchError(f"dataset.categories names {len(classes)} classes; the masks hold class {top}")
+    return Source(train, test, classes, val=val)
+
+
+VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+               "tvmonitor"]
+
+
+def voc(cfg) -> Source:
+    """torchvision's VOCSegmentation (``dataset.root``, year 2012: train and val; VOC's own 255 boundaries are
+    IGNORE), resized to ``dataset.image_size``."""
+    import torchvision
+    from PIL import Image
+    splits = []
+    for split in ("train", "val"):
+        try:
+            data = torchvision.datasets.VOCSegmentation(str(Path(cfg.root).expanduser()), year="2012",
+                                                        image_set=split, download=cfg.download)
+        except RuntimeError as err:
+            raise AdvbenchError(f"dataset=voc: not found under dataset.root={cfg.root} ({err}); put VOCdevkit/"
+                                "VOC2012 there or set dataset.download=true") from None
+        size = cfg.image_size
+        xs, ms = [], []
+        for image, mask in data:
+            xs.append(torch.from_numpy(np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR)).copy())
+                      .permute(2, 0, 1))
+            ms.append(torch.from_numpy(np.asarray(mask.resize((size, size), Image.NEAREST)).astype(np.int64)))
+        splits.append((torch.stack(xs), torch.stack(ms)))
+    return Source(splits[0], splits[1], VOC_CLASSES)
