@@ -133,3 +133,74 @@ def test_torchvision_segmenters_build_offline_and_give_logits(name):
     x_adv = make_attack("pgd", eps=4 / 255, steps=1, task=TASK)(model, torch.rand(2, 1, 64, 64),
                                                                 torch.randint(0, 11, (2, 64, 64)))
     assert x_adv.shape == (2, 1, 64, 64)
+
+
+def _write_pair(images, masks, name, size=(20, 16), cls=1):
+    from PIL import Image
+    import numpy as np
+    images.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    pixels = np.zeros((size[1], size[0], 3), np.uint8)
+    mask = np.zeros((size[1], size[0]), np.uint8)
+    pixels[4:10, 5:12] = 200
+    mask[4:10, 5:12] = cls
+    mask[0, :] = 255  # unlabelled
+    Image.fromarray(pixels).save(images / f"{name}.jpg" if images.name == "JPEGImages" else images / f"{name}.png")
+    Image.fromarray(mask, mode="L").save(masks / f"{name}.png")
+
+
+def test_seg_folder_reads_images_and_class_index_masks(tmp_path):
+    from omegaconf import OmegaConf
+
+    from advbench.data import load_data
+    from advbench.config import DatasetConf
+    for split, n in (("train", 6), ("test", 2)):
+        for i in range(n):
+            _write_pair(tmp_path / split / "images", tmp_path / split / "masks", f"im{i}", cls=1 + i % 2)
+    cfg = OmegaConf.merge(OmegaConf.structured(DatasetConf), {"name": "seg_folder", "path": str(tmp_path),
+                          "image_size": 16, "val_size": 2, "categories": ["bg", "a", "b"], "mean": [0.5] * 3,
+                          "std": [0.25] * 3})
+    data = load_data(cfg)
+    x, masks = data.test
+    assert x.shape == (2, 3, 16, 16) and masks.shape == (2, 16, 16) and data.classes == ["bg", "a", "b"]
+    assert (masks[:, 0] == IGNORE).all() and set(masks.unique().tolist()) == {0, 1, 2, IGNORE}
+    assert data.task == "segmentation" and len(data.train[0]) == 4
+
+
+def test_voc_loads_from_a_local_root(tmp_path):
+    from omegaconf import OmegaConf
+
+    from advbench.config import DatasetConf
+    from advbench.data import load_data
+    base = tmp_path / "VOCdevkit" / "VOC2012"
+    (base / "ImageSets" / "Segmentation").mkdir(parents=True)
+    for split, names in (("train", ["a", "b", "c", "d"]), ("val", ["e", "f"])):
+        (base / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
+        for k, name in enumerate(names):
+            _write_pair(base / "JPEGImages", base / "SegmentationClass", name, cls=15 if k % 2 else 8)
+    cfg = OmegaConf.merge(OmegaConf.structured(DatasetConf), {"name": "voc", "root": str(tmp_path),
+                          "image_size": 16, "val_size": 1, "mean": [0.5] * 3, "std": [0.25] * 3})
+    data = load_data(cfg)
+    assert data.classes[15] == "person" and data.n_classes == 21 and len(data.test[0]) == 2
+    assert set(data.test[1].unique().tolist()) <= {0, 8, 15, IGNORE}
+
+
+@pytest.mark.parametrize("mode", ["standard", "adversarial", "mixed", "free"])
+def test_every_segmentation_training_mode_updates_the_model(mode, canvases):
+    from omegaconf import OmegaConf
+
+    from advbench.data.loaders import TensorLoader
+    from advbench.training import Plan, build_mode, train_epoch
+    from advbench.training.schedules import make_scheduler
+    x, masks = (t[:32] for t in canvases)
+    torch.manual_seed(0)
+    model = UNetTiny((1, 32, 32), 11, [0.1], [0.25], width=4)
+    before = [p.clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    attack = make_attack("fgsm", eps=8 / 255, task=TASK)
+    stats = train_epoch(model, TensorLoader(x, masks, 16), build_mode(OmegaConf.create(
+        {"name": mode, "adv_weight": 0.5, "replays": 2}), TASK), TASK, attack, optimizer,
+        make_scheduler(optimizer, "constant", 4), torch.amp.GradScaler("cpu", enabled=False), Plan(),
+        torch.device("cpu"), clean_sample=(x, masks))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert stats["train_loss"] > 0 and 0 <= stats["train_clean_acc"] <= 1

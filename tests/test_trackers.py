@@ -68,3 +68,13 @@ def test_an_unknown_tracker_is_a_one_line_error(tmp_path):
     assert code == 2
     one_line_error(err, "logger.trackers: neptune unknown; expected csv, tensorboard, mlflow, wandb")
     assert not (tmp_path / "run" / "csv").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_wandb_tracker_runs_offline_without_a_network(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cli(*RUN, "logger=wandb", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, check=True)
+    (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    (records,) = offline.glob("run-*.wandb")
+    assert records.stat().st_size > 0  # the run's history, for `wandb sync`
+    assert any(p.suffix == ".png" for p in (offline / "files" / "media").rglob("*"))  # the figures
