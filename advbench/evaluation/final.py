@@ -11,6 +11,7 @@ from advbench.data.loaders import to_unit
 from advbench.eps import parse_eps
 from advbench.evaluation.plots import plot_robustness_curve
 from advbench.evaluation.sanity import sanity_checks
+from advbench.runtime import readable
 from advbench.runtime.outputs import atomic_write
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ def robustness_curve(model, x, targets, plan, evaluator, out, main: dict) -> lis
         by_attack = summary[f"{robust_key}_by_attack"]
         rows.append({"eps": str(eps), "eps_value": parse_eps(eps), clean_key: summary[clean_key], **by_attack,
                      robust_key: summary[robust_key]})
-        log.info("eps=%s: %s %s", eps, robust_key, by_attack)
+        log.info("eps=%s: %s %s (%s)", eps, robust_key, readable.number(robust_key, summary[robust_key]),
+                 ", ".join(f"{name} {readable.number(robust_key, v)}" for name, v in by_attack.items()))
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(rows[0]))
     writer.writeheader()
