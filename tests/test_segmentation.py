@@ -204,3 +204,13 @@ def test_every_segmentation_training_mode_updates_the_model(mode, canvases):
         torch.device("cpu"), clean_sample=(x, masks))
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert stats["train_loss"] > 0 and 0 <= stats["train_clean_acc"] <= 1
+
+
+def test_the_python_api_attacks_a_segmenter_by_task_name(trained_unet, canvases):
+    import advbench
+    x, masks = canvases[0][:8], (canvases[1][:8] > 0).long()
+    for name in ("cospgd", "segpgd"):
+        x_adv = advbench.attack(name, eps=0.1, task="segmentation", steps=3)(trained_unet, x, masks)
+        assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and not torch.equal(x_adv, x)
+    targeted = advbench.attack("pgd", eps=0.1, task="segmentation", steps=2, targeted=True)
+    assert targeted(trained_unet, x, masks).shape == x.shape

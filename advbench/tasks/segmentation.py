@@ -77,8 +77,8 @@ class Segmentation(Task):
             return segpgd
         if name == "cospgd":
             def cospgd(outputs, masks):
-                probs = outputs.float().softmax(1)
-                onehot = F.one_hot(masks.clamp(0, self.n_classes - 1), self.n_classes).permute(0, 3, 1, 2)
+                probs, classes = outputs.float().softmax(1), outputs.shape[1]
+                onehot = F.one_hot(masks.clamp(0, classes - 1), classes).permute(0, 3, 1, 2)
                 cos = F.cosine_similarity(probs, onehot.float(), dim=1).detach()
                 return _image_mean(cos * _per_pixel_ce(outputs, masks), masks)
             return cospgd
@@ -90,8 +90,9 @@ class Segmentation(Task):
 
     def random_wrong(self, model, x, masks):
         """A targeted attack's goal: every labelled pixel of an image relabeled to one random other class."""
-        shift = torch.randint(1, self.n_classes, (len(masks), 1, 1), device=masks.device)
-        return torch.where(masks == IGNORE, masks, (masks + shift) % self.n_classes)
+        classes = self.n_classes or self.predict(model, x[:1]).shape[1]  # the API's task knows no class count
+        shift = torch.randint(1, classes, (len(masks), 1, 1), device=masks.device)
+        return torch.where(masks == IGNORE, masks, (masks + shift) % classes)
 
     def labels(self, outputs) -> list:
         return outputs.argmax(1)
