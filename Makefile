@@ -24,7 +24,7 @@ $(BIN)/advbench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[test,yolo,timm,robustbench,tensorboard,mlflow,wandb,optuna]'  # CI tests the optional adapters and trackers too
+	$(BIN)/pip install -q -e '.[test,yolo,timm,robustbench,tensorboard,mlflow,wandb,optuna,nlp]'  # CI tests the optional adapters and trackers too
 	touch $@
 
 # Debian's dataset-fashion-mnist and fortunes where apt-get runs as root; otherwise Fashion-MNIST comes from

@@ -76,6 +76,8 @@ class TrainingName(Enum):
     trades = "trades"
     mart = "mart"
     mtd = "mtd"
+    freelb = "freelb"
+    smart = "smart"
 
 
 class GuardAction(Enum):
@@ -110,6 +112,7 @@ class DatasetConf:
     noise: float = 0.2
     # text
     max_len: int = 64  # tokens per example, truncated or padded
+    tokenizer: Optional[str] = None  # model=hf: the model's directory (its AutoTokenizer); null: whitespace words
     max_vocab: int = 20000
     min_freq: int = 1
     categories: List[str] = field(default_factory=list)  # fortunes: one class per category file
@@ -182,8 +185,9 @@ class GuardConf:
 class TrainingConf:
     name: TrainingName = MISSING
     adv_weight: float = 0.5  # mixed: weight of the adversarial loss; the clean loss gets 1 - adv_weight
-    beta: float = 6.0  # trades, mart: weight of the robust (KL) term
+    beta: float = 6.0  # trades, mart: weight of the robust (KL) term; smart: lambda_s
     replays: int = 4  # free: m, the times each batch is replayed
+    init_mag: float = 0.0  # freelb: the initial perturbation's magnitude (0: start at the clean embeddings)
     guard: GuardConf = field(default_factory=GuardConf)
 
 

@@ -65,6 +65,7 @@ SMOKE_DATA = {  # the experiments' data sets need a download: a synthetic stand-
     "cifar10": ["dataset=synthetic", "dataset.channels=3", "dataset.image_size=32", "dataset.mean=[0.5,0.5,0.5]",
                 "dataset.std=[0.25,0.25,0.25]"],
     "fashion_mnist_det": ["dataset.n_scenes=112", "dataset.n_test=16"],  # fewer scenes of the same kind
+    "fashion_mnist_seg": ["dataset.n_scenes=112", "dataset.n_test=16"],
 }
 
 
@@ -74,6 +75,13 @@ def test_every_experiment_runs_a_smoke_variant(tmp_path, experiment):
     assert text.startswith("# @package _global_") and "Reported" in text or "no paper number" in text
     data = next((v for k, v in SMOKE_DATA.items() if f"/dataset: {k}" in text), [])
     width = ["model.width=8"] if "preact_resnet18" in text else []
+    if "/model: hf" in text:  # the experiment's tiny BERT, built offline where its config says
+        pytest.importorskip("transformers")
+        from advbench.data.text import synthetic_text
+        from advbench.models.tiny_bert import build_tiny_bert
+        from omegaconf import OmegaConf
+        texts = synthetic_text(OmegaConf.create({"n_classes": 6, "n_train": 60, "n_test": 1}))[0][0]
+        build_tiny_bert(tmp_path / "data" / "tiny_bert_fortunes", texts, 6, vocab_size=200, hidden=32)
     attacks = compose_config([f"+experiment={experiment}"]).eval.attacks
     fewer_steps = [f"eval.attacks.{name}.{k}={v}" for name in attacks for k, v in (("steps", 2), ("restarts", 1))]
     cli(f"+experiment={experiment}", *data, *width, "epochs=1", "batch_size=32", "dataset.n_train=96",

@@ -14,7 +14,8 @@ from conftest import CONF, compose_config, group_options
 
 
 KINDS = {  # option -> the task it belongs to; every other option is image classification
-    **dict.fromkeys(["fortunes", "text_csv", "synthetic_text", "textcnn", "transformer"], "text"),
+    **dict.fromkeys(["fortunes", "text_csv", "synthetic_text", "textcnn", "transformer", "hf", "freelb", "smart"],
+                    "text"),
     **dict.fromkeys(["digits_det", "fashion_mnist_det", "yolo", "coco", "yolo_tiny", "torchvision_detector",
                      "ultralytics_yolo",
                      "tog_vanishing", "tog_fabrication", "tog_mislabeling", "tog_untargeted", "mtd_cls", "mtd_loc",
@@ -41,6 +42,10 @@ def test_every_option_composes_and_builds(group, option):
     partners = [p for p in PARTNERS.get(kind, []) if p.split("=")[0] != group]
     cfg = plain(compose_config([*partners, f"{group}={option}", *EXTRA.get(option, [])]))
     assert OmegaConf.select(cfg, group) is not None
+    if option == "hf":  # a Hugging Face model needs its directory (test_hf builds one offline)
+        with pytest.raises(Exception, match="model=hf needs model.name_or_path"):
+            instantiate(cfg.model, in_shape=(16,), n_classes=10, vocab_size=50)
+        return
     if option == "robustbench":
         with pytest.raises(Exception, match="model.name=Standard: no weights at"):
             instantiate(cfg.model, in_shape=(3, 32, 32), n_classes=10, mean=[0.5] * 3, std=[0.5] * 3)
@@ -78,7 +83,7 @@ def test_every_experiment_composes_and_builds(experiment):
     cfg = plain(compose_config([f"+experiment={experiment}"]))
     assert cfg.training.name in MODES
     task = (Detection(10) if experiment.startswith("det_") else Segmentation(11) if experiment.startswith("seg_")
-            else Classification(10))
+            else TextClassification(6) if experiment.startswith("fortunes_") else Classification(10))
     accepts = MODES[cfg.training.name].accepts
     assert accepts is None or build_attack(cfg.attack, cfg.eps, task).name in accepts
     assert all(isinstance(build_attack(spec, cfg.eps, task), Attack) for spec in cfg.eval.attacks.values())

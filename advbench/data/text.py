@@ -151,13 +151,39 @@ def synthetic_text(cfg):
     return sample(cfg.n_train), sample(cfg.n_test), None
 
 
+RAW = {"fortunes": fortunes, "text_csv": text_csv, "synthetic_text": synthetic_text}  # texts and labels
+
+
 def encoded(loader):
     """``loader`` (texts and labels) turned into padded token ids, with a vocabulary built from the training
     texts alone: (train, test, class names, vocabulary)."""
     def load(cfg):
         train, test, classes = loader(cfg)
-        vocab = build_vocab(train[0], cfg.max_vocab, cfg.min_freq)
-        as_ids = [(encode(texts, vocab, cfg.max_len), torch.tensor(labels, dtype=torch.int64))
-                  for texts, labels in (train, test)]
+        if cfg.tokenizer:  # a Hugging Face model's own tokenizer (model=hf)
+            vocab, encode_with = hf_encoder(cfg.tokenizer, cfg.max_len)
+        else:
+            vocab = build_vocab(train[0], cfg.max_vocab, cfg.min_freq)
+            encode_with = lambda texts: encode(texts, vocab, cfg.max_len)  # noqa: E731
+        as_ids = [(encode_with(texts), torch.tensor(labels, dtype=torch.int64)) for texts, labels in (train, test)]
         return Source(as_ids[0], as_ids[1], classes, vocab)
     return load
+
+
+def hf_encoder(path: str, max_len: int) -> tuple:
+    """(vocabulary, encode) of the tokenizer in ``path`` (AutoTokenizer): texts tokenized once, truncated to
+    ``max_len`` with its special tokens; each id stored + 1, so that 0 stays padding (models/hf.py undoes it)."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise AdvbenchError("dataset.tokenizer needs the transformers package: pip install 'advbench[nlp]'") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise AdvbenchError(f"dataset.tokenizer={path}: {' '.join(str(err).split())[:200]}") from None
+    vocab = ["<pad>", *tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))]
+
+    def encode_with(texts: list) -> torch.Tensor:
+        found = tokenizer(list(texts), truncation=True, max_length=max_len, padding="max_length",
+                          return_tensors="pt")
+        return torch.where(found["attention_mask"].bool(), found["input_ids"] + 1, 0)
+    return vocab, encode_with

@@ -27,8 +27,8 @@ class TextClassification(Classification):
     """
 
     name = "text classification"
-    modes = ("standard", "mixed")
-    models = "textcnn or transformer"
+    modes = ("standard", "mixed", "freelb", "smart")
+    models = "textcnn, transformer or hf"
     perturbs = "embedding"
     evaluates_with_training_attack = True
     draws_examples = False

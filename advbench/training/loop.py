@@ -140,5 +140,5 @@ def _bound(attack, net):
 
     def run(x, y, objective=None):
         return attack(net, x, y, objective)
-    run.target, run.name = attack.target, attack.name
+    run.target, run.name, run.steps, run.alpha = attack.target, attack.name, attack.steps, attack.alpha
     return run

@@ -6,6 +6,7 @@ import torch
 from advbench.attacks.embedding import perturb_embedding_weights, restore_embedding_weights
 from advbench.errors import AdvbenchError
 from advbench.training.losses import mart_boosted_ce, mart_weighted_kl, trades_attack_loss, trades_kl
+from advbench.training.embedding_modes import FreeLB, Smart
 from advbench.training.mode import Batch, Mode, Step, Term, mean_of, total
 
 
@@ -170,7 +171,7 @@ class Mtd(Mode):
         return Step(loss, adv=outputs, terms=terms)
 
 
-MODES = {mode.name: mode for mode in (Standard, Adversarial, Mixed, Fast, Free, Trades, Mart, Mtd)}
+MODES = {mode.name: mode for mode in (Standard, Adversarial, Mixed, Fast, Free, Trades, Mart, Mtd, FreeLB, Smart)}
 
 
 def build_mode(settings, task) -> Mode:

@@ -1,0 +1,61 @@
+"""Hugging Face sequence classifiers (``model=hf``, pip install 'advbench[nlp]') behind advbench's text-model
+interface: ``embedding(ids)`` and ``classify(embeddings)``.
+
+advbench's token ids keep 0 for padding; a data set tokenized with the model's own tokenizer stores each id + 1
+(data/text.py), so this adapter subtracts 1, zeroes the embeddings of padding, and passes the attention mask
+(the non-zero positions) to the model: padding is never attended to and never perturbed. Attacks and FreeLB move
+the word embeddings only; position and token-type embeddings are added by the model, as in the NLP recipe.
+"""
+import torch
+from torch import nn
+
+from advbench.errors import AdvbenchError
+
+
+class ShiftedEmbedding(nn.Module):
+    """The model's input embedding layer (``get_input_embeddings()``) read with advbench's shifted ids."""
+
+    def __init__(self, layer: nn.Embedding):
+        super().__init__()
+        self.layer = layer
+
+    @property
+    def weight(self) -> torch.Tensor:  # the matrix the embedding-weights FGM recipe perturbs and restores
+        return self.layer.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        real = ids > 0
+        return self.layer((ids - 1).clamp_min(0)) * real[..., None].to(self.layer.weight.dtype)
+
+
+class HFClassifier(nn.Module):
+    """An ``AutoModelForSequenceClassification`` with ``n_classes`` labels, seen through advbench's interface."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.embedding = ShiftedEmbedding(model.get_input_embeddings())
+
+    def classify(self, emb: torch.Tensor) -> torch.Tensor:
+        mask = (emb != 0).any(-1)  # padding embeddings are exactly zero (pinned by the task while attacking)
+        return self.model(inputs_embeds=emb, attention_mask=mask.long()).logits
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.embedding(ids))
+
+
+def hf_classifier(in_shape, n_classes: int, vocab_size: int | None = None, name_or_path: str | None = None,
+                  **kwargs) -> nn.Module:
+    """``name_or_path``: a local directory (config, weights, tokenizer) or a hub id where online."""
+    try:
+        from transformers import AutoModelForSequenceClassification
+    except ImportError:
+        raise AdvbenchError("model=hf needs the transformers package: pip install 'advbench[nlp]'") from None
+    if not name_or_path:
+        raise AdvbenchError("model=hf needs model.name_or_path=<a local model directory or a hub id>")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=n_classes,
+                                                                   ignore_mismatched_sizes=True, **kwargs)
+    except (OSError, ValueError) as err:
+        raise AdvbenchError(f"model.name_or_path={name_or_path}: {' '.join(str(err).split())[:200]}") from None
+    return HFClassifier(model)

@@ -1,0 +1,95 @@
+"""Text adversarial training steps on a tiny Hugging Face BERT (a benchmark, not a test).
+
+In one process, on the same model, batches and optimizer: an epoch of clean training, of the FGM recipe on the
+embedding matrix, of PGD-3 on the embeddings (mixed) and of FreeLB-3, through advbench's training loop (ratios to
+the clean epoch); and advbench's FGM epoch beside the hand-written recipe the NLP competitions copy (backward,
+move the matrix along its gradient, backward again, restore, step). Needs transformers and tokenizers.
+
+    python benchmarks/text_speed.py [--batches 30] [--batch-size 32]
+"""
+import argparse
+import logging
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from advbench.attacks.spec import make_attack
+from advbench.data.loaders import TensorLoader
+from advbench.data.text import hf_encoder, synthetic_text
+from advbench.models.hf import hf_classifier
+from advbench.models.tiny_bert import build_tiny_bert
+from advbench.tasks import TextClassification
+from advbench.training import Plan, build_mode, train_epoch
+from advbench.training.schedules import make_scheduler
+
+log = logging.getLogger("benchmark")
+
+
+def hand_written_fgm(model, batches, optimizer, eps: float, w: float = 0.5):
+    """The recipe as it is usually written: clean backward, W += eps g/||g||, adversarial backward, restore W."""
+    weight = model.embedding.weight
+    for ids, y in batches:
+        ((1 - w) * F.cross_entropy(model(ids), y)).backward()
+        backup = weight.data.clone()
+        weight.data.add_(eps * weight.grad / weight.grad.norm())
+        (w * F.cross_entropy(model(ids), y)).backward()
+        weight.data = backup
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--eps", type=float, default=0.1)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    n = args.batches * args.batch_size
+    texts, labels = synthetic_text(OmegaConf.create({"n_classes": 3, "n_train": n, "n_test": 1}))[0]
+    path = build_tiny_bert(tempfile.mkdtemp(), texts, 3, vocab_size=500, hidden=64)
+    _, encode = hf_encoder(str(path), 32)
+    ids, y = encode(texts), torch.tensor(labels)
+    task = TextClassification(3)
+    torch.manual_seed(0)
+    model = hf_classifier((32,), 3, name_or_path=str(path))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scheduler = make_scheduler(optimizer, "constant", 10 ** 9)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loader = TensorLoader(ids, y, args.batch_size)
+    recipes = {
+        "clean": ("standard", None),
+        "FGM (embedding matrix)": ("mixed", make_attack("fgm", eps=args.eps, task=task, target="embedding_weights")),
+        "PGD-3 (embeddings, mixed)": ("mixed", make_attack("pgd", "l2", args.eps, steps=3, random_start=True,
+                                                           task=task, target="embedding")),
+        "FreeLB-3": ("freelb", make_attack("pgd", "l2", args.eps, steps=3, task=task, target="embedding")),
+    }
+    timed = {}
+    for name, (mode_name, attack) in recipes.items():
+        mode = build_mode(OmegaConf.create({"name": mode_name, "adv_weight": 0.5, "init_mag": 0.0}), task)
+        epoch = lambda: train_epoch(model, loader, mode, task, attack, optimizer, scheduler, scaler,  # noqa: E731
+                                    Plan(), torch.device("cpu"))
+        epoch()  # warm-up
+        timed[name] = seconds(epoch)
+    batches = [(ids[i:i + args.batch_size], y[i:i + args.batch_size]) for i in range(0, n, args.batch_size)]
+    model.train()
+    hand_written_fgm(model, batches[:2], optimizer, args.eps)  # warm-up
+    hand = seconds(lambda: hand_written_fgm(model, batches, optimizer, args.eps))
+    log.info("tiny BERT (2 x 64), %d examples of 32 tokens, batch %d, CPU", n, args.batch_size)
+    for name, s in timed.items():
+        log.info("%-28s %7.0f examples/s   %5.2f x the time of a clean epoch", name, n / s, s / timed["clean"])
+    log.info("%-28s %7.0f examples/s", "hand-written FGM recipe", n / hand)
+    log.info("advbench FGM / hand-written: %.2f (speed ratio)", hand / timed["FGM (embedding matrix)"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Hugging Face text models: the adapter, padding, the embedding-matrix recipe, FreeLB, SMART, the CLI.
+
+The model and tokenizer are built offline: a BERT config with random weights and a WordPiece tokenizer trained on
+the synthetic texts with the `tokenizers` library, saved to a temporary directory.
+"""
+import contextlib
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from helpers import cli
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+from advbench.attacks.embedding import perturb_embedding_weights, restore_embedding_weights  # noqa: E402
+from advbench.models.hf import HFClassifier, hf_classifier  # noqa: E402
+from advbench.tasks import TextClassification  # noqa: E402
+from advbench.training import Batch, build_mode  # noqa: E402
+
+TASK = TextClassification(3)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from advbench.data.text import synthetic_text
+    from advbench.models.tiny_bert import build_tiny_bert
+    texts = synthetic_text(OmegaConf.create({"n_classes": 3, "n_train": 300, "n_test": 10}))[0][0]
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), texts, 3, vocab_size=200, hidden=32,
+                           max_len=64)
+
+
+def batch_of(tiny_dir):
+    from advbench.data.text import hf_encoder
+    _, encode = hf_encoder(str(tiny_dir), 16)
+    ids = encode(["k0x1 w3 w4 k0x2", "w1 k1x3 w9 w10 w11 k1x0 w2", "k2x4"])
+    return ids, torch.tensor([0, 1, 2])
+
+
+@pytest.mark.parametrize("kind", ["BertConfig", "RobertaConfig", "DistilBertConfig"])
+def test_the_adapter_finds_the_input_embeddings_of_each_architecture(kind):
+    config = getattr(transformers, kind)(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=32, max_position_embeddings=32, num_labels=3,
+                                         **({"dim": 16, "n_layers": 1, "n_heads": 2, "hidden_dim": 32}
+                                            if kind == "DistilBertConfig" else {}))
+    model = HFClassifier(transformers.AutoModelForSequenceClassification.from_config(config)).eval()
+    assert model.embedding.layer is model.model.get_input_embeddings()
+    ids = torch.tensor([[3, 7, 9, 0, 0], [4, 5, 0, 0, 0]])
+    with torch.no_grad():
+        out = model(ids)
+        assert out.shape == (2, 3)
+        assert (model.embedding(ids)[ids == 0] == 0).all()  # padding embeds to zero, and is masked
+
+
+def test_padding_changes_nothing_and_is_never_perturbed(tiny_dir):
+    model = hf_classifier((16,), 3, name_or_path=str(tiny_dir)).eval()
+    ids, y = batch_of(tiny_dir)
+    longer = torch.cat([ids, torch.zeros(3, 8, dtype=torch.long)], 1)
+    with torch.no_grad():
+        assert torch.allclose(model(ids), model(longer), atol=1e-5)  # more padding: the same logits
+    import advbench
+    emb_adv = advbench.attack("pgd", eps=1.0, norm="l2", target="embedding", steps=3, task=TASK)(model, ids, y)
+    assert (emb_adv[ids == 0] == 0).all() and emb_adv[ids != 0].abs().sum() > 0
+
+
+def test_the_embedding_matrix_is_restored_bit_for_bit(tiny_dir):
+    model = hf_classifier((16,), 3, name_or_path=str(tiny_dir))
+    ids, y = batch_of(tiny_dir)
+    F.cross_entropy(model(ids), y).backward()
+    before = model.embedding.weight.detach().clone()
+    backup = perturb_embedding_weights(model.embedding, 0.5)
+    assert not torch.equal(model.embedding.weight, before)
+    restore_embedding_weights(model.embedding, backup)
+    assert torch.equal(model.embedding.weight, before)
+
+
+def _freelb_batch(model, ids, y, update, backward, steps=2, alpha=0.3, eps=1.0):
+    attack = type("Bound", (), {"steps": steps, "alpha": alpha, "target": "embedding", "name": "pgd"})()
+    return Batch(model, model, TASK, ids, y, attack=attack, eps=eps, autocast=contextlib.nullcontext, update=update,
+                 backward=backward)
+
+
+def test_freelb_accumulates_the_gradient_of_each_ascent_step(tiny_dir):
+    torch.manual_seed(0)
+    model = hf_classifier((16,), 3, name_or_path=str(tiny_dir)).eval()  # eval: no dropout, so both runs agree
+    ids, y = batch_of(tiny_dir)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def update(loss, after=None):
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        if after:
+            after()
+    mode = build_mode(OmegaConf.create({"name": "freelb", "init_mag": 0.0}), TASK)
+    mode.step(_freelb_batch(model, ids, y, update, lambda loss: loss.backward()))
+    got = [p.grad.clone() for p in params]
+
+    # the direct computation: two steps, delta_1 = alpha g / ||g|| (within norm eps), gradients of both / 2 summed
+    model.zero_grad(set_to_none=True)
+    real = (ids != 0)[..., None].float()
+    delta = torch.zeros(*ids.shape, 32, requires_grad=True)
+    (F.cross_entropy(model.classify(model.embedding(ids) + delta), y) / 2).backward()
+    g = delta.grad
+    step = 0.3 * g / g.flatten(1).norm(dim=1).view(-1, 1, 1)
+    step = step * (1.0 / step.flatten(1).norm(dim=1)).clamp(max=1).view(-1, 1, 1)
+    (F.cross_entropy(model.classify(model.embedding(ids) + step * real), y) / 2).backward()
+    for a, p in zip(got, params):
+        assert torch.allclose(a, p.grad, atol=1e-6)
+
+
+def test_cli_trains_a_tiny_offline_bert_with_freelb_and_smart(tiny_dir, tmp_path):
+    base = ["dataset=synthetic_text", f"dataset.tokenizer={tiny_dir}", "dataset.max_len=16", "model=hf",
+            f"model.name_or_path={tiny_dir}", "attack=pgd", "attack.norm=l2", "attack.target=embedding",
+            "attack.steps=2", "eps=1.0", "epochs=1", "progress=false", "threads=1"]
+    for mode in ("freelb", "smart"):
+        cli(*base, f"training={mode}", f"hydra.run.dir={tmp_path}/{mode}", cwd=tmp_path, check=True)
+        results = json.loads((tmp_path / mode / "results.json").read_text())
+        assert results["labels"]["model"] == "hf" and results["labels"]["training"] == mode
+        assert results["n_examples"] == 90 and 0 <= results["robust_acc"] <= results["clean_acc"] <= 1
+        rows = (tmp_path / mode / "metrics.jsonl").read_text().splitlines()
+        assert json.loads(rows[0])["train_loss"] > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_embedding_attacks_under_autocast_keep_their_gradient(tiny_dir, dtype):
+    model = hf_classifier((16,), 3, name_or_path=str(tiny_dir)).eval()
+    ids, y = batch_of(tiny_dir)
+    import advbench
+    attack = advbench.attack("fgm", eps=0.05, target="embedding", task=TASK)
+    with torch.autocast("cpu", dtype=dtype):
+        emb_adv = attack(model, ids, y)
+    with torch.no_grad():
+        step = (emb_adv - model.embedding(ids)).float()
+    assert torch.isfinite(step).all() and step.flatten(1).norm(dim=1).min() > 0.04  # a full FGM step, no underflow
