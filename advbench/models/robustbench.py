@@ -23,12 +23,15 @@ def _pkg_resources_stub() -> None:
         stub.resource_filename = lambda name, path: os.path.join(
             os.path.dirname(importlib.util.find_spec(name).origin), path)
         sys.modules["pkg_resources"] = stub
-    if "autoattack" not in sys.modules and importlib.util.find_spec("autoattack") is None and \
-            importlib.util.find_spec("pyautoattack") is not None:
-        import pyautoattack
-        import pyautoattack.state
-        sys.modules.setdefault("autoattack", pyautoattack)
-        sys.modules.setdefault("autoattack.state", pyautoattack.state)
+    # Another package may own the name `autoattack` without its `state` module (torchattacks 3.3 vendors an
+    # older copy): robustbench needs fra31's current code, which pyautoattack is.
+    try:
+        import autoattack.state  # noqa: F401
+    except ImportError:
+        if importlib.util.find_spec("pyautoattack") is not None:
+            import pyautoattack
+            import pyautoattack.state
+            sys.modules["autoattack"], sys.modules["autoattack.state"] = pyautoattack, pyautoattack.state
 
 
 def robustbench_model(in_shape, n_classes: int, mean=None, std=None, name: str = "Standard",
