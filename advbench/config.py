@@ -124,7 +124,7 @@ class DatasetConf:
     scale: List[float] = field(default_factory=lambda: [0.6, 1.4])  # an item's size relative to its source image
     path: Optional[str] = None  # yolo: the data set's YAML (train:, val:, test:, names:); seg_folder: its folder
     ignore_index: int = 255  # seg_folder: the mask value of unlabelled pixels
-    train_json: Optional[str] = None  # coco: instances JSONs and their image folders
+    train_json: Optional[str] = None  # coco: instances JSONs and their image folders; text_json: JSON lines files
     train_images: Optional[str] = None
     val_json: Optional[str] = None
     val_images: Optional[str] = None

@@ -14,7 +14,8 @@ from conftest import CONF, compose_config, group_options
 
 
 KINDS = {  # option -> the task it belongs to; every other option is image classification
-    **dict.fromkeys(["fortunes", "text_csv", "synthetic_text", "textcnn", "transformer", "hf", "freelb", "smart"],
+    **dict.fromkeys(["fortunes", "text_csv", "text_json", "synthetic_text", "textcnn", "transformer", "hf", "freelb",
+                     "smart"],
                     "text"),
     **dict.fromkeys(["digits_det", "fashion_mnist_det", "yolo", "coco", "yolo_tiny", "torchvision_detector",
                      "ultralytics_yolo",

@@ -213,3 +213,22 @@ def test_token_saliency_writes_html_and_png(tmp_path):
     assert page.count("<p><b>y=") == 4 and "rgba(255, 80, 0, 1.00)" in page  # each text's top token
     width, height = png_size(tmp_path / "sal" / "saliency_text.png")
     assert width > 200 and height > 100
+
+
+def test_text_json_lines_load_with_named_keys_and_bad_lines_are_one_line_errors(tmp_path):
+    import json as json_
+    train = [{"sentence": f"good film {i}", "topic": 1} if i % 2 else {"sentence": f"bad film {i}", "topic": 0}
+             for i in range(10)]
+    (tmp_path / "train.jsonl").write_text("\n".join(json_.dumps(r) for r in train) + "\n\n")
+    (tmp_path / "test.jsonl").write_text('{"sentence": "good", "topic": 1}\n{"sentence": "bad", "topic": 0}\n')
+    base = ["dataset=text_json", f"dataset.train_json={tmp_path}/train.jsonl",
+            f"dataset.test_json={tmp_path}/test.jsonl", "dataset.val_size=2", "dataset.min_freq=1",
+            "dataset.text_column=sentence", "dataset.label_column=topic"]
+    data = load_data(compose_config(base).dataset)
+    assert data.classes == ["0", "1"] and data.test[1].tolist() == [1, 0] and data.task == "text"
+    (tmp_path / "test.jsonl").write_text('{"sentence": "good", "topic": 1}\n{"text": "bad"}\n')
+    with pytest.raises(AdvbenchError, match=r"test.jsonl, line 2: no 'sentence' key"):
+        load_data(compose_config(base).dataset)
+    (tmp_path / "test.jsonl").write_text('{"sentence": "good", "topic": 1}\nnot json\n')
+    with pytest.raises(AdvbenchError, match=r"test.jsonl, line 2: not a JSON object"):
+        load_data(compose_config(base).dataset)

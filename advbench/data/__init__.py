@@ -16,6 +16,7 @@ SOURCES = {
     "cifar10": (lambda cfg: images.from_torchvision("CIFAR10", cfg), "classification"),
     "fortunes": (text.encoded(text.fortunes), "text"),
     "text_csv": (text.encoded(text.text_csv), "text"),
+    "text_json": (text.encoded(text.text_json), "text"),
     "synthetic_text": (text.encoded(text.synthetic_text), "text"),
     "digits_det": (detection.digits_det, "detection"),
     "fashion_mnist_det": (detection.fashion_mnist_det, "detection"),

@@ -4,6 +4,7 @@ Loaders return raw ``(texts, labels)`` pairs for train and test; ``encode_splits
 tensors with a vocabulary built from the training split alone.
 """
 import csv
+import json
 import random
 import re
 from collections import Counter
@@ -120,20 +121,51 @@ def _label_order(labels) -> list:
         return sorted(labels)
 
 
-def text_csv(cfg):
-    """The user's train and test CSV files, with the text and label columns the config names."""
+def _labelled_files(cfg, keys: tuple, read, kind: str):
+    """(train, test, label names) of the user's two files named by ``keys``, each read by ``read``."""
     splits = []
-    for key in ("train_csv", "test_csv"):
+    for key in keys:
         path = getattr(cfg, key)
         if not path or not Path(path).is_file():
-            raise AdvbenchError(f"dataset.{key}={path}: no such CSV file")
-        splits.append(_read_csv(path, cfg))
+            raise AdvbenchError(f"dataset.{key}={path}: no such {kind} file")
+        splits.append(read(path, cfg))
     names = _label_order({label for _, label in splits[0]})
     index = {name: i for i, name in enumerate(names)}
     unknown = {label for _, label in splits[1]} - set(names)
     if unknown:
-        raise AdvbenchError(f"dataset.test_csv has labels absent from the training file: {sorted(unknown)[:5]}")
+        raise AdvbenchError(f"dataset.{keys[1]} has labels absent from the training file: {sorted(unknown)[:5]}")
     return (*(([t for t, _ in rows], [index[label] for _, label in rows]) for rows in splits), names)
+
+
+def text_csv(cfg):
+    """The user's train and test CSV files, with the text and label columns the config names."""
+    return _labelled_files(cfg, ("train_csv", "test_csv"), _read_csv, "CSV")
+
+
+def _read_jsonl(path, cfg) -> list:
+    """(text, label) rows of a JSON lines file (one object per line); a bad line is a one-line error naming it."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    item = json.loads(line)
+                    rows.append((str(item[cfg.text_column]), str(item[cfg.label_column]).strip()))
+                except (ValueError, TypeError) as err:
+                    raise AdvbenchError(f"{path}, line {number}: not a JSON object ({type(err).__name__})") from None
+                except KeyError as err:
+                    raise AdvbenchError(f"{path}, line {number}: no {err.args[0]!r} key (dataset.text_column="
+                                        f"{cfg.text_column!r}, dataset.label_column={cfg.label_column!r})") from None
+    except UnicodeDecodeError as err:
+        raise AdvbenchError(f"{path} is not UTF-8 text (byte {err.start})") from None
+    return rows
+
+
+def text_json(cfg):
+    """The user's train and test JSON lines files (dataset.train_json, test_json), one {text, label} per line."""
+    return _labelled_files(cfg, ("train_json", "test_json"), _read_jsonl, "JSON lines")
 
 
 def synthetic_text(cfg):
@@ -151,7 +183,8 @@ def synthetic_text(cfg):
     return sample(cfg.n_train), sample(cfg.n_test), None
 
 
-RAW = {"fortunes": fortunes, "text_csv": text_csv, "synthetic_text": synthetic_text}  # texts and labels
+# texts and labels before encoding (python -m advbench.models.tiny_bert trains its tokenizer on them)
+RAW = {"fortunes": fortunes, "text_csv": text_csv, "text_json": text_json, "synthetic_text": synthetic_text}
 
 
 def encoded(loader):
