@@ -11,28 +11,35 @@ from advbench.data.source import Source
 from advbench.errors import AdvbenchError
 
 
-def _scenes(cfg, train: tuple, test: tuple, classes: list) -> Source:
-    """``dataset.n_scenes`` training and ``dataset.n_test`` test scenes, each split composed from the matching split
-    of items only (so no test item is ever seen in training), fixed by ``dataset.split_seed``."""
+def composed(cfg, items: str, key: str) -> tuple:
+    """(train, test, class names) of scenes composed from ``items`` (digits: scikit-learn's digits with the
+    stratified 75/25 split of dataset=digits; fashion_mnist: its own split): ``dataset.n_scenes`` training and
+    ``dataset.n_test`` test scenes, each split composed from the matching split of items only (so no test item is
+    ever seen in training), fixed by ``dataset.split_seed``; each scene's ``key`` (targets: boxes; masks) is its
+    target."""
+    if items == "digits":
+        x, y = digits_source()
+        train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=0.25, stratify=y.numpy(), random_state=0)
+        splits, classes = ((x[train_idx], y[train_idx]), (x[test_idx], y[test_idx])), [str(i) for i in range(10)]
+    else:
+        source = images.fashion_mnist(cfg)
+        splits, classes = (source.train, source.test), source.classes
     made = []
-    for (x, y), n, seed in ((train, cfg.n_scenes, cfg.split_seed), (test, cfg.n_test, cfg.split_seed + 1)):
+    for (x, y), n, seed in zip(splits, (cfg.n_scenes, cfg.n_test), (cfg.split_seed, cfg.split_seed + 1)):
         scenes = compose_scenes(x, y, n, size=cfg.image_size, objects=tuple(cfg.objects), scale=tuple(cfg.scale),
                                 seed=seed)
-        made.append((scenes["images"], scenes["targets"]))
-    return Source(made[0], made[1], classes)
+        made.append((scenes["images"], scenes[key]))
+    return made[0], made[1], classes
 
 
 def digits_det(cfg) -> Source:
     """Scenes of scikit-learn's digits (16x16 items), with the stratified 75/25 split of dataset=digits."""
-    x, y = digits_source()
-    train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=0.25, stratify=y.numpy(), random_state=0)
-    return _scenes(cfg, (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx]), [str(i) for i in range(10)])
+    return Source(*composed(cfg, "digits", "targets"))
 
 
 def fashion_mnist_det(cfg) -> Source:
     """Scenes of Fashion-MNIST items: training scenes from its training split, test scenes from its test split."""
-    source = images.fashion_mnist(cfg)
-    return _scenes(cfg, source.train, source.test, source.classes)
+    return Source(*composed(cfg, "fashion_mnist", "targets"))
 
 
 def _split(read, *args) -> tuple:

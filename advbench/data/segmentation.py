@@ -5,10 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
-from advbench.data import images
-from advbench.data.scenes import compose_scenes, digits_source
+from advbench.data.detection import composed
 from advbench.data.source import Source
 from advbench.errors import AdvbenchError
 from advbench.tasks.segmentation_metrics import IGNORE
@@ -16,28 +14,21 @@ from advbench.tasks.segmentation_metrics import IGNORE
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def _scenes(cfg, train: tuple, test: tuple, classes: list) -> Source:
-    """``dataset.n_scenes`` training and ``dataset.n_test`` test canvases, each split composed from the matching
-    split of items; the masks mark each item's own pixels (above the composer's foreground threshold)."""
-    made = []
-    for (x, y), n, seed in ((train, cfg.n_scenes, cfg.split_seed), (test, cfg.n_test, cfg.split_seed + 1)):
-        scenes = compose_scenes(x, y, n, size=cfg.image_size, objects=tuple(cfg.objects), scale=tuple(cfg.scale),
-                                seed=seed)
-        made.append((scenes["images"], scenes["masks"].long()))
-    return Source(made[0], made[1], ["background", *classes])
+def _canvases(cfg, items: str) -> Source:
+    """The detection sets' composed scenes (data/detection.py) with their masks as targets: each item's own
+    pixels (above the composer's foreground threshold) marked with its class + 1, background 0."""
+    (x, masks), (x_test, masks_test), classes = composed(cfg, items, "masks")
+    return Source((x, masks.long()), (x_test, masks_test.long()), ["background", *classes])
 
 
 def digits_seg(cfg) -> Source:
     """Canvases of scikit-learn's digits, with the stratified 75/25 split of dataset=digits."""
-    x, y = digits_source()
-    train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=0.25, stratify=y.numpy(), random_state=0)
-    return _scenes(cfg, (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx]), [str(i) for i in range(10)])
+    return _canvases(cfg, "digits")
 
 
 def fashion_mnist_seg(cfg) -> Source:
     """Canvases of Fashion-MNIST items: training canvases from its training split, test ones from its test split."""
-    source = images.fashion_mnist(cfg)
-    return _scenes(cfg, source.train, source.test, source.classes)
+    return _canvases(cfg, "fashion_mnist")
 
 
 def _read_pairs(root: Path, size: int, ignore_index: int) -> tuple:

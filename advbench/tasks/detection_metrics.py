@@ -6,6 +6,8 @@ import torch
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_iou
 
+from advbench.tasks import records
+
 logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # its per-call tables would flood the run's log
 IOU = 0.5  # a prediction matches an object at IoU >= 0.5 (the mAP@0.5 criterion)
 
@@ -56,38 +58,22 @@ def strength(pred: dict, target: dict, score: float) -> tuple:
     return recall(pred, target, score), best.mean().item()
 
 
-class Records:
-    """Per image: the ground truth, the clean predictions, and the worst-case predictions so far (the lowest
-    recall, then the lowest confidence in its objects); after each attack, its predictions for the per-attack
-    numbers: the worst case so far under the cascade (cumulative, as classification's), the attack's own
-    otherwise (clean where it did not attack)."""
+class Records(records.Records):
+    """Per image (see tasks/records.py): predictions as boxes, labels and scores; an image's worst case is the
+    lowest recall, then the lowest confidence in its objects."""
 
     def __init__(self, attacks: list, n: int, score: float, cascade: bool = True):
-        self.score, self.cascade = score, cascade
-        self.gt, self.clean, self.worst = [None] * n, [None] * n, [None] * n
-        self.worst_strength = [(1.0, 1.0)] * n
-        self.after = {name: [None] * n for name in attacks}
-        self.own = {}
+        super().__init__(attacks, n, cascade)
+        self.score = score
 
-    def add_clean(self, indices, outputs, targets) -> None:
-        """The clean predictions of the images ``indices``."""
-        for i, p, t in zip(indices, _on_cpu(outputs.predictions()), _on_cpu(targets)):
-            self.gt[i], self.clean[i], self.worst[i] = t, p, p
-            self.worst_strength[i] = strength(p, t, self.score)
+    def predictions(self, outputs) -> list:
+        return _on_cpu(outputs.predictions())
 
-    def add_attack(self, indices, outputs) -> None:
-        """An attack's predictions for the images it attacked: kept where they lower the recall."""
-        for i, p in zip(indices, _on_cpu(outputs.predictions())):
-            self.own[i] = p
-            found = strength(p, self.gt[i], self.score)
-            if found < self.worst_strength[i]:
-                self.worst[i], self.worst_strength[i] = p, found
+    def truths(self, targets) -> list:
+        return _on_cpu(targets)
 
-    def close(self, name: str, indices) -> None:
-        """Record attack ``name``'s predictions of the images ``indices`` (see the class docstring)."""
-        for i in indices:
-            self.after[name][i] = self.worst[i] if self.cascade else self.own.get(i, self.clean[i])
-        self.own = {}
+    def rank(self, pred, gt) -> tuple:
+        return strength(pred, gt, self.score)
 
 
 def _on_cpu(items: list) -> list:

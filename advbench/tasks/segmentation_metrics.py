@@ -3,6 +3,8 @@ records an evaluation keeps to find each image's worst case."""
 import torch
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
+from advbench.tasks import records
+
 IGNORE = 255  # unlabelled pixels (VOC's boundaries, crop padding): in no loss and no metric
 
 
@@ -30,41 +32,22 @@ def miou_of(matrix: torch.Tensor) -> tuple:
     return (iou[present].mean().item() if present.any() else 1.0), iou
 
 
-class Records:
-    """Per image: the true mask, the clean prediction, the worst prediction so far (the lowest mIoU of the image),
-    and after each attack the masks for its number: the worst case so far under the cascade (cumulative), the
-    attack's own otherwise (clean where it did not attack). Masks are kept as uint8 on the CPU."""
+class Records(records.Records):
+    """Per image (see tasks/records.py): masks, kept as uint8 on the CPU; an image's worst case is its lowest
+    mIoU."""
 
     def __init__(self, attacks: list, n: int, n_classes: int, cascade: bool = True):
-        self.n_classes, self.cascade = n_classes, cascade
-        self.gt, self.clean, self.worst = [None] * n, [None] * n, [None] * n
-        self.worst_miou = [1.0] * n
-        self.after = {name: [None] * n for name in attacks}
-        self.own = {}
+        super().__init__(attacks, n, cascade)
+        self.n_classes = n_classes
 
-    def _image_miou(self, pred, gt) -> float:
-        return miou_of(confusion(pred, gt, self.n_classes))[0]
+    def predictions(self, outputs) -> list:
+        return list(outputs.argmax(1).to(torch.uint8).cpu())
 
-    def add_clean(self, indices, outputs, targets) -> None:
-        """The clean predictions of the images ``indices``."""
-        for i, p, t in zip(indices, outputs.argmax(1).cpu(), targets.cpu()):
-            self.gt[i], self.clean[i], self.worst[i] = t.to(torch.uint8), p.to(torch.uint8), p.to(torch.uint8)
-            self.worst_miou[i] = self._image_miou(p, t)
+    def truths(self, targets) -> list:
+        return list(targets.to(torch.uint8).cpu())
 
-    def add_attack(self, indices, outputs) -> None:
-        """An attack's predictions for the images it attacked: kept where they lower the image's mIoU."""
-        for i, p in zip(indices, outputs.argmax(1).cpu()):
-            p = p.to(torch.uint8)
-            self.own[i] = p
-            found = self._image_miou(p.long(), self.gt[i].long())
-            if found < self.worst_miou[i]:
-                self.worst[i], self.worst_miou[i] = p, found
-
-    def close(self, name: str, indices) -> None:
-        """Record attack ``name``'s masks of the images ``indices`` (see the class docstring)."""
-        for i in indices:
-            self.after[name][i] = self.worst[i] if self.cascade else self.own.get(i, self.clean[i])
-        self.own = {}
+    def rank(self, pred, gt) -> float:
+        return miou_of(confusion(pred.long(), gt.long(), self.n_classes))[0]
 
     def scores(self, predictions: list, classes: list) -> dict:
         """mIoU, IoU per class (by name; null where a class is absent) and pixel accuracy of ``predictions``
