@@ -20,8 +20,7 @@ class FreeLB(Mode):
     def step(self, b: Batch) -> Step:
         steps = b.attack.steps
         real = (b.x != 0)[..., None].float()  # padding is never perturbed
-        with torch.no_grad():
-            shape = b.net.embedding(b.x).shape
+        shape = (*b.x.shape, b.net.embedding.weight.shape[1])  # the word embeddings' shape, without computing them
         delta = torch.zeros(shape, device=b.x.device)
         if self.settings.init_mag > 0:
             dims = real.flatten(1).sum(1).view(-1, 1, 1) * shape[-1]
