@@ -21,12 +21,11 @@ from advbench.evaluation import EvalPlan, Evaluator, final_evaluation, validatio
 from advbench.evaluation.batch import auto_batch_size
 from advbench.evaluation.summary import write_summary
 from advbench.run_config import checkpoint_config, plain, resolve_device, threads_per_job
-from advbench.runtime import distributed
-from advbench.runtime import readable
+from advbench.runtime import distributed, readable
 from advbench.runtime.checkpoint import build_model, load_checkpoint, save_checkpoint
-from advbench.runtime.trackers import Trackers
 from advbench.runtime.outputs import versions, write_json
 from advbench.runtime.rundir import labels
+from advbench.runtime.trackers import Trackers
 from advbench.tasks import build_task
 from advbench.training import Plan, Recipe, build_mode, fit
 
