@@ -92,10 +92,6 @@ class _Column:
             raise TypeError("a streamed split loads prefixes only: [:n]")
         return self.stream.first(key.stop)[self.which]
 
-    @property
-    def shape(self):
-        return (len(self), *self.stream.dataset[0][0].shape) if self.which == 0 else (len(self),)
-
 
 class StreamLoader:
     """Batches of a ``Stream`` through a DataLoader (its augmented view with ``augment``): shuffled by
