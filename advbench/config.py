@@ -146,6 +146,7 @@ class DatasetConf:
     train_csv: Optional[str] = None  # text_csv
     test_csv: Optional[str] = None
     text_column: str = "text"
+    text_pair_column: Optional[str] = None  # text_csv, text_json: the second sentence of GLUE-style pairs
     label_column: str = "label"
 
 

@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 
 from advbench.attacks.spec import make_attack
 from advbench.data.loaders import TensorLoader
-from advbench.data.text import hf_encoder, synthetic_text
+from advbench.data.text import synthetic_text
+from advbench.data.tokens import hf_encoder
 from advbench.models.hf import hf_classifier
 from advbench.models.tiny_bert import build_tiny_bert
 from advbench.tasks import TextClassification
@@ -57,7 +58,7 @@ def main():
     n = args.batches * args.batch_size
     texts, labels = synthetic_text(OmegaConf.create({"n_classes": 3, "n_train": n, "n_test": 1}))[0]
     path = build_tiny_bert(tempfile.mkdtemp(), texts, 3, vocab_size=500, hidden=64)
-    _, encode = hf_encoder(str(path), 32)
+    _, _, encode = hf_encoder(str(path), 32)
     ids, y = encode(texts), torch.tensor(labels)
     task = TextClassification(3)
     torch.manual_seed(0)

@@ -33,11 +33,18 @@ def tiny_dir(tmp_path_factory):
                            max_len=64)
 
 
-def batch_of(tiny_dir):
-    from advbench.data.text import hf_encoder
-    _, encode = hf_encoder(str(tiny_dir), 16)
-    ids = encode(["k0x1 w3 w4 k0x2", "w1 k1x3 w9 w10 w11 k1x0 w2", "k2x4"])
-    return ids, torch.tensor([0, 1, 2])
+def batch_of(tiny_dir, texts=("k0x1 w3 w4 k0x2", "w1 k1x3 w9 w10 w11 k1x0 w2", "k2x4")):
+    from advbench.data.tokens import hf_encoder
+    _, _, encode = hf_encoder(str(tiny_dir), 16)
+    return encode(list(texts)), torch.tensor([0, 1, 2])
+
+
+def special_task(tiny_dir) -> TextClassification:
+    """The task as a run builds it: the tokenizer's special tokens ([CLS], [SEP]) pinned."""
+    from advbench.data.tokens import hf_encoder
+    vocab, special, _ = hf_encoder(str(tiny_dir), 16)
+    assert [vocab[i] for i in special] == ["[CLS]", "[SEP]", "[MASK]"]
+    return TextClassification(3, vocab=vocab, special=special)
 
 
 @pytest.mark.parametrize("kind", ["BertConfig", "RobertaConfig", "DistilBertConfig"])
@@ -55,15 +62,22 @@ def test_the_adapter_finds_the_input_embeddings_of_each_architecture(kind):
         assert (model.embedding(ids)[ids == 0] == 0).all()  # padding embeds to zero, and is masked
 
 
-def test_padding_changes_nothing_and_is_never_perturbed(tiny_dir):
+def test_padding_changes_nothing_and_padding_and_special_tokens_are_never_perturbed(tiny_dir):
     model = hf_classifier((16,), 3, name_or_path=str(tiny_dir)).eval()
     ids, y = batch_of(tiny_dir)
+    task = special_task(tiny_dir)
     longer = torch.cat([ids, torch.zeros(3, 8, dtype=torch.long)], 1)
     with torch.no_grad():
         assert torch.allclose(model(ids), model(longer), atol=1e-5)  # more padding: the same logits
+        assert torch.equal(task.trim(longer), ids[:, :int((ids != 0).sum(1).max())])  # dynamic padding
+        clean = model.embedding(ids)
     import advbench
-    emb_adv = advbench.attack("pgd", eps=1.0, norm="l2", target="embedding", steps=3, task=TASK)(model, ids, y)
-    assert (emb_adv[ids == 0] == 0).all() and emb_adv[ids != 0].abs().sum() > 0
+    emb_adv = advbench.attack("pgd", eps=1.0, norm="l2", target="embedding", steps=3, task=task)(model, ids, y)
+    special = task.pinned(ids) & (ids != 0)
+    assert special.sum() == 6  # [CLS] and [SEP] of each text
+    assert (emb_adv[ids == 0] == 0).all() and torch.equal(emb_adv[special], clean[special])
+    moved = (emb_adv - clean).norm(dim=-1)[~task.pinned(ids)]
+    assert (moved > 0).all()  # every word piece moved
 
 
 def test_the_embedding_matrix_is_restored_bit_for_bit(tiny_dir):
@@ -77,9 +91,9 @@ def test_the_embedding_matrix_is_restored_bit_for_bit(tiny_dir):
     assert torch.equal(model.embedding.weight, before)
 
 
-def _freelb_batch(model, ids, y, update, backward, steps=2, alpha=0.3, eps=1.0):
+def _freelb_batch(model, ids, y, update, backward, steps=2, alpha=0.3, eps=1.0, task=TASK):
     attack = type("Bound", (), {"steps": steps, "alpha": alpha, "target": "embedding", "name": "pgd"})()
-    return Batch(model, model, TASK, ids, y, attack=attack, eps=eps, autocast=contextlib.nullcontext, update=update,
+    return Batch(model, model, task, ids, y, attack=attack, eps=eps, autocast=contextlib.nullcontext, update=update,
                  backward=backward)
 
 
@@ -94,16 +108,18 @@ def test_freelb_accumulates_the_gradient_of_each_ascent_step(tiny_dir):
         loss.backward()
         if after:
             after()
-    mode = build_mode(OmegaConf.create({"name": "freelb", "init_mag": 0.0}), TASK)
-    mode.step(_freelb_batch(model, ids, y, update, lambda loss: loss.backward()))
+    task = special_task(tiny_dir)
+    mode = build_mode(OmegaConf.create({"name": "freelb", "init_mag": 0.0}), task)
+    mode.step(_freelb_batch(model, ids, y, update, lambda loss: loss.backward(), task=task))
     got = [p.grad.clone() for p in params]
 
-    # the direct computation: two steps, delta_1 = alpha g / ||g|| (within norm eps), gradients of both / 2 summed
+    # the direct computation: two steps, delta_1 = alpha g / ||g|| (within norm eps) on the word pieces only
+    # (padding, [CLS] and [SEP] stay), the gradients of both losses / 2 summed
     model.zero_grad(set_to_none=True)
-    real = (ids != 0)[..., None].float()
+    real = (ids > 5)[..., None].float()  # ids 1-5 (stored + 1): [PAD], [UNK], [CLS], [SEP], [MASK]
     delta = torch.zeros(*ids.shape, 32, requires_grad=True)
     (F.cross_entropy(model.classify(model.embedding(ids) + delta), y) / 2).backward()
-    g = delta.grad
+    g = delta.grad * real
     step = 0.3 * g / g.flatten(1).norm(dim=1).view(-1, 1, 1)
     step = step * (1.0 / step.flatten(1).norm(dim=1)).clamp(max=1).view(-1, 1, 1)
     (F.cross_entropy(model.classify(model.embedding(ids) + step * real), y) / 2).backward()
@@ -135,3 +151,38 @@ def test_embedding_attacks_under_autocast_keep_their_gradient(tiny_dir, dtype):
     with torch.no_grad():
         step = (emb_adv - model.embedding(ids)).float()
     assert torch.isfinite(step).all() and step.flatten(1).norm(dim=1).min() > 0.04  # a full FGM step, no underflow
+
+
+def test_sentence_pairs_reach_the_model_with_their_token_types(tiny_dir):
+    from advbench.data.tokens import hf_encoder
+    _, _, encode = hf_encoder(str(tiny_dir), 16)
+    pairs = [("k0x1 w3", "w4 k0x2 w5"), ("w1 k1x3", "k2x4")]
+    ids = encode(pairs)
+    assert (ids < 0).any(1).all()  # each pair's second segment is stored negative
+    model = hf_classifier((16,), 3, name_or_path=str(tiny_dir)).eval()
+    found = transformers.AutoTokenizer.from_pretrained(tiny_dir)([p[0] for p in pairs], [p[1] for p in pairs],
+                                                                  padding="max_length", max_length=16,
+                                                                  return_tensors="pt")
+    with torch.no_grad():
+        own = model.model(**found).logits  # input_ids, token_type_ids, attention_mask
+        assert torch.allclose(model(ids), own, atol=1e-5)
+        assert not torch.allclose(model(ids.abs()), own, atol=1e-5)  # the token types matter to this model
+
+
+def test_a_pair_data_set_trains_an_hf_model_and_its_saliency_joins_word_pieces(tiny_dir, tmp_path):
+    rows = [[f"k{c}x1 w1{i % 10}", f"w2{i % 10} k{c}x2 w123", str(c)] for i in range(30) for c in range(3)]
+    for split, part in (("train", rows), ("test", rows[:12])):
+        (tmp_path / f"{split}.csv").write_text("a,b,label\n" + "\n".join(",".join(r) for r in part) + "\n")
+    run = ["dataset=text_csv", f"dataset.train_csv={tmp_path}/train.csv", f"dataset.test_csv={tmp_path}/test.csv",
+           "dataset.text_column=a", "dataset.text_pair_column=b", "dataset.val_size=9", f"dataset.tokenizer={tiny_dir}",
+           "dataset.max_len=16", "model=hf", f"model.name_or_path={tiny_dir}", "training=mixed", "attack=fgm",
+           "eps=0.5", "epochs=1", "progress=false", "threads=1"]
+    cli(*run, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, check=True)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["n_examples"] == 12 and 0 <= results["clean_macro_f1"] <= 1
+    assert results["robust_macro_f1_by_attack"]["fgm_embedding"] == results["robust_macro_f1"]
+    cli("task=saliency", f"checkpoint={tmp_path}/run", "saliency.n_examples=2", "progress=false",
+        f"hydra.run.dir={tmp_path}/sal", cwd=tmp_path, check=True)
+    page = (tmp_path / "sal" / "saliency.html").read_text()
+    assert ">w123</span>" in page and "##" not in page  # w123 is the pieces w12 and ##3, joined
+    assert page.count(">[SEP]</span>") == 4  # both segments of both pairs closed by [SEP]

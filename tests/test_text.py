@@ -12,7 +12,8 @@ from advbench.attacks.embedding import perturb_embedding_weights, restore_embedd
 from advbench.tasks.text import FromEmbeddings
 from advbench.errors import AdvbenchError
 from advbench.training.schedules import make_scheduler
-from advbench.data.text import encode, parse_fortunes, tokenize, build_vocab
+from advbench.data.text import parse_fortunes
+from advbench.data.tokens import build_vocab, encode, tokenize
 from advbench.models import TextCNN, TransformerClassifier
 from advbench.tasks import TextClassification
 from advbench.training import Plan, build_mode, train_epoch
@@ -232,3 +233,78 @@ def test_text_json_lines_load_with_named_keys_and_bad_lines_are_one_line_errors(
     (tmp_path / "test.jsonl").write_text('{"sentence": "good", "topic": 1}\nnot json\n')
     with pytest.raises(AdvbenchError, match=r"test.jsonl, line 2: not a JSON object"):
         load_data(compose_config(base).dataset)
+
+
+def test_sentence_pairs_get_a_separator_negative_second_ids_and_longest_first_truncation():
+    vocab = build_vocab([("a b", "c"), ("a", "a c")], max_size=10, min_freq=1)
+    assert vocab == ["<pad>", "<unk>", "<sep>", "a", "c", "b"]
+    ids = encode([("a b", "c"), ("a b a b a", "c")], vocab, 5)
+    assert ids.tolist() == [[3, 5, 2, -4, 0], [3, 5, 3, 2, -4]]
+    assert encode([("a b a b a", "c c c c")], vocab, 5).tolist() == [[3, 5, 2, -4, -4]]  # each keeps 2 of 4
+    task = TextClassification(2, vocab=vocab, special=[2])
+    assert task.pinned(ids).tolist() == [[False, False, True, False, True], [False, False, False, True, False]]
+    model = TextCNN((5,), 2, len(vocab)).eval()
+    with torch.no_grad():  # no segment embeddings: a second-segment token embeds as itself
+        assert torch.equal(model.embedding(ids), model.embedding(ids.abs()))
+
+
+def test_a_pair_column_loads_pairs_and_a_missing_one_is_named(tmp_path):
+    rows = [["a cat", "a dog", "no"], ["a cat", "a cat", "yes"]] * 5
+    write_csv(tmp_path / "train.csv", ["premise", "hypothesis", "label"], rows)
+    write_csv(tmp_path / "test.csv", ["premise", "hypothesis", "label"], rows[:2])
+    base = ["dataset=text_csv", f"dataset.train_csv={tmp_path}/train.csv", f"dataset.test_csv={tmp_path}/test.csv",
+            "dataset.val_size=2", "dataset.text_column=premise", "dataset.min_freq=1", "dataset.max_len=8"]
+    data = load_data(compose_config(base + ["dataset.text_pair_column=hypothesis"]).dataset)
+    assert data.vocab[2] == "<sep>" and data.special == (2,)
+    cat, dog = data.vocab.index("cat"), data.vocab.index("dog")
+    assert data.test[0][0, :5].tolist() == [data.vocab.index("a"), cat, 2, -data.vocab.index("a"), -dog]
+    with pytest.raises(AdvbenchError, match="dataset.text_pair_column='second' is not a column of .*hypothesis"):
+        load_data(compose_config(base + ["dataset.text_pair_column=second"]).dataset)
+
+
+def test_dynamic_padding_cuts_each_batch_after_its_longest_text():
+    ids = torch.tensor([[5, 6, 0, 0, 0, 0], [5, 0, 0, 0, 0, 0], [5, 6, 7, 8, 0, 0], [0, 0, 0, 0, 0, 0]])
+    task = TextClassification(2)
+    widths = [x.shape[1] for x, _ in TensorLoader(ids, torch.zeros(4, dtype=torch.long), 2, trim=task.trim)]
+    assert widths == [2, 4]
+    assert task.trim(ids[3:]).shape == (1, 1)  # an empty text keeps one (padding) position
+    model = TransformerClassifier((6,), 2, 10).eval()
+    with torch.no_grad():
+        assert torch.allclose(model(ids[:3]), model(task.trim(ids[:3])), atol=1e-6)
+
+
+def test_macro_f1_is_computed_on_each_texts_worst_case_prediction():
+    from sklearn.metrics import f1_score
+    task = TextClassification(3)
+    y = torch.tensor([0, 0, 1, 2, 2, 2])
+    clean = torch.eye(3)[[0, 1, 1, 2, 2, 2]]  # text 1 wrong already
+    adv = torch.eye(3)[[2, 1, 0, 2, 2]]  # the attack moves texts 0 (to 2) and 3 (to 0) of the 5 correct ones
+    records = task.new_records(["pgd"], 6)
+    records.add_clean(range(6), clean, y)
+    attacked = [0, 2, 3, 4, 5]
+    records.add_attack(attacked, adv)
+    records.close("pgd", range(6))
+    flags = {"clean": task.correct(clean, y), "pgd": torch.tensor([False, False, True, False, True, True])}
+    found = task.summarize(flags, records)
+    worst = [2, 1, 1, 0, 2, 2]
+    assert found["robust_acc"] == pytest.approx(3 / 6)
+    assert found["clean_macro_f1"] == pytest.approx(f1_score(y, [0, 1, 1, 2, 2, 2], average="macro"), abs=1e-6)
+    assert found["robust_macro_f1"] == pytest.approx(f1_score(y, worst, average="macro"), abs=1e-6)
+    assert found["robust_macro_f1_by_attack"]["pgd"] == found["robust_macro_f1"] < found["clean_macro_f1"]
+
+
+@pytest.mark.parametrize("pieces, words", [
+    (["[CLS]", "play", "##ing", "ball", "[SEP]", "##s", "[SEP]"], ["[CLS]", "playing", "ball", "[SEP]", "s", "[SEP]"]),
+    (["<s>", "Hello", "\u0120wor", "ld", "</s>"], ["<s>", "Hello", "world", "</s>"]),  # byte-level BPE
+    (["\u2581Hel", "lo", "\u2581world"], ["Hello", "world"]),  # SentencePiece
+    (["don't", "panic", "<sep>", "now"], ["don't", "panic", "<sep>", "now"]),  # advbench's words
+])
+def test_word_pieces_join_into_words_with_the_norm_of_their_gradients(pieces, words):
+    from advbench.evaluation.token_saliency import continues_word, join_pieces
+    vocab = pieces * 2 if any(p.startswith(("\u0120", "\u2581")) for p in pieces) else pieces
+    special = [p in ("[CLS]", "[SEP]", "<s>", "</s>", "<sep>") for p in pieces]
+    norms = [3.0, 5.0, 12.0, 1.0, 2.0, 4.0, 6.0][:len(pieces)]
+    got, got_norms = join_pieces(pieces, norms, special, continues_word(vocab))
+    assert got == words
+    if words[1] == "playing":
+        assert got_norms[:2] == [3.0, 13.0]  # sqrt(5^2 + 12^2): the word's pieces' gradients as one vector

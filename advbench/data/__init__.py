@@ -45,6 +45,7 @@ class Data:
     task: str = "classification"
     vocab: list | None = None  # text: the training split's vocabulary; ids index it
     classes: list | None = None  # class names, index = label
+    special: tuple = ()  # text: the ids of special tokens ([CLS], [SEP]), which attacks leave in place
 
     def model_kwargs(self, cfg) -> dict:
         """What a model factory takes besides shape and classes: the vocabulary size, or the normalization."""
@@ -102,7 +103,7 @@ def load_data(cfg) -> Data:
     n_classes = len(source.classes) if source.classes else int(max(y.max(), test[1].max())) + 1
     classes = list(source.classes) if source.classes else [str(i) for i in range(n_classes)]
     return Data(train=train, val=val, test=test, shape=tuple(x.shape[1:]), n_classes=n_classes, task=task,
-                vocab=source.vocab, classes=classes)
+                vocab=source.vocab, classes=classes, special=tuple(source.special))
 
 
 def _streamed(cfg, source, task) -> Data:

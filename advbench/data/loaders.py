@@ -32,18 +32,23 @@ def _index(targets, idx):
     return targets[idx]
 
 
+def _same(x):
+    return x
+
+
 class TensorLoader:
     """Iterates (x, targets) batches of in-memory tensors; x comes out float in [0,1]. ``index(targets, idx)``
     selects a batch's targets (a task's own indexing: a label vector, a list of per-image boxes...);
-    ``augment(x, targets, generator)`` (a task's) transforms a batch and its targets together. With a CUDA
-    ``device`` the images (and tensor targets) are moved there once."""
+    ``augment(x, targets, generator)`` (a task's) transforms a batch and its targets together; ``trim(x)`` (a
+    task's) cuts a batch to what its examples use (text: dynamic padding). With a CUDA ``device`` the images (and
+    tensor targets) are moved there once."""
 
     def __init__(self, x, targets, batch_size: int, shuffle: bool = False, generator=None, augment=None,
-                 rank: int = 0, world_size: int = 1, index=_index, device=None):
+                 rank: int = 0, world_size: int = 1, index=_index, device=None, trim=_same):
         if device is not None and torch.device(device).type == "cuda":
             x = x.to(device)
             targets = targets.to(device) if torch.is_tensor(targets) else targets
-        self.x, self.targets, self.batch_size, self.index = x, targets, batch_size, index
+        self.x, self.targets, self.batch_size, self.index, self.trim = x, targets, batch_size, index, trim
         self.shuffle, self.generator, self.augment = shuffle, generator, augment
         self.rank, self.world_size = rank, world_size
 
@@ -61,7 +66,7 @@ class TensorLoader:
         order = order[:n * self.world_size][self.rank::self.world_size]
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
-            x = to_unit(self.x[idx.to(self.x.device, non_blocking=True)])
+            x = self.trim(to_unit(self.x[idx.to(self.x.device, non_blocking=True)]))
             on = self.targets.device if torch.is_tensor(self.targets) else "cpu"
             targets = self.index(self.targets, idx.to(on, non_blocking=True))
             yield self.augment(x, targets, self.generator) if self.augment else (x, targets)

@@ -1,5 +1,5 @@
 """What a data set loader returns."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -10,4 +10,5 @@ class Source:
     test: tuple
     classes: list | None = None
     vocab: list | None = None  # text: the training split's vocabulary
+    special: list = field(default_factory=list)  # text: ids of special tokens ([CLS], [SEP]) attacks never move
     val: tuple | None = None  # a validation split of the data set's own (else one is carved from train)

@@ -1,45 +1,20 @@
-"""Text data: the fortunes topic task, the user's CSV files, a synthetic task; tokenizer and vocabulary.
+"""Text data: the fortunes topic task, the user's CSV and JSON lines files, a synthetic task.
 
-Loaders return raw ``(texts, labels)`` pairs for train and test; ``encode_splits`` turns them into padded token-id
-tensors with a vocabulary built from the training split alone.
+Loaders return raw ``(texts, labels)`` for train and test, a text being a string or a (text, pair) tuple;
+``encoded`` turns them into padded token-id tensors (data/tokens.py).
 """
 import csv
 import json
 import random
-import re
-from collections import Counter
 from pathlib import Path
 
 import torch
 
 from advbench.data.source import Source
+from advbench.data.tokens import build_vocab, encode, hf_encoder, special_ids
 from advbench.errors import AdvbenchError
 
-PAD, UNK = "<pad>", "<unk>"
-_TOKEN = re.compile(r"[a-z0-9']+")
 FORTUNES = Path("/usr/share/games/fortunes")
-
-
-def tokenize(text: str) -> list:
-    """Lower-case word tokens."""
-    return _TOKEN.findall(text.lower())
-
-
-def build_vocab(texts: list, max_size: int, min_freq: int) -> list:
-    """<pad>, <unk>, then the training split's tokens by frequency (ties alphabetical)."""
-    counts = Counter(token for text in texts for token in tokenize(text))
-    ranked = sorted((t for t, c in counts.items() if c >= min_freq), key=lambda t: (-counts[t], t))
-    return [PAD, UNK, *ranked[:max(0, max_size - 2)]]
-
-
-def encode(texts: list, vocab: list, max_len: int) -> torch.Tensor:
-    """Token ids, truncated to ``max_len`` and padded with <pad> (id 0); unknown words map to <unk> (id 1)."""
-    index = {token: i for i, token in enumerate(vocab)}
-    ids = torch.zeros(len(texts), max_len, dtype=torch.int64)
-    for row, text in enumerate(texts):
-        tokens = [index.get(t, 1) for t in tokenize(text)[:max_len]]
-        ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
-    return ids
 
 
 def parse_fortunes(path: Path) -> list:
@@ -88,12 +63,24 @@ def fortunes(cfg):
     return (*_stratified_split(texts, labels, cfg.test_size, cfg.split_seed), list(cfg.categories))
 
 
+def _columns(cfg) -> tuple:
+    """The config keys naming the columns a file must have."""
+    return ("text_column", "label_column") + (("text_pair_column",) if cfg.text_pair_column else ())
+
+
+def _text_of(row: dict, cfg):
+    """A row's text, or its (text, pair) for sentence-pair data (dataset.text_pair_column)."""
+    if cfg.text_pair_column:
+        return str(row[cfg.text_column]), str(row[cfg.text_pair_column])
+    return str(row[cfg.text_column])
+
+
 def _read_csv(path, cfg) -> list:
     """(text, label) rows of one CSV file; encoding problems and ragged rows are one-line errors."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
-            for column in ("text_column", "label_column"):
+            for column in _columns(cfg):
                 if getattr(cfg, column) not in (reader.fieldnames or []):
                     raise AdvbenchError(f"dataset.{column}={getattr(cfg, column)!r} is not a column of {path}: "
                                         f"it has {reader.fieldnames}")
@@ -104,7 +91,7 @@ def _read_csv(path, cfg) -> list:
                     raise AdvbenchError(f"{path}, line {reader.line_num}: {fields} fields "
                                         f"where the header has {len(reader.fieldnames)}: expected one value per "
                                         "column (quote texts holding commas)")
-                rows.append((row[cfg.text_column], row[cfg.label_column].strip()))
+                rows.append((_text_of(row, cfg), row[cfg.label_column].strip()))
             return rows
     except UnicodeDecodeError as err:
         raise AdvbenchError(f"{path} is not UTF-8 text (byte {err.start}): expected a UTF-8 CSV file; "
@@ -152,12 +139,12 @@ def _read_jsonl(path, cfg) -> list:
                     continue
                 try:
                     item = json.loads(line)
-                    rows.append((str(item[cfg.text_column]), str(item[cfg.label_column]).strip()))
+                    rows.append((_text_of(item, cfg), str(item[cfg.label_column]).strip()))
                 except (ValueError, TypeError) as err:
                     raise AdvbenchError(f"{path}, line {number}: not a JSON object ({type(err).__name__})") from None
                 except KeyError as err:
-                    raise AdvbenchError(f"{path}, line {number}: no {err.args[0]!r} key (dataset.text_column="
-                                        f"{cfg.text_column!r}, dataset.label_column={cfg.label_column!r})") from None
+                    named = ", ".join(f"dataset.{c}={getattr(cfg, c)!r}" for c in _columns(cfg))
+                    raise AdvbenchError(f"{path}, line {number}: no {err.args[0]!r} key ({named})") from None
     except UnicodeDecodeError as err:
         raise AdvbenchError(f"{path} is not UTF-8 text (byte {err.start})") from None
     return rows
@@ -189,34 +176,15 @@ RAW = {"fortunes": fortunes, "text_csv": text_csv, "text_json": text_json, "synt
 
 def encoded(loader):
     """``loader`` (texts and labels) turned into padded token ids, with a vocabulary built from the training
-    texts alone: (train, test, class names, vocabulary)."""
+    texts alone, or the model's tokenizer (dataset.tokenizer)."""
     def load(cfg):
         train, test, classes = loader(cfg)
         if cfg.tokenizer:  # a Hugging Face model's own tokenizer (model=hf)
-            vocab, encode_with = hf_encoder(cfg.tokenizer, cfg.max_len)
+            vocab, special, encode_with = hf_encoder(cfg.tokenizer, cfg.max_len)
         else:
             vocab = build_vocab(train[0], cfg.max_vocab, cfg.min_freq)
+            special = special_ids(vocab)
             encode_with = lambda texts: encode(texts, vocab, cfg.max_len)  # noqa: E731
         as_ids = [(encode_with(texts), torch.tensor(labels, dtype=torch.int64)) for texts, labels in (train, test)]
-        return Source(as_ids[0], as_ids[1], classes, vocab)
+        return Source(as_ids[0], as_ids[1], classes, vocab, special=special)
     return load
-
-
-def hf_encoder(path: str, max_len: int) -> tuple:
-    """(vocabulary, encode) of the tokenizer in ``path`` (AutoTokenizer): texts tokenized once, truncated to
-    ``max_len`` with its special tokens; each id stored + 1, so that 0 stays padding (models/hf.py undoes it)."""
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        raise AdvbenchError("dataset.tokenizer needs the transformers package: pip install 'advbench[nlp]'") from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise AdvbenchError(f"dataset.tokenizer={path}: {' '.join(str(err).split())[:200]}") from None
-    vocab = ["<pad>", *tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))]
-
-    def encode_with(texts: list) -> torch.Tensor:
-        found = tokenizer(list(texts), truncation=True, max_length=max_len, padding="max_length",
-                          return_tensors="pt")
-        return torch.where(found["attention_mask"].bool(), found["input_ids"] + 1, 0)
-    return vocab, encode_with

@@ -75,7 +75,7 @@ class Evaluator:
         task, n = self.task, self.task.count(targets)
         flags, kept = {"clean": []} | {name: [] for name in attacks}, []
         seconds, attacked = dict.fromkeys(attacks, 0.0), dict.fromkeys(attacks, 0)
-        batches = TensorLoader(x, targets, self.batch_size, index=task.index)
+        batches = TensorLoader(x, targets, self.batch_size, index=task.index, trim=task.trim)
         bar = tqdm(total=n * (1 + len(attacks)), desc="evaluation", leave=False, unit="ex",
                    disable=not (self.progress and sys.stderr.isatty()))
         for start, (xb, tb) in zip(range(0, n, self.batch_size), batches):

@@ -1,10 +1,13 @@
 """Hugging Face sequence classifiers (``model=hf``, pip install 'advbench[nlp]') behind advbench's text-model
 interface: ``embedding(ids)`` and ``classify(embeddings)``.
 
-advbench's token ids keep 0 for padding; a data set tokenized with the model's own tokenizer stores each id + 1
-(data/text.py), so this adapter subtracts 1, zeroes the embeddings of padding, and passes the attention mask
-(the non-zero positions) to the model: padding is never attended to and never perturbed. Attacks and FreeLB move
-the word embeddings only; position and token-type embeddings are added by the model, as in the NLP recipe.
+advbench's token ids keep 0 for padding; a data set tokenized with the model's own tokenizer stores each id + 1,
+negated in a pair's second segment (data/tokens.py). This adapter undoes both, zeroes the embeddings of padding,
+and passes the attention mask (the non-zero positions) to the model: padding is never attended to and never
+perturbed. Attacks and FreeLB move the word embeddings only; the model adds the position embeddings. Token types
+ride in the embedding output: a second-segment token gets its type embedding's difference to type 0, and the
+model, called without ``token_type_ids``, adds type 0 everywhere, so every token ends with word + its own type, as
+with ``token_type_ids`` (tested against the model's own forward).
 """
 import torch
 from torch import nn
@@ -12,20 +15,32 @@ from torch import nn
 from advbench.errors import AdvbenchError
 
 
-class ShiftedEmbedding(nn.Module):
-    """The model's input embedding layer (``get_input_embeddings()``) read with advbench's shifted ids."""
+def _token_types(model) -> nn.Embedding | None:
+    """The segment embeddings of BERT-style models (two or more types), else None (RoBERTa has one, DistilBERT
+    none)."""
+    layer = getattr(getattr(model.base_model, "embeddings", None), "token_type_embeddings", None)
+    return layer if isinstance(layer, nn.Embedding) and layer.num_embeddings > 1 else None
 
-    def __init__(self, layer: nn.Embedding):
+
+class ShiftedEmbedding(nn.Module):
+    """The model's input embedding layer (``get_input_embeddings()``) read with advbench's shifted, signed ids."""
+
+    def __init__(self, layer: nn.Embedding, types: nn.Embedding | None = None):
         super().__init__()
         self.layer = layer
+        self.types = [types]  # a list: the layer is the model's, registered there, not a second time here
 
     @property
     def weight(self) -> torch.Tensor:  # the matrix the embedding-weights FGM recipe perturbs and restores
         return self.layer.weight
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        real = ids > 0
-        return self.layer((ids - 1).clamp_min(0)) * real[..., None].to(self.layer.weight.dtype)
+        real, second = ids != 0, ids < 0
+        emb = self.layer((ids.abs() - 1).clamp_min(0))
+        types = self.types[0]
+        if types is not None and second.any():
+            emb = emb + second[..., None].to(emb.dtype) * (types.weight[1] - types.weight[0])
+        return emb * real[..., None].to(emb.dtype)
 
 
 class HFClassifier(nn.Module):
@@ -34,7 +49,7 @@ class HFClassifier(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
-        self.embedding = ShiftedEmbedding(model.get_input_embeddings())
+        self.embedding = ShiftedEmbedding(model.get_input_embeddings(), _token_types(model))
 
     def classify(self, emb: torch.Tensor) -> torch.Tensor:
         mask = (emb != 0).any(-1)  # padding embeddings are exactly zero (pinned by the task while attacking)

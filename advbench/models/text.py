@@ -10,6 +10,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+class TokenEmbedding(nn.Embedding):
+    """An embedding of token ids (0: padding) that reads a pair's second segment, stored negative
+    (data/tokens.py), as its plain ids: these models have no segment embeddings; the <sep> token marks the
+    boundary."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(ids.abs())
+
+
 def padding_mask(emb: torch.Tensor) -> torch.Tensor:
     """True at padded positions: their embedding is exactly zero."""
     return emb.detach().abs().amax(-1) == 0
@@ -21,7 +30,7 @@ class TextCNN(nn.Module):
     def __init__(self, in_shape, n_classes, vocab_size, dim: int = 64, widths=(3, 4, 5), channels: int = 64,
                  dropout: float = 0.5):
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.embedding = TokenEmbedding(vocab_size, dim, padding_idx=0)
         self.convs = nn.ModuleList(nn.Conv1d(dim, channels, w, padding=w // 2) for w in widths)
         self.dropout = nn.Dropout(dropout)
         self.linear = nn.Linear(channels * len(widths), n_classes)
@@ -43,7 +52,7 @@ class TransformerClassifier(nn.Module):
     def __init__(self, in_shape, n_classes, vocab_size, dim: int = 64, heads: int = 4, layers: int = 2,
                  dropout: float = 0.1):
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.embedding = TokenEmbedding(vocab_size, dim, padding_idx=0)
         position = torch.arange(in_shape[0])[:, None] * torch.exp(-math.log(1e4) * torch.arange(0, dim, 2) / dim)
         self.register_buffer("positions", torch.cat([position.sin(), position.cos()], 1)[:, :dim])
         layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout, batch_first=True)

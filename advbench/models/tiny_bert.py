@@ -43,6 +43,7 @@ def main(argv=None) -> None:
 
     from advbench.config import register_configs
     from advbench.data.text import RAW
+    from advbench.data.tokens import segments
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("path")
     parser.add_argument("--dataset", default="fortunes", help="a text data set option (fortunes, text_csv, ...)")
@@ -53,7 +54,8 @@ def main(argv=None) -> None:
     with initialize_config_module("advbench.conf", version_base="1.3"):
         cfg = compose("config", overrides=[f"dataset={args.dataset}", *args.overrides])
     (texts, labels), _, classes = RAW[cfg.dataset.name](cfg.dataset)  # texts, before any encoding
-    build_tiny_bert(args.path, texts, len(classes) if classes else max(labels) + 1)
+    parts = [part for text in texts for part in segments(text)]  # both sentences of pairs
+    build_tiny_bert(args.path, parts, len(classes) if classes else max(labels) + 1)
     log.info("tiny BERT for dataset=%s in %s", args.dataset, args.path)
 
 

@@ -60,6 +60,10 @@ class Task:
         """How many examples the targets describe."""
         return len(targets)
 
+    def trim(self, x):
+        """A batch's inputs cut to what its examples use (unchanged by default)."""
+        return x
+
     def augment(self, x, targets, generator):
         """A training batch augmented, targets moved along (dataset.augment): random crop after 4-pixel zero
         padding, and random horizontal flip."""

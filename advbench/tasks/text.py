@@ -3,27 +3,53 @@ import torch
 import torch.nn as nn
 
 from advbench.runtime.distributed import bare
+from advbench.tasks import records
 from advbench.tasks.classification import Classification
 
 
-class FromEmbeddings(nn.Module):
-    """A text model seen from its embedding output; ``pad`` (if given) pins padded positions to zero."""
+class Labels(records.Records):
+    """Per text (see tasks/records.py): the true and predicted labels; its worst case is the first wrong
+    prediction an attack found (macro F1 needs which wrong class, not only that it is wrong)."""
 
-    def __init__(self, model: nn.Module, pad: torch.Tensor | None = None):
+    def predictions(self, outputs) -> list:
+        return outputs.argmax(1).tolist()
+
+    def truths(self, targets) -> list:
+        return targets.tolist()
+
+    def rank(self, pred, gt) -> int:
+        return int(pred == gt)
+
+
+def macro_f1(pred: list, truth: list, n_classes: int) -> float:
+    """The mean F1 over the classes that occur in ``truth`` or ``pred`` (scikit-learn's and torchmetrics' macro)."""
+    from torchmetrics.functional.classification import multiclass_f1_score
+    return multiclass_f1_score(torch.tensor(pred), torch.tensor(truth), n_classes, average="macro").item()
+
+
+class FromEmbeddings(nn.Module):
+    """A text model seen from its embedding output; positions ``pinned`` (if given) keep their ``clean``
+    embeddings whatever the attack proposes: padding stays zero, special tokens stay themselves."""
+
+    def __init__(self, model: nn.Module, pinned: torch.Tensor | None = None, clean: torch.Tensor | None = None):
         super().__init__()
-        self.model, self.pad = model, pad
+        self.model, self.pinned, self.clean = model, pinned, clean
+
+    def hold(self, emb: torch.Tensor) -> torch.Tensor:
+        """``emb`` with the pinned positions put back."""
+        if self.pinned is None:
+            return emb
+        return torch.where(self.pinned[..., None], self.clean if self.clean is not None else 0, emb)
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        if self.pad is not None:  # padding carries no perturbation: it stays padding
-            emb = emb.masked_fill(self.pad[..., None], 0)
-        return self.model.classify(emb)
+        return self.model.classify(self.hold(emb))
 
 
 class TextClassification(Classification):
     """Classification of token ids (0 = padding) by a model with ``embedding`` and ``classify(embeddings)``.
 
     Token ids cannot be perturbed, so an attack's point is the embedding output, with no [0,1] box; padded
-    positions stay exactly zero.
+    positions stay exactly zero and special tokens ([CLS], [SEP], advbench's <sep>: ``special``) stay unmoved.
     """
 
     name = "text classification"
@@ -33,13 +59,41 @@ class TextClassification(Classification):
     evaluates_with_training_attack = True
     draws_examples = False
 
-    def __init__(self, n_classes: int, classes: list | None = None, vocab: list | None = None):
+    def __init__(self, n_classes: int, classes: list | None = None, vocab: list | None = None,
+                 special: tuple = ()):
         super().__init__(n_classes, classes)
-        self.vocab = vocab
+        self.vocab, self.special = vocab, tuple(special)
 
     @classmethod
     def build(cls, data, evaluation=None) -> "TextClassification":
-        return cls(data.n_classes, data.classes, data.vocab)
+        return cls(data.n_classes, data.classes, data.vocab, data.special)
+
+    def new_records(self, attacks: list, n: int, cascade: bool = True) -> Labels:
+        """Each text's predicted labels, clean and worst, for macro F1."""
+        return Labels(attacks, n, cascade)
+
+    def summarize(self, flags: dict, records: Labels | None = None) -> dict:
+        """Classification's accuracies plus macro F1 (for imbalanced sets), clean and at each text's worst case."""
+        found = super().summarize(flags)
+        if records is not None:
+            f1 = lambda pred: macro_f1(pred, records.gt, self.n_classes)  # noqa: E731
+            found |= {"clean_macro_f1": f1(records.clean),
+                      "robust_macro_f1": f1(records.worst) if records.after else None,
+                      "robust_macro_f1_by_attack": {name: f1(pred) for name, pred in records.after.items()}}
+        return found
+
+    def trim(self, ids: torch.Tensor) -> torch.Tensor:
+        """Dynamic padding: the batch cut after its longest text (texts are right-padded, and padding changes no
+        model's output, so this only saves the padded positions' compute)."""
+        used = (ids != 0).any(0).nonzero()
+        return ids[:, :int(used.max()) + 1] if len(used) else ids[:, :1]
+
+    def pinned(self, ids: torch.Tensor) -> torch.Tensor:
+        """Per token: never perturbed (padding and special tokens)."""
+        pinned = ids == 0
+        if self.special:
+            pinned |= torch.isin(ids.abs(), torch.tensor(self.special, device=ids.device))
+        return pinned
 
     def write_saliency(self, model, test, attack, mode, settings, device, out) -> tuple:
         """task=saliency: each token's gradient norm, as saliency.html and saliency_text.png."""
@@ -47,14 +101,14 @@ class TextClassification(Classification):
         return write_text_saliency(model, test, self, self.vocab, settings.n_examples, device, out)
 
     def view(self, model, ids):
-        """(the model from its embeddings, padding pinned; the clean embeddings, constant)."""
+        """(the model from its embeddings, padding and special tokens pinned; the clean embeddings, constant)."""
         with torch.no_grad():
             emb = model.embedding(ids)
-        return FromEmbeddings(model, ids == 0), emb
+        return FromEmbeddings(model, self.pinned(ids), emb), emb
 
     def finish(self, view_model, x_adv):
-        """The attack's result with padded positions zeroed."""
-        return x_adv.masked_fill(view_model.pad[..., None], 0)
+        """The attack's result with the pinned positions put back."""
+        return view_model.hold(x_adv)
 
     def forward_perturbed(self, model, ids, emb_adv):
         """Logits at the adversarial embeddings, with the embedding layer in the graph: its gradient flows

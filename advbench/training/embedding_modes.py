@@ -19,7 +19,7 @@ class FreeLB(Mode):
 
     def step(self, b: Batch) -> Step:
         steps = b.attack.steps
-        real = (b.x != 0)[..., None].float()  # padding is never perturbed
+        real = (~b.task.pinned(b.x))[..., None].float()  # padding and special tokens are never perturbed
         shape = (*b.x.shape, b.net.embedding.weight.shape[1])  # the word embeddings' shape, without computing them
         delta = torch.zeros(shape, device=b.x.device)
         if self.settings.init_mag > 0:
@@ -39,7 +39,7 @@ class FreeLB(Mode):
             """Move delta along its gradient (the fp16 loss scale cancels in the normalization), keep it in the
             ball, and accumulate the next step's parameter gradients on top of this one's."""
             for _ in range(steps - 1):
-                grad = state["delta"].grad
+                grad = state["delta"].grad * real  # the step's size is spent on the positions that move
                 delta = state["delta"].detach() + b.attack.alpha * grad / _per_example_norm(grad)
                 if b.eps > 0:
                     delta = delta * (b.eps / _per_example_norm(delta)).clamp(max=1.0)

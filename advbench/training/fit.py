@@ -87,7 +87,7 @@ def fit(model, data, task, recipe: Recipe, evaluator, out: Path, config: dict, c
                               augment=bool(recipe.augment))
     else:
         loader = TensorLoader(*data.train, recipe.batch_size, shuffle=True, generator=generator, rank=rank,
-                              world_size=world_size, index=task.index, device=evaluator.device,
+                              world_size=world_size, index=task.index, trim=task.trim, device=evaluator.device,
                               augment=task.augment if recipe.augment else None)
     # The attack and the update run through the compiled graph; ``model`` stays the bare module checkpoints save.
     compiled = torch.compile(model) if recipe.plan.compile else model

@@ -126,7 +126,7 @@ def sample_accuracy(net, task, sample: tuple, device, amp: str, batch_size: int 
     x, targets = sample
     correct = torch.zeros((), device=device)
     for i in range(0, len(x), batch_size):
-        xb = to_unit(x[i:i + batch_size]).to(device)
+        xb = task.trim(to_unit(x[i:i + batch_size])).to(device)
         yb = task.to(task.index(targets, torch.arange(i, min(i + batch_size, len(x)))), device)
         with autocast(device, amp):
             correct += task.correct(task.predict(net, xb), yb).sum()
