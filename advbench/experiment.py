@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from advbench.attacks.spec import build_attack
 from advbench.checks import check_config, check_keys, check_resume_overrides, check_stored_targets
-from advbench.data import load_data
+from advbench.data import load_data, model_tokenizer
 from advbench.eps import parse_eps
 from advbench.errors import AdvbenchError
 from advbench.evaluation import EvalPlan, Evaluator, final_evaluation, validation_attack
@@ -87,7 +87,7 @@ def prepare(cfg, out: Path, choices: dict, state: dict | None) -> Run:
         torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
-    data = load_data(cfg.dataset)
+    data = load_data(model_tokenizer(cfg.dataset, cfg.model))
     task = build_task(data, cfg.eval)
     if state and state.get("torchscript") is not None:
         model = state["torchscript"]  # used as it is: it takes [0,1] inputs, normalizing inside if it needs to

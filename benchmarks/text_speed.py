@@ -5,7 +5,7 @@ embedding matrix, of PGD-3 on the embeddings (mixed) and of FreeLB-3, through ad
 the clean epoch); and advbench's FGM epoch beside the hand-written recipe the NLP competitions copy (backward,
 move the matrix along its gradient, backward again, restore, step). Needs transformers and tokenizers.
 
-    python benchmarks/text_speed.py [--batches 30] [--batch-size 32]
+    python benchmarks/text_speed.py [--batches 30] [--batch-size 32] [--repeats 5] [--device cuda]
 """
 import argparse
 import logging
@@ -42,9 +42,14 @@ def hand_written_fgm(model, batches, optimizer, eps: float, w: float = 0.5):
         optimizer.zero_grad(set_to_none=True)
 
 
-def seconds(fn) -> float:
+def seconds(fn, device) -> float:
+    """Wall time of ``fn()``, the GPU's queued work included."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -53,19 +58,22 @@ def main():
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("--repeats", type=int, default=5, help="round-robin repetitions; the fastest counts")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    device = torch.device(args.device)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     n = args.batches * args.batch_size
     texts, labels = synthetic_text(OmegaConf.create({"n_classes": 3, "n_train": n, "n_test": 1}))[0]
     path = build_tiny_bert(tempfile.mkdtemp(), texts, 3, vocab_size=500, hidden=64)
     _, _, encode = hf_encoder(str(path), 32)
-    ids, y = encode(texts), torch.tensor(labels)
+    ids, y = encode(texts).to(device), torch.tensor(labels).to(device)
     task = TextClassification(3)
     torch.manual_seed(0)
-    model = hf_classifier((32,), 3, name_or_path=str(path))
+    model = hf_classifier((32,), 3, name_or_path=str(path)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scheduler = make_scheduler(optimizer, "constant", 10 ** 9)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
     loader = TensorLoader(ids, y, args.batch_size)
     recipes = {
         "clean": ("standard", None),
@@ -78,16 +86,17 @@ def main():
     for name, (mode_name, attack) in recipes.items():
         mode = build_mode(OmegaConf.create({"name": mode_name, "adv_weight": 0.5, "init_mag": 0.0}), task)
         epochs[name] = (lambda mode=mode, attack=attack: train_epoch(
-            model, loader, mode, task, attack, optimizer, scheduler, scaler, Plan(), torch.device("cpu")))
+            model, loader, mode, task, attack, optimizer, scheduler, scaler, Plan(), device))
         epochs[name]()  # warm-up
     batches = [(ids[i:i + args.batch_size], y[i:i + args.batch_size]) for i in range(0, n, args.batch_size)]
     epochs["hand-written FGM recipe"] = lambda: hand_written_fgm(model, batches, optimizer, args.eps)
-    # Round robin, the fastest of three: drift and other load fall on every contender alike.
-    timed = {name: seconds(fn) for name, fn in epochs.items()}
-    for _ in range(2):
-        timed = {name: min(timed[name], seconds(fn)) for name, fn in epochs.items()}
+    # Round robin, the fastest of --repeats: drift and other load fall on every contender alike.
+    timed = {name: seconds(fn, device) for name, fn in epochs.items()}
+    for _ in range(args.repeats - 1):
+        timed = {name: min(timed[name], seconds(fn, device)) for name, fn in epochs.items()}
     hand = timed.pop("hand-written FGM recipe")
-    log.info("tiny BERT (2 x 64), %d examples of 32 tokens, batch %d, CPU", n, args.batch_size)
+    where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    log.info("tiny BERT (2 x 64), %d examples of 32 tokens, batch %d, %s", n, args.batch_size, where)
     for name, s in timed.items():
         log.info("%-28s %7.0f examples/s   %5.2f x the time of a clean epoch", name, n / s, s / timed["clean"])
     log.info("%-28s %7.0f examples/s", "hand-written FGM recipe", n / hand)

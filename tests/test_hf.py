@@ -128,7 +128,7 @@ def test_freelb_accumulates_the_gradient_of_each_ascent_step(tiny_dir):
 
 
 def test_cli_trains_a_tiny_offline_bert_with_freelb_and_smart(tiny_dir, tmp_path):
-    base = ["dataset=synthetic_text", f"dataset.tokenizer={tiny_dir}", "dataset.max_len=16", "model=hf",
+    base = ["dataset=synthetic_text", "dataset.max_len=16", "model=hf",  # the data tokenized with the model's own
             f"model.name_or_path={tiny_dir}", "attack=pgd", "attack.norm=l2", "attack.target=embedding",
             "attack.steps=2", "eps=1.0", "epochs=1", "progress=false", "threads=1"]
     for mode in ("freelb", "smart"):
@@ -138,15 +138,23 @@ def test_cli_trains_a_tiny_offline_bert_with_freelb_and_smart(tiny_dir, tmp_path
         assert results["n_examples"] == 90 and 0 <= results["robust_acc"] <= results["clean_acc"] <= 1
         rows = (tmp_path / mode / "metrics.jsonl").read_text().splitlines()
         assert json.loads(rows[0])["train_loss"] > 0
+        run = tmp_path / mode
+        written = {p.name for p in run.iterdir()} | {p.name for p in (run / ".hydra").iterdir()}
+        assert {"config.yaml", "config_resolved.yaml", "metrics.jsonl", "results.json", "summary.md", "model.pt",
+                "best.pt", "last.pt", "curves.png", "robust_flags.npz", "advbench.log", "status"} <= written
+        vocab = torch.load(tmp_path / mode / "model.pt", weights_only=True)["vocab"]
+        assert vocab[:4] == ["<pad>", "[PAD]", "[UNK]", "[CLS]"]  # the model's own tokenizer's ids, shifted by one
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_embedding_attacks_under_autocast_keep_their_gradient(tiny_dir, dtype):
-    model = hf_classifier((16,), 3, name_or_path=str(tiny_dir)).eval()
-    ids, y = batch_of(tiny_dir)
+def test_embedding_attacks_under_autocast_keep_their_gradient(tiny_dir, dtype, device):
+    model = hf_classifier((16,), 3, name_or_path=str(tiny_dir)).eval().to(device)
+    ids, y = (t.to(device) for t in batch_of(tiny_dir))
     import advbench
     attack = advbench.attack("fgm", eps=0.05, target="embedding", task=TASK)
-    with torch.autocast("cpu", dtype=dtype):
+    with torch.autocast(device, dtype=dtype):
         emb_adv = attack(model, ids, y)
     with torch.no_grad():
         step = (emb_adv - model.embedding(ids)).float()

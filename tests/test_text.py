@@ -308,3 +308,12 @@ def test_word_pieces_join_into_words_with_the_norm_of_their_gradients(pieces, wo
     assert got == words
     if words[1] == "playing":
         assert got_norms[:2] == [3.0, 13.0]  # sqrt(5^2 + 12^2): the word's pieces' gradients as one vector
+
+
+@pytest.mark.parametrize("bad", [0.0, float("inf")])
+def test_a_zero_or_overflowed_gradient_moves_no_embedding_weight(bad):
+    embedding = torch.nn.Embedding(5, 3)
+    before = embedding.weight.detach().clone()
+    embedding.weight.grad = torch.full((5, 3), bad)
+    backup = perturb_embedding_weights(embedding, 0.5)
+    assert torch.equal(embedding.weight, before) and torch.equal(backup, before)

@@ -54,6 +54,16 @@ class Data:
         return {"mean": list(cfg.mean), "std": list(cfg.std)}
 
 
+def model_tokenizer(dataset_cfg, model_cfg):
+    """The data set's config, its ``tokenizer`` the model's own where the model reads a tokenizer's ids (model=hf)
+    and ``dataset.tokenizer`` is not set: token ids from any other vocabulary would index the wrong embeddings."""
+    own = model_cfg.get("tokenizer")
+    if not own or dataset_cfg.get("tokenizer"):
+        return dataset_cfg
+    from omegaconf import OmegaConf
+    return OmegaConf.merge(dataset_cfg, {"tokenizer": own})
+
+
 def task_of(cfg) -> str:
     """The task data set ``cfg.name`` poses, without loading it."""
     if cfg.name not in SOURCES:

@@ -38,7 +38,7 @@ class ShiftedEmbedding(nn.Module):
         real, second = ids != 0, ids < 0
         emb = self.layer((ids.abs() - 1).clamp_min(0))
         types = self.types[0]
-        if types is not None and second.any():
+        if types is not None:  # no test of whether any token is second: that would sync the GPU every forward
             emb = emb + second[..., None].to(emb.dtype) * (types.weight[1] - types.weight[0])
         return emb * real[..., None].to(emb.dtype)
 
@@ -60,8 +60,9 @@ class HFClassifier(nn.Module):
 
 
 def hf_classifier(in_shape, n_classes: int, vocab_size: int | None = None, name_or_path: str | None = None,
-                  **kwargs) -> nn.Module:
-    """``name_or_path``: a local directory (config, weights, tokenizer) or a hub id where online."""
+                  tokenizer: str | None = None, **kwargs) -> nn.Module:
+    """``name_or_path``: a local directory (config, weights, tokenizer) or a hub id where online. ``tokenizer`` is
+    read by the data (``model_tokenizer``), not here."""
     try:
         from transformers import AutoModelForSequenceClassification
     except ImportError:
