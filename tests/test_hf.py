@@ -127,12 +127,56 @@ def test_freelb_accumulates_the_gradient_of_each_ascent_step(tiny_dir):
         assert torch.allclose(a, p.grad, atol=1e-6)
 
 
-def test_cli_trains_a_tiny_offline_bert_with_freelb_and_smart(tiny_dir, tmp_path):
+def test_pgd_on_the_embedding_matrix_is_the_recipe_as_widely_written(tiny_dir):
+    torch.manual_seed(0)
+    model = hf_classifier((16,), 3, name_or_path=str(tiny_dir)).eval()  # eval: no dropout, so both runs agree
+    ids, y = batch_of(tiny_dir)
+    params = [p for p in model.parameters() if p.requires_grad]
+    weight, clean = model.embedding.weight, model.embedding.weight.detach().clone()
+    steps, alpha, eps, w = 3, 0.3, 0.5, 0.5
+
+    def update(loss, after=None):
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        after()
+    attack = type("Bound", (), {"steps": steps, "alpha": alpha, "target": "embedding_weights", "name": "pgd"})()
+    mode = build_mode(OmegaConf.create({"name": "mixed", "adv_weight": w}), TASK)
+    mode.step(Batch(model, model, TASK, ids, y, attack=attack, eps=eps, autocast=contextlib.nullcontext,
+                    update=update, backward=lambda loss: loss.backward()))
+    got = [p.grad.clone() for p in params]
+    assert torch.equal(weight, clean)  # the matrix is back, bit for bit
+
+    # the recipe as the NLP competitions copy it: back up the gradients, K attack steps on the matrix (each
+    # projected onto the Frobenius ball around the clean matrix), zero the gradients between steps, restore
+    # them before the last backward pass, restore the matrix
+    model.zero_grad(set_to_none=True)
+    ((1 - w) * F.cross_entropy(model(ids), y)).backward()
+    grad_backup = [p.grad.clone() for p in params]
+    for t in range(steps):
+        weight.data.add_(alpha * weight.grad / weight.grad.norm())
+        r = weight.data - clean
+        if r.norm() > eps:
+            weight.data = clean + eps * r / r.norm()
+        if t != steps - 1:
+            model.zero_grad()
+        else:
+            for p, g in zip(params, grad_backup):
+                p.grad = g.clone()
+        (w * F.cross_entropy(model(ids), y)).backward()
+    weight.data = clean.clone()
+    assert (weight.grad - grad_backup[params.index(weight)]).norm() > 0  # the adversarial gradient was added
+    for a, p in zip(got, params):
+        assert torch.allclose(a, p.grad, atol=1e-6)
+
+
+def test_cli_trains_a_tiny_offline_bert_with_freelb_smart_and_matrix_pgd(tiny_dir, tmp_path):
     base = ["dataset=synthetic_text", "dataset.max_len=16", "model=hf",  # the data tokenized with the model's own
             f"model.name_or_path={tiny_dir}", "attack=pgd", "attack.norm=l2", "attack.target=embedding",
             "attack.steps=2", "eps=1.0", "epochs=1", "progress=false", "threads=1"]
-    for mode in ("freelb", "smart"):
-        cli(*base, f"training={mode}", f"hydra.run.dir={tmp_path}/{mode}", cwd=tmp_path, check=True)
+    runs = {"freelb": ["training=freelb"], "smart": ["training=smart"],
+            "mixed": ["training=mixed", "attack.target=embedding_weights"]}  # PGD-2 on the embedding matrix
+    for mode, overrides in runs.items():
+        cli(*base, *overrides, f"hydra.run.dir={tmp_path}/{mode}", cwd=tmp_path, check=True)
         results = json.loads((tmp_path / mode / "results.json").read_text())
         assert results["labels"]["model"] == "hf" and results["labels"]["training"] == mode
         assert results["n_examples"] == 90 and 0 <= results["robust_acc"] <= results["clean_acc"] <= 1
@@ -189,6 +233,7 @@ def test_a_pair_data_set_trains_an_hf_model_and_its_saliency_joins_word_pieces(t
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["n_examples"] == 12 and 0 <= results["clean_macro_f1"] <= 1
     assert results["robust_macro_f1_by_attack"]["fgm_embedding"] == results["robust_macro_f1"]
+    assert f"- macro F1: robust {results['robust_macro_f1']:.4f}" in (tmp_path / "run" / "summary.md").read_text()
     cli("task=saliency", f"checkpoint={tmp_path}/run", "saliency.n_examples=2", "progress=false",
         f"hydra.run.dir={tmp_path}/sal", cwd=tmp_path, check=True)
     page = (tmp_path / "sal" / "saliency.html").read_text()

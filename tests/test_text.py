@@ -197,7 +197,7 @@ def test_textcnn_trains_with_fgm_through_the_cli_and_evaluates(tmp_path):
     (["dataset=synthetic_text", "model=textcnn", "training=adversarial", "attack=fgm"],
      "training=adversarial on text classification data: expected training=standard or mixed"),
     (["dataset=synthetic_text", "model=textcnn", "training=mixed", "attack=pgd", "attack.target=embedding_weights"],
-     "attack.target=embedding_weights takes attack=fgm"),
+     "attack.target=embedding_weights takes attack=fgm, or pgd with attack.norm=l2"),
 ])
 def test_text_and_image_mismatches_get_one_line_errors(tmp_path, overrides, expected):
     code, err = cli(*overrides, "epochs=1", "progress=false", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)

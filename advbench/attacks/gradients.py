@@ -8,7 +8,7 @@ from torch.utils._pytree import tree_map
 from advbench.errors import AdvbenchError
 
 # fp16 gradients of confident examples underflow; scaling the loss (and unscaling the gradient) keeps them.
-_FP16_LOSS_SCALE = 2.0**12
+FP16_LOSS_SCALE = 2.0**12
 
 
 @contextmanager
@@ -73,7 +73,7 @@ def loss_and_grad(model, x: torch.Tensor, objective):
     if not fp16:
         grad = torch.autograd.grad(loss, x)[0]
     else:  # no retained graph: an overflow (rare) pays a second forward pass instead of every step a kept graph
-        grad = torch.autograd.grad(loss * _FP16_LOSS_SCALE, x)[0] / _FP16_LOSS_SCALE
+        grad = torch.autograd.grad(loss * FP16_LOSS_SCALE, x)[0] / FP16_LOSS_SCALE
         if not torch.isfinite(grad).all():  # overflow: the unscaled gradient is the safe fallback
             grad = torch.autograd.grad(objective(model(x)).sum(), x)[0]
     check_half(x, grad)

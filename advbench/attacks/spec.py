@@ -167,8 +167,9 @@ def _target(spec, name: str, task: Task) -> str:
                             "attack.target=embedding or embedding_weights")
     if target != "input" and (name not in EMBEDDING_KINDS or spec.restarts != 1 or spec.targeted):
         raise AdvbenchError(f"attack.target={target} takes attack=fgm, fgsm or pgd, untargeted, with one restart")
-    if target == "embedding_weights" and name != "fgm":
-        raise AdvbenchError(f"attack.target=embedding_weights takes attack=fgm (the NLP recipe); attack={name} given")
+    if target == "embedding_weights" and not (name == "fgm" or (name == "pgd" and str(spec.norm) == "l2")):
+        raise AdvbenchError(f"attack.target=embedding_weights takes attack=fgm, or pgd with attack.norm=l2 (the NLP "
+                            f"recipe's Frobenius-norm steps); attack={name} attack.norm={spec.norm} given")
     return target
 
 
@@ -198,7 +199,8 @@ def build_attack(spec, run_eps, task: Task | None = None) -> Attack | None:
     if spec.get("goal", "truth") != "truth" and not hasattr(task, "goal"):
         raise AdvbenchError(f"attack.goal={spec.goal} crafts detection targets; {task.name} takes attack.goal=truth "
                             "(use attack.targeted for a random wrong class)")
-    return make_attack(name, str(spec.norm), eps, int(spec.steps), bool(spec.random_start), alpha, task,
+    random_start = bool(spec.random_start) and target != "embedding_weights"  # the matrix recipe starts at W
+    return make_attack(name, str(spec.norm), eps, int(spec.steps), random_start, alpha, task,
                        restarts=int(spec.restarts), targeted=bool(spec.targeted), bn_mode=str(spec.bn_mode),
                        loss=str(spec.loss), n_targets=int(spec.n_targets), target=target, terms=terms,
                        goal=str(spec.get("goal", "truth")), relabel=str(spec.get("relabel", "none")),

@@ -10,6 +10,15 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
+def _macro_f1(results: dict) -> list:
+    """The macro F1 line of a task that reports it (text), else nothing."""
+    if "clean_macro_f1" not in results:
+        return []
+    robust = results.get("robust_macro_f1")
+    return [f"- macro F1: robust {'n/a' if robust is None else f'{robust:.4f}'} (each example at its worst case), "
+            f"clean {results['clean_macro_f1']:.4f}"]
+
+
 def summary_markdown(results: dict) -> str:
     """The evaluation of ``results`` (results.json's content) as Markdown."""
     names = results.get("metric_names") or {"clean": "clean_acc", "robust": "robust_acc"}
@@ -27,6 +36,7 @@ def summary_markdown(results: dict) -> str:
         f"{clean.replace('_', ' ')}: {_pct(results.get(clean))}, on {n} test examples",
         f"- eps = {results.get('eps', {}).get('given')} ({', '.join(norms)}), evaluation `{preset}`{version}, "
         f"cascade: {results.get('cascade')}",
+        *_macro_f1(results),
         f"- seed {results.get('seed')}, device {results.get('device')}, advbench "
         f"{results.get('versions', {}).get('advbench')}, torch {results.get('versions', {}).get('torch')}", "",
         "| attack | " + robust.replace("_", " ") + " after it | " + " | ".join(SETTINGS) + " |",

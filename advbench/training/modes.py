@@ -3,7 +3,8 @@ import math
 
 import torch
 
-from advbench.attacks.embedding import perturb_embedding_weights, restore_embedding_weights
+from advbench.attacks.embedding import ascend_embedding_weights, restore_embedding_weights
+from advbench.attacks.gradients import FP16_LOSS_SCALE
 from advbench.errors import AdvbenchError
 from advbench.training.losses import mart_boosted_ce, mart_weighted_kl, trades_attack_loss, trades_kl
 from advbench.training.embedding_modes import FreeLB, Smart
@@ -61,20 +62,33 @@ class Mixed(Mode):
         return self.terms_step(b)
 
     def weights_step(self, b: Batch) -> Step:
-        """The NLP FGM recipe: after the clean backward pass move the embedding matrix W along its gradient,
-        add the adversarial loss's gradient, put W back bit for bit, then step the optimizer."""
+        """The NLP competitions' recipe on the embedding matrix W. After the clean backward pass, FGM moves W by
+        eps along the clean loss's gradient; PGD takes ``attack.steps`` steps of ``attack.alpha`` along the
+        gradient of the loss at the moved W (the first along the clean one), W kept within Frobenius distance eps
+        of its clean value. The last adversarial loss's parameter gradient is added to the clean one (the earlier
+        steps' only give directions), W is put back bit for bit, then the optimizer steps."""
         w, found = self.settings.adv_weight, {}
+        steps = b.attack.steps if b.attack.name == "pgd" else 1
         with b.autocast():
             clean = b.model(b.x)
         loss = (1 - w) * b.task.mean_loss(clean, b.y)
 
         def add_adversarial_gradient():
             embedding = b.net.embedding
-            backup = perturb_embedding_weights(embedding, b.eps)
-            with b.autocast():
-                found["adv"] = b.model(b.x)
-            found["loss"] = w * b.task.mean_loss(found["adv"], b.y)
-            b.backward(found["loss"])
+            backup = embedding.weight.detach().clone()
+            grad = embedding.weight.grad
+            for step in range(steps):
+                if grad is not None:
+                    ascend_embedding_weights(embedding, grad, b.attack.alpha if steps > 1 else b.eps, b.eps,
+                                             backup if steps > 1 else None)
+                last = step == steps - 1
+                with b.autocast():  # a direction only comes from the bare module: no DDP gradient hooks
+                    found["adv"] = (b.model if last else b.net)(b.x)
+                found["loss"] = w * b.task.mean_loss(found["adv"], b.y)
+                if last:
+                    b.backward(found["loss"])
+                else:  # no parameter gradient accumulates; scaled against fp16 underflow (normalized away)
+                    grad = torch.autograd.grad(found["loss"] * FP16_LOSS_SCALE, embedding.weight)[0]
             restore_embedding_weights(embedding, backup)
 
         b.update(loss, add_adversarial_gradient)
