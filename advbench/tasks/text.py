@@ -63,6 +63,7 @@ class TextClassification(Classification):
                  special: tuple = ()):
         super().__init__(n_classes, classes)
         self.vocab, self.special = vocab, tuple(special)
+        self._special_on = {}  # device -> the special ids there: copied once, not at every attack (a GPU sync)
 
     @classmethod
     def build(cls, data, evaluation=None) -> "TextClassification":
@@ -92,7 +93,9 @@ class TextClassification(Classification):
         """Per token: never perturbed (padding and special tokens)."""
         pinned = ids == 0
         if self.special:
-            pinned |= torch.isin(ids.abs(), torch.tensor(self.special, device=ids.device))
+            if ids.device not in self._special_on:
+                self._special_on[ids.device] = torch.tensor(self.special, device=ids.device)
+            pinned |= torch.isin(ids.abs(), self._special_on[ids.device])
         return pinned
 
     def write_saliency(self, model, test, attack, mode, settings, device, out) -> tuple:
