@@ -111,8 +111,8 @@ class DatasetConf:
     n_test: int = 200
     noise: float = 0.2
     # text
-    max_len: int = 64  # tokens per example, truncated or padded
-    tokenizer: Optional[str] = None  # model=hf: the model's directory (its AutoTokenizer); null: whitespace words
+    max_len: int = 64  # tokens per example: longer texts are cut; each batch is padded to its longest
+    tokenizer: Optional[str] = None  # an AutoTokenizer directory; null: the model's own (model=hf), else words
     max_vocab: int = 20000
     min_freq: int = 1
     categories: List[str] = field(default_factory=list)  # fortunes: one class per category file
