@@ -20,12 +20,14 @@ def ascend_embedding_weights(embedding: nn.Embedding, grad: torch.Tensor, alpha:
             embedding.weight.copy_(torch.where(r_norm > eps, clean + r * (eps / r_norm), embedding.weight))
 
 
-def perturb_embedding_weights(embedding: nn.Embedding, eps: float):
-    """FGM on the embedding matrix: W += eps g/||g||_F with g = W.grad (the clean loss's gradient, already
-    computed). Returns the exact backup to restore with ``restore_embedding_weights``."""
+def perturb_embedding_weights(embedding: nn.Embedding, eps: float, alpha: float | None = None):
+    """The recipe's first step, from g = W.grad (the clean loss's gradient, already computed): FGM (``alpha``
+    None) W += eps g/||g||_F; PGD W += alpha g/||g||_F within Frobenius distance eps of W. Returns the exact
+    backup to restore with ``restore_embedding_weights`` (and to project later steps on)."""
     backup = embedding.weight.detach().clone()
     if embedding.weight.grad is not None:
-        ascend_embedding_weights(embedding, embedding.weight.grad, eps, eps)
+        ascend_embedding_weights(embedding, embedding.weight.grad, eps if alpha is None else alpha, eps,
+                                 None if alpha is None else backup)
     return backup
 
 

@@ -37,9 +37,7 @@ class FromEmbeddings(nn.Module):
 
     def hold(self, emb: torch.Tensor) -> torch.Tensor:
         """``emb`` with the pinned positions put back."""
-        if self.pinned is None:
-            return emb
-        return torch.where(self.pinned[..., None], self.clean if self.clean is not None else 0, emb)
+        return emb if self.pinned is None else torch.where(self.pinned[..., None], self.clean, emb)
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
         return self.model.classify(self.hold(emb))

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from advbench.attacks.embedding import ascend_embedding_weights, restore_embedding_weights
+from advbench.attacks.embedding import ascend_embedding_weights, perturb_embedding_weights, restore_embedding_weights
 from advbench.attacks.gradients import FP16_LOSS_SCALE
 from advbench.errors import AdvbenchError
 from advbench.training.losses import mart_boosted_ce, mart_weighted_kl, trades_attack_loss, trades_kl
@@ -68,19 +68,16 @@ class Mixed(Mode):
         of its clean value. The last adversarial loss's parameter gradient is added to the clean one (the earlier
         steps' only give directions), W is put back bit for bit, then the optimizer steps."""
         w, found = self.settings.adv_weight, {}
-        steps = b.attack.steps if b.attack.name == "pgd" else 1
+        steps = b.attack.steps  # FGM: 1
+        alpha = b.attack.alpha if steps > 1 else None
         with b.autocast():
             clean = b.model(b.x)
         loss = (1 - w) * b.task.mean_loss(clean, b.y)
 
         def add_adversarial_gradient():
             embedding = b.net.embedding
-            backup = embedding.weight.detach().clone()
-            grad = embedding.weight.grad
+            backup = perturb_embedding_weights(embedding, b.eps, alpha)  # the first step, along the clean gradient
             for step in range(steps):
-                if grad is not None:
-                    ascend_embedding_weights(embedding, grad, b.attack.alpha if steps > 1 else b.eps, b.eps,
-                                             backup if steps > 1 else None)
                 last = step == steps - 1
                 with b.autocast():  # a direction only comes from the bare module: no DDP gradient hooks
                     found["adv"] = (b.model if last else b.net)(b.x)
@@ -89,6 +86,7 @@ class Mixed(Mode):
                     b.backward(found["loss"])
                 else:  # no parameter gradient accumulates; scaled against fp16 underflow (normalized away)
                     grad = torch.autograd.grad(found["loss"] * FP16_LOSS_SCALE, embedding.weight)[0]
+                    ascend_embedding_weights(embedding, grad, alpha, b.eps, backup)
             restore_embedding_weights(embedding, backup)
 
         b.update(loss, add_adversarial_gradient)
