@@ -10,10 +10,10 @@ experiment's:
 """
 import argparse
 import logging
-import time
 
 import torch
 from omegaconf import OmegaConf
+from timing import timed  # benchmarks/timing.py
 
 from advbench.api import preset
 from advbench.attacks.reference import reference_autoattack
@@ -26,17 +26,6 @@ from advbench.runtime.checkpoint import build_model, load_checkpoint
 from advbench.tasks import build_task
 
 log = logging.getLogger("benchmark")
-
-
-def timed(fn, device):
-    """``fn()`` and its wall time, the device's queue drained at both ends."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return out, time.perf_counter() - start
 
 
 def main():

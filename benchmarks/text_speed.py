@@ -10,11 +10,11 @@ move the matrix along its gradient, backward again, restore, step). Needs transf
 import argparse
 import logging
 import tempfile
-import time
 
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from timing import timed  # benchmarks/timing.py
 
 from advbench.attacks.spec import make_attack
 from advbench.data.loaders import TensorLoader
@@ -40,17 +40,6 @@ def hand_written_fgm(model, batches, optimizer, eps: float, w: float = 0.5):
         weight.data = backup
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-
-
-def seconds(fn, device) -> float:
-    """Wall time of ``fn()``, the GPU's queued work included."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main():
@@ -91,16 +80,16 @@ def main():
     batches = [(ids[i:i + args.batch_size], y[i:i + args.batch_size]) for i in range(0, n, args.batch_size)]
     epochs["hand-written FGM recipe"] = lambda: hand_written_fgm(model, batches, optimizer, args.eps)
     # Round robin, the fastest of --repeats: drift and other load fall on every contender alike.
-    timed = {name: seconds(fn, device) for name, fn in epochs.items()}
+    best = {name: timed(fn, device)[1] for name, fn in epochs.items()}
     for _ in range(args.repeats - 1):
-        timed = {name: min(timed[name], seconds(fn, device)) for name, fn in epochs.items()}
-    hand = timed.pop("hand-written FGM recipe")
+        best = {name: min(best[name], timed(fn, device)[1]) for name, fn in epochs.items()}
+    hand = best.pop("hand-written FGM recipe")
     where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     log.info("tiny BERT (2 x 64), %d examples of 32 tokens, batch %d, %s", n, args.batch_size, where)
-    for name, s in timed.items():
-        log.info("%-28s %7.0f examples/s   %5.2f x the time of a clean epoch", name, n / s, s / timed["clean"])
+    for name, s in best.items():
+        log.info("%-28s %7.0f examples/s   %5.2f x the time of a clean epoch", name, n / s, s / best["clean"])
     log.info("%-28s %7.0f examples/s", "hand-written FGM recipe", n / hand)
-    log.info("advbench FGM / hand-written: %.2f (speed ratio)", hand / timed["FGM (embedding matrix)"])
+    log.info("advbench FGM / hand-written: %.2f (speed ratio)", hand / best["FGM (embedding matrix)"])
 
 
 if __name__ == "__main__":
