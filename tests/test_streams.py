@@ -1,5 +1,6 @@
 """Streamed data: an image folder, a torchvision data set class on a local root, a user's _target_ data set."""
 import json
+import random
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ import torch
 from PIL import Image
 
 from advbench.data.streams import Stream, StreamLoader, labels_of
-from helpers import cli, one_line_error
+from helpers import cli, metrics_without_timing, one_line_error
 
 RUN = ["model=small_cnn", "epochs=1", "batch_size=8", "progress=false", "threads=1", "val.attack.steps=2",
        "eval.attacks.pgd20.steps=2", "dataset.workers=0"]
@@ -127,3 +128,59 @@ def test_stream_loader_order_follows_its_generator():
     first, again, other = order(1), order(1), order(2)
     assert torch.equal(first, again) and not torch.equal(first, other)
     assert all(x.dtype == torch.float32 and x.max() <= 1 for x, _ in StreamLoader(stream, 5, None, "cpu"))
+
+
+class Jittered(Squares):
+    """Squares with noise from torch's, Python's and NumPy's global generators, as a user's augmentation."""
+
+    def __getitem__(self, i):
+        x, label = super().__getitem__(i)
+        return x + torch.rand(()) + random.random() + float(np.random.rand()), label
+
+
+def epochs_of(workers: int, generator_state=None, epochs: int = 2) -> tuple:
+    """Each epoch's batches of a Jittered stream read by ``workers`` workers from ``generator_state``, and the
+    generator's state after them."""
+    generator = torch.Generator().manual_seed(3)
+    if generator_state is not None:
+        generator.set_state(generator_state)
+    stream = Stream(Jittered(12), workers=workers)
+    loader = StreamLoader(stream, 5, generator, "cpu")
+    out = [[(x.clone(), y.clone()) for x, y in loader] for _ in range(epochs)]
+    return out, generator.get_state()
+
+
+def test_stream_draws_depend_on_the_generator_only_not_on_workers_or_restarts():
+    before = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    (one, two), _ = epochs_of(0)
+    # Reading in this process (workers=0) leaves the training's own random states where they were.
+    assert torch.equal(torch.get_rng_state(), before[0]) and random.getstate() == before[1]
+    assert np.array_equal(np.random.get_state()[1], before[2])
+    _, after_one = epochs_of(0, epochs=1)
+    for workers in (1, 2):
+        other, _ = epochs_of(workers)
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+                   for e, f in zip((one, two), other) for a, b in zip(e, f))
+        # A fresh loader (new workers) from the state after epoch 1 repeats epoch 2: what a resume does.
+        (resumed,), _ = epochs_of(workers, after_one, epochs=1)
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(two, resumed))
+    # The noise is drawn per example and epoch: not the same twice.
+    assert not torch.equal(torch.cat([x for x, _ in one]), torch.cat([x for x, _ in two]))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_streamed_run_stopped_and_resumed_equals_an_uninterrupted_one(tmp_path, workers):
+    write_folder(tmp_path / "train", 8)
+    write_folder(tmp_path / "test", 2)
+    run = [*RUN, "epochs=2", "dataset=image_folder", f"dataset.train_dir={tmp_path}/train",
+           f"dataset.test_dir={tmp_path}/test", "dataset.resize=8", "dataset.val_size=4", f"dataset.workers={workers}",
+           "dataset.augment=[random_crop,flip,rotation]", "attack=pgd", "attack.steps=1"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    cli(*run, f"hydra.run.dir={whole}", cwd=tmp_path, check=True)
+    code, err = cli(*run, "stop_after_epoch=1", f"hydra.run.dir={parts}", cwd=tmp_path)
+    assert code == 3 and f"resume={parts}" in err
+    cli(f"resume={parts}", "progress=false", cwd=tmp_path, check=True)
+    assert len(metrics_without_timing(whole)) == 2
+    assert metrics_without_timing(parts) == metrics_without_timing(whole)
+    sa, sb = (torch.load(d / "model.pt", weights_only=True)["state_dict"] for d in (whole, parts))
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -7,9 +7,12 @@ examples once (evaluation and validation read their declared number of examples 
 takes ``(x, y)`` pairs works on both without knowing which it has.
 """
 import logging
+import random
+from contextlib import contextmanager
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Subset
 
 from advbench.data.loaders import to_unit
 
@@ -95,17 +98,25 @@ class _Column:
 
 class StreamLoader:
     """Batches of a ``Stream`` through a DataLoader (its augmented view with ``augment``): shuffled by
-    ``generator`` (so a resume restores the order), spread over ranks, moved as uint8 and converted to [0,1] on
-    ``device``."""
+    ``generator``, spread over ranks, moved as uint8 and converted to [0,1] on ``device``.
+
+    ``generator`` is the only random state of the data: each epoch draws a seed and an order from it, and every
+    example is read under its own seed (the epoch's and its index). What a worker draws thus depends neither on
+    which worker reads the example nor on how long the worker has lived, so a run comes out the same for any
+    ``workers`` and a resume that restores ``generator`` repeats the uninterrupted run's epochs exactly."""
 
     def __init__(self, stream: Stream, batch_size: int, generator, device, rank: int = 0, world_size: int = 1,
                  augment: bool = False):
-        dataset, workers = (stream.augmented if augment else stream.dataset), stream.workers
+        dataset, workers = _Seeded(stream.augmented if augment else stream.dataset), stream.workers
         if world_size > 1:  # every rank draws the same permutation and takes its own slice of it
             dataset = _RankSlice(dataset, rank, world_size)
         cuda = torch.device(device).type == "cuda"
         self.device = device
-        self.loader = DataLoader(dataset, batch_size, shuffle=True, generator=generator, num_workers=workers,
+        # The DataLoader draws its workers' base seed from its own generator whenever an iterator starts (once
+        # per run with persistent workers, so a resume would draw it one epoch late): a private generator keeps
+        # that draw off ``generator`` and torch's global state; the per-example seeds make it irrelevant.
+        self.loader = DataLoader(dataset, batch_size, sampler=_EpochSampler(dataset, generator),
+                                 generator=torch.Generator().manual_seed(0), num_workers=workers,
                                  pin_memory=cuda, persistent_workers=workers > 0,
                                  prefetch_factor=4 if workers else None, drop_last=False)
 
@@ -117,6 +128,66 @@ class StreamLoader:
             yield to_unit(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
 
 
+class _EpochSampler(Sampler):
+    """A shuffled epoch as (index, epoch seed) pairs: the seed and then the order drawn from ``generator`` (the
+    draws the DataLoader made with it before, so runs without augmentation keep their order)."""
+
+    def __init__(self, dataset, generator):
+        self.order = RandomSampler(dataset, generator=generator)
+        self.generator = self.order.generator
+
+    def __len__(self):
+        return len(self.order)
+
+    def __iter__(self):
+        seed = torch.empty((), dtype=torch.int64).random_(generator=self.generator).item()
+        for i in self.order:
+            yield i, seed
+
+
+_MASK = (1 << 64) - 1
+
+
+def example_seed(epoch_seed: int, index: int) -> int:
+    """A seed for one example of one epoch (splitmix64 of the pair: torch keeps only a seed's low 32 bits, so
+    nearby pairs must not give nearby seeds)."""
+    z = (epoch_seed * 0x9E3779B97F4A7C15 + index + 1) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
+@contextmanager
+def seeded(seed: int):
+    """Torch's CPU generator, Python's and NumPy's global ones seeded with ``seed`` inside, restored after (with
+    workers=0 the examples are read in the training process, whose draws must not move)."""
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    torch.default_generator.manual_seed(seed)  # not torch.manual_seed: that would reseed CUDA too
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0])
+        random.setstate(states[1])
+        np.random.set_state(states[2])
+
+
+class _Seeded(Dataset):
+    """``dataset`` read at (index, epoch seed) keys, each example under its own seed."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, epoch_seed = key
+        with seeded(example_seed(epoch_seed, index)):
+            return self.dataset[index]
+
+
 class _RankSlice(Dataset):
     def __init__(self, dataset, rank: int, world_size: int):
         self.dataset, self.rank, self.world_size = dataset, rank, world_size
@@ -124,5 +195,6 @@ class _RankSlice(Dataset):
     def __len__(self):
         return len(self.dataset) // self.world_size
 
-    def __getitem__(self, i):
-        return self.dataset[i * self.world_size + self.rank]
+    def __getitem__(self, key):
+        i, epoch_seed = key
+        return self.dataset[i * self.world_size + self.rank, epoch_seed]
