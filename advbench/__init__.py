@@ -1,6 +1,6 @@
 """advbench: adversarial training and robustness evaluation, driven by Hydra configs, usable from Python."""
 __version__ = "0.1.0"
-__all__ = ["Attack", "attack", "evaluate", "__version__"]
+__all__ = ["Attack", "attack", "evaluate", "load_model", "__version__"]
 
 
 def __getattr__(name):
@@ -11,4 +11,7 @@ def __getattr__(name):
     if name == "Attack":
         from advbench.attacks.spec import Attack
         return Attack
+    if name == "load_model":
+        from advbench.runtime.checkpoint import load_model
+        return load_model
     raise AttributeError(f"module 'advbench' has no attribute {name!r}")

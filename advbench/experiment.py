@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from advbench.attacks.spec import build_attack
-from advbench.checks import check_config, check_keys, check_resume_overrides, check_stored_targets
+from advbench.checks import check_config, check_keys, check_resume_overrides, command_line
 from advbench.data import load_data, model_tokenizer
 from advbench.eps import parse_eps
 from advbench.errors import AdvbenchError
@@ -22,9 +22,10 @@ from advbench.evaluation.batch import auto_batch_size
 from advbench.evaluation.summary import write_summary
 from advbench.run_config import checkpoint_config, plain, resolve_device, threads_per_job
 from advbench.runtime import distributed, readable
-from advbench.runtime.checkpoint import build_model, load_checkpoint, save_checkpoint
+from advbench.runtime.checkpoint import build_model, data_kwargs, load_checkpoint, save_checkpoint
 from advbench.runtime.outputs import versions, write_json
 from advbench.runtime.rundir import labels
+from advbench.runtime.stored import StoredConfigRefused, check_state, check_stored, complete
 from advbench.runtime.trackers import Trackers
 from advbench.tasks import build_task
 from advbench.training import Plan, Recipe, build_mode, fit
@@ -65,17 +66,42 @@ def load_config(cfg, out: Path):
         state = load_checkpoint(cfg.checkpoint)
         if state["config"] is None:  # a plain state dict or TorchScript: the command line says what it is
             return cfg, choices, state, None
-        check_stored_targets(state["config"], f"checkpoint={cfg.checkpoint}")
-        choices = state.get("choices", {}) | {k: v for k, v in choices.items() if k == "eval"}
-        return checkpoint_config(cfg, state, task=cfg.task), choices, state, None
+        source = f"checkpoint={cfg.checkpoint}"
+        stored(state, cfg, source)
+        check_state(state, source)
+        choices = _choices(state) | {k: v for k, v in choices.items() if k == "eval"}
+        return checked(checkpoint_config(cfg, state, task=cfg.task), source), choices, state, None
     if cfg.resume and (out / "last.pt").exists():
         state = load_checkpoint(str(out / "last.pt"))
-        check_stored_targets(state["config"], f"resume={cfg.resume}: last.pt")
-        check_resume_overrides(checkpoint_config(cfg, state, task="train", overrides=False), cfg, state["epoch"])
-        return checkpoint_config(cfg, state, task="train"), state.get("choices") or choices, state, state
+        source = f"resume={cfg.resume}: last.pt"
+        stored(state, cfg, source)
+        check_state(state, source, resume=True)
+        check_resume_overrides(checked(checkpoint_config(cfg, state, task="train", overrides=False), source), cfg,
+                               state["epoch"])
+        return checked(checkpoint_config(cfg, state, task="train"), source), _choices(state) or choices, state, state
     if cfg.resume and cfg.resume != "auto":
         raise AdvbenchError(f"resume={cfg.resume}: no last.pt there to resume from (is it a training run?)")
     return cfg, choices, None, None
+
+
+def stored(state: dict, cfg, source: str) -> None:
+    """Check ``state``'s config by the rules of runtime/stored.py, in place, before anything is built from it."""
+    state["config"] = check_stored(state["config"], source, command_line(), OmegaConf.to_container(cfg))
+
+
+def _choices(state: dict) -> dict:
+    """The stored group choices: names only (they label the run), never anything to build."""
+    choices = state.get("choices")
+    return {str(k): str(v) for k, v in choices.items() if isinstance(v, str)} if isinstance(choices, dict) else {}
+
+
+def checked(cfg, source: str):
+    """``cfg`` (a checkpoint's config under this command line's) against the schema: types and known keys."""
+    try:
+        check_keys(cfg)
+    except AdvbenchError as err:
+        raise StoredConfigRefused(f"{source}: refused, {err}") from None
+    return complete(cfg, source)
 
 
 def prepare(cfg, out: Path, choices: dict, state: dict | None) -> Run:
@@ -144,7 +170,7 @@ def train_job(run: Run) -> dict:
     training = fit(run.model, run.data, run.task, recipe(run), run.evaluator, run.out, config, run.choices,
                    resume=run.state, trackers=run.trackers)
     save_checkpoint(run.out / "model.pt", run.model, config, choices=run.choices, vocab=run.data.vocab,
-                    classes=run.data.classes)
+                    classes=run.data.classes, data_kwargs=data_kwargs(run.data, run.cfg.dataset))
     results = eval_job(run)
     results["training"] = training | {"best": evaluate_best(run, training)}
     return results

@@ -12,7 +12,6 @@ import argparse
 import logging
 
 import torch
-from omegaconf import OmegaConf
 from timing import timed  # benchmarks/timing.py
 
 from advbench.api import preset
@@ -22,7 +21,7 @@ from advbench.data.loaders import to_unit
 from advbench.eps import parse_eps
 from advbench.evaluation import Evaluator
 from advbench.evaluation.batch import auto_batch_size
-from advbench.runtime.checkpoint import build_model, load_checkpoint
+from advbench.runtime.checkpoint import load_model, load_stored
 from advbench.tasks import build_task
 
 log = logging.getLogger("benchmark")
@@ -43,11 +42,10 @@ def main():
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    state = load_checkpoint(args.checkpoint)
-    cfg = OmegaConf.create(state["config"])
+    cfg, _ = load_stored(args.checkpoint)  # a stored config is data: checked before anything is built from it
     data = load_data(cfg.dataset)
     task = build_task(data)
-    model = build_model(cfg.model, data, cfg.dataset, task, state["state_dict"]).to(device).eval()
+    model = load_model(args.checkpoint, device=device, data=data)
     model = model.to(memory_format=torch.channels_last)
     eps_text = args.eps or str(cfg.eps)
     eps = parse_eps(eps_text)

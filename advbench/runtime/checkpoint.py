@@ -72,23 +72,31 @@ def _unexpected_keyword(err: Exception) -> str | None:
     return match.group(1) if match else None
 
 
-def build_model(model_cfg, data, dataset_cfg, task, state_dict=None) -> torch.nn.Module:
-    """Instantiate ``model_cfg`` for ``data`` (posing ``task``); with ``state_dict``, load it or say why it does
-    not fit."""
-    data_kwargs = {"in_shape": data.shape, "n_classes": data.n_classes, **data.model_kwargs(dataset_cfg)}
+def data_kwargs(data, dataset_cfg) -> dict:
+    """What a model factory is told about the data: input shape, classes, normalization or vocabulary size."""
+    return {"in_shape": list(data.shape), "n_classes": data.n_classes, **data.model_kwargs(dataset_cfg)}
+
+
+def build_model(model_cfg, data, dataset_cfg, task, state_dict=None, inputs: dict | None = None) -> torch.nn.Module:
+    """Instantiate ``model_cfg`` for ``data`` (posing ``task``), or for the stored ``inputs`` (data_kwargs) where
+    no data is loaded; with ``state_dict``, load it or say why it does not fit."""
+    given = dict(inputs) if inputs else data_kwargs(data, dataset_cfg)
+    given["in_shape"] = tuple(given["in_shape"])
     target = str(model_cfg._target_)
     try:
-        model = instantiate(model_cfg, **data_kwargs)
+        model = instantiate(model_cfg, **given)
     except Exception as err:  # instantiate wraps the factory's TypeError (and its AdvbenchErrors)
         if isinstance(err.__cause__, AdvbenchError):
             raise err.__cause__ from None
         if unimportable(err):
             raise unimportable(err) from None
         keyword = _unexpected_keyword(err)
-        if keyword is None:
-            raise
-        if keyword not in data_kwargs:
-            accepted = [p for p in _parameters(target) if p not in data_kwargs]
+        if keyword is None:  # the factory refused its arguments (a negative width, a wrong type...)
+            raise AdvbenchError(f"model={target.rsplit('.', 1)[-1]} cannot be built from its arguments "
+                                f"({type(err.__cause__ or err).__name__}: "
+                                f"{' '.join(str(err.__cause__ or err).split())[:200]})") from None
+        if keyword not in given:
+            accepted = [p for p in _parameters(target) if p not in given]
             raise AdvbenchError(f"model.{keyword} is not an argument of {target}: it takes "
                                 f"{', '.join(accepted) or 'no other arguments'}") from None
         raise AdvbenchError(f"model={target.rsplit('.', 1)[-1]} does not take {task.name} data "
@@ -111,3 +119,44 @@ def _parameters(target: str) -> list:
         return [p for p in inspect.signature(fn).parameters if p != "self"]
     except (ImportError, AttributeError, ValueError, TypeError):
         return []
+
+
+def load_stored(path: str, overrides: dict | None = None) -> tuple:
+    """(config, state) of an advbench checkpoint, its config checked by the stored-config rules
+    (runtime/stored.py) and typed by the schema; ``overrides`` (key -> value) play the command line's part."""
+    from omegaconf import OmegaConf
+
+    from advbench.config import Config
+    from advbench.runtime.stored import check_state, check_stored, complete
+    overrides, source = dict(overrides or {}), f"checkpoint={path}"
+    state = load_checkpoint(path)
+    if state["config"] is None:
+        raise AdvbenchError(f"{source}: a plain state dict or TorchScript file holds no config: build your model and "
+                            "call model.load_state_dict(torch.load(path, weights_only=True))")
+    stored = check_stored(state["config"], source, {k: str(v) for k, v in overrides.items()}, {})
+    check_state(state, source)
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), stored)
+        for key, value in overrides.items():
+            OmegaConf.update(cfg, key, value, merge=False)
+    except Exception as err:  # OmegaConf's validation: an unknown key or a wrong type
+        raise AdvbenchError(f"{source}: refused, its config does not fit advbench's schema: "
+                            f"{' '.join(str(err).split())[:200]}") from None
+    return complete(cfg, source), state
+
+
+def load_model(path: str, overrides: dict | None = None, device=None, data=None) -> torch.nn.Module:
+    """The model of an advbench checkpoint (a run directory, model.pt, best.pt or last.pt), rebuilt from its config
+    by the stored-config rules and returned in eval mode; ``overrides`` (key -> value) play the command line's
+    part, e.g. ``{"model.trust_pickle": True}`` for a file you trust. A TorchScript file is returned as it is."""
+    from advbench.data import load_data, model_tokenizer, task_of
+    from advbench.tasks import TASKS
+    if zipfile.is_zipfile(resolve(path)) and _is_torchscript(resolve(path)):
+        return load_checkpoint(path)["torchscript"].to(device or "cpu").eval()
+    cfg, state = load_stored(path, overrides)
+    inputs = state.get("data_kwargs") if data is None else None
+    if data is None and inputs is None:  # a checkpoint of an older advbench: the data says what the model takes
+        data = load_data(model_tokenizer(cfg.dataset, cfg.model))
+    task = TASKS[task_of(cfg.dataset)](0)
+    model = build_model(cfg.model, data, cfg.dataset, task, state["state_dict"], inputs)
+    return model.to(device or "cpu").eval()
