@@ -2,14 +2,19 @@
 (``dataset=torchvision dataset.class_name=CIFAR100``), or map-style data sets of (image, label) built by
 ``_target_`` (``dataset=custom``)."""
 import inspect
+import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import Subset
 
+from advbench.data.formats import image_size
 from advbench.data.streams import AUGMENTS, Mapped, Stream, labels_of, transforms
 from advbench.errors import AdvbenchError, unimportable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,7 +49,31 @@ def image_folder(cfg) -> RawSets:
         if split is not None and split.classes != train.classes:
             raise AdvbenchError(f"dataset.{key}: its classes ({', '.join(split.classes)}) differ from train_dir's "
                                 f"({', '.join(train.classes)}); every split needs the same sub-folders")
+    _check_headers({"train_dir": train, "val_dir": val, "test_dir": test}, cfg.resize)
     return RawSets(train, test, val, list(train.classes))
+
+
+def _check_headers(splits: dict, resize) -> None:
+    """Every image's header, read before training (Pillow decodes no pixels): an unreadable file, or without
+    ``dataset.resize`` a size other than the first image's, is a one-line error naming the file, where a DataLoader
+    worker would otherwise stop the run with a traceback at the first batch holding it."""
+    first, chunk = None, 4096  # chunks: a million-image folder never queues a million futures
+    with ThreadPoolExecutor(8) as pool:  # headers are small reads: threads hide the file system's latency
+        for key, split in splits.items():
+            paths = [path for path, _ in split.samples] if split is not None else []
+            for start in range(0, len(paths), chunk):
+                part = paths[start:start + chunk]
+                for path, size in zip(part, pool.map(image_size, part)):
+                    if resize:
+                        continue
+                    if first is None:
+                        first = (path, size)
+                    elif size != first[1]:
+                        raise AdvbenchError(f"dataset.{key}: {path} is {size[0]}x{size[1]} but {first[0]} is "
+                                            f"{first[1][0]}x{first[1][1]}; images of different sizes need "
+                                            "dataset.resize=<n> (the square side every image is resized and "
+                                            "centre-cropped to)")
+    log.info("image headers checked: %d files", sum(len(s.samples) for s in splits.values() if s is not None))
 
 
 def torchvision_sets(cfg) -> RawSets:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import yaml
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from advbench.errors import AdvbenchError
 
@@ -38,6 +38,39 @@ def letterbox(image: torch.Tensor, size: int, fill: int = 114) -> tuple:
     return out, r, (left, top)
 
 
+def _unreadable(path, err: Exception) -> DataError:
+    # Callers catch every Exception around Pillow: it reports a corrupt file as OSError, SyntaxError, ValueError,
+    # struct.error, EOFError or DecompressionBombError, by format and by where the damage lies (and ultralytics,
+    # once imported, patches Image.open to try a HEIF plugin, adding ImportError). The user needs the file's name.
+    return DataError(f"{path}: not a readable image ({err.__class__.__name__}); accepted: "
+                     f"{', '.join(sorted(IMAGE_SUFFIXES))}")
+
+
+def decoded(path: Path, mode: str | None = None) -> Image.Image:
+    """``path`` decoded by Pillow (converted to ``mode`` where given); a missing or unreadable file is a DataError
+    naming it."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert(mode) if mode else im
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except Exception as e:  # Pillow's many ways of saying corrupt: see _unreadable
+        raise _unreadable(path, e) from None
+
+
+def image_size(path: Path) -> tuple:
+    """(width, height) of an image file from its header alone (Pillow decodes no pixels: cheap over a whole
+    folder); a missing or unreadable file is a DataError naming it."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except Exception as e:  # Pillow's many ways of saying corrupt: see _unreadable
+        raise _unreadable(path, e) from None
+
+
 def _load_image(path: Path) -> torch.Tensor:
     """Read an image file as uint8 (C, H, W): 1 channel for greyscale, 3 otherwise; EXIF rotation applied."""
     try:
@@ -48,10 +81,8 @@ def _load_image(path: Path) -> torch.Tensor:
             return t.view(im.height, im.width, -1).permute(2, 0, 1).contiguous()
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
-    # ImportError: ultralytics, once imported, patches Image.open to try a HEIF plugin on files Pillow cannot read
-    except (UnidentifiedImageError, OSError, ImportError) as e:
-        raise DataError(f"{path}: not a readable image ({e.__class__.__name__}); accepted: "
-                        f"{', '.join(sorted(IMAGE_SUFFIXES))}") from None
+    except Exception as e:  # Pillow's many ways of saying corrupt: see _unreadable
+        raise _unreadable(path, e) from None
 
 
 def _stack(images: list, source: str) -> torch.Tensor:
@@ -69,17 +100,36 @@ def _to_letterbox(boxes: torch.Tensor, scale: float, pad: tuple) -> torch.Tensor
     return boxes * scale + torch.tensor([pad[0], pad[1], pad[0], pad[1]], dtype=torch.float32)
 
 
+def read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file (a byte-order mark allowed), ``what`` it is naming it in the errors."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} not found") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); expected a UTF-8 {what}") from None
+    except OSError as e:  # a folder, no permission
+        raise DataError(f"{path}: {what} cannot be read ({e.strerror or e.__class__.__name__})") from None
+
+
+def _class_id(key):
+    """A 'names' dict key as a class id (an int, or a string of one), else None."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return key
+    try:
+        return int(key) if isinstance(key, str) else None
+    except ValueError:
+        return None
+
+
 def _names(data: dict, yaml_path: Path) -> list:
     """Class names from a YOLO data YAML: a list, or a {id: name} dict with ids 0..n-1."""
     names = data.get("names")
-    if isinstance(names, dict):
-        try:
-            ids = sorted(int(k) for k in names)
-        except (TypeError, ValueError):
-            ids = None
-        if ids != list(range(len(names))):
+    if isinstance(names, dict) and names:
+        by_id = {_class_id(k): v for k, v in names.items()}
+        if set(by_id) != set(range(len(names))):  # a key not an id (None) or one id twice ("0" and 0) fails too
             raise DataError(f"{yaml_path}: 'names' dict keys must be the ids 0..{len(names) - 1}")
-        return [str(names[k] if k in names else names[str(k)]) for k in ids]
+        return [str(by_id[i]) for i in range(len(names))]
     if isinstance(names, list) and names:
         return [str(n) for n in names]
     raise DataError(f"{yaml_path}: 'names' must be a non-empty list of class names or a {{id: name}} dict")
@@ -91,16 +141,21 @@ def _split_files(entry, root: Path, yaml_path: Path, split: str) -> list:
     for item in entry if isinstance(entry, list) else [entry]:
         p = Path(str(item))
         p = p if p.is_absolute() else root / p
-        if p.is_dir():
+        try:
+            folder, listing = p.is_dir(), p.suffix == ".txt" and p.is_file()
+        except OSError:  # a name too long for the file system
+            folder = listing = False
+        if folder:
             files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-        elif p.suffix == ".txt" and p.is_file():
-            for line in p.read_text().splitlines():
+        elif listing:
+            for line in read_text(p, "list of image paths").splitlines():
                 line = line.strip()
                 if line:
                     f = Path(line)
                     files.append(f if f.is_absolute() else p.parent / f)  # Ultralytics: relative to the list
         else:
-            raise DataError(f"{yaml_path}: {split}: {p} is not an image folder or a .txt list of image paths")
+            raise DataError(f"{yaml_path}: {split}: {str(p)[:200]} is not an image folder or a .txt list of image "
+                            "paths")
     if not files:
         raise DataError(f"{yaml_path}: {split}: no image files found; accepted: {', '.join(sorted(IMAGE_SUFFIXES))}")
     return files
@@ -119,22 +174,22 @@ def _read_yolo_labels(path: Path, n_classes: int) -> tuple:
         return torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
     boxes, labels = [], []
     accepted = "accepted: 'class cx cy w h' normalized to [0, 1], or 'class x1 y1 x2 y2 ...' polygon"
-    for no, line in enumerate(path.read_text().splitlines(), 1):
+    for no, line in enumerate(read_text(path, "label file").splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
         try:
             nums = [float(v) for v in parts]
         except ValueError:
-            raise DataError(f"{path}:{no}: non-numeric value in {line.strip()!r}; {accepted}") from None
+            raise DataError(f"{path}:{no}: non-numeric value in {line.strip()[:80]!r}; {accepted}") from None
         if len(nums) != 5 and (len(nums) < 7 or len(nums) % 2 == 0):
             raise DataError(f"{path}:{no}: {len(nums)} numbers; {accepted}")
         cls = nums[0]
         if not cls.is_integer() or not 0 <= cls < n_classes:
-            raise DataError(f"{path}:{no}: class {parts[0]} is not an id in 0..{n_classes - 1} (from 'names')")
+            raise DataError(f"{path}:{no}: class {parts[0][:20]} is not an id in 0..{n_classes - 1} (from 'names')")
         xy = nums[1:]
         if any(not -_TOL <= v <= 1 + _TOL for v in xy):
-            raise DataError(f"{path}:{no}: coordinate outside [0, 1] in {line.strip()!r}; {accepted}")
+            raise DataError(f"{path}:{no}: coordinate outside [0, 1] in {line.strip()[:80]!r}; {accepted}")
         if len(nums) == 5:
             cx, cy, w, h = xy
             box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
@@ -157,11 +212,11 @@ def read_yolo(data_yaml, split: str, size: int) -> dict:
     """Read one split of an Ultralytics/YOLOv5 data set into dict(images, targets, names, files)."""
     yaml_path = Path(data_yaml)
     try:
-        data = yaml.safe_load(yaml_path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{yaml_path}: data YAML not found") from None
+        data = yaml.safe_load(read_text(yaml_path, "data YAML"))
     except yaml.YAMLError as e:
-        raise DataError(f"{yaml_path}: not valid YAML ({' '.join(str(e).split())})") from None
+        raise DataError(f"{yaml_path}: not valid YAML ({' '.join(str(e).split())[:200]})") from None
+    except RecursionError:
+        raise DataError(f"{yaml_path}: not valid YAML (nested too deeply)") from None
     if not isinstance(data, dict):
         raise DataError(f"{yaml_path}: expected a mapping with 'train:', 'val:', 'names:' (Ultralytics data YAML)")
     names = _names(data, yaml_path)
@@ -186,14 +241,23 @@ def read_yolo(data_yaml, split: str, size: int) -> dict:
 def _coco_json(path: Path) -> dict:
     """Load and shape-check a COCO instances JSON."""
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: annotation file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(read_text(path, "annotation file"))
+    except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "categories")):
+    except RecursionError:
+        raise DataError(f"{path}: not valid JSON (nested too deeply)") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "categories")) \
+            or not isinstance(data.get("annotations") or [], list):
         raise DataError(f"{path}: expected a COCO instances JSON with 'images', 'annotations', 'categories' lists")
     return data
+
+
+def _pixels(value, what: str, path: Path):
+    """An image entry's width or height: absent (None), or a positive number of pixels."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+                         and math.isfinite(value)):
+        return value
+    raise DataError(f"{path}: image {what} {str(value)[:40]!r} is not a positive number of pixels")
 
 
 def read_coco(annotations, image_dir, size: int) -> dict:
@@ -203,11 +267,11 @@ def read_coco(annotations, image_dir, size: int) -> dict:
     try:
         cats = sorted((int(c["id"]), str(c["name"])) for c in data["categories"])
         label_of = {cid: i for i, (cid, _) in enumerate(cats)}
-        entries = [(int(im["id"]), str(im["file_name"]), im.get("width"), im.get("height"))
-                   for im in data["images"]]
-    except (KeyError, TypeError, ValueError) as e:
-        raise DataError(f"{path}: malformed category or image entry ({e!r}); each needs 'id' and "
-                        f"'name' / 'file_name'") from None
+        entries = [(int(im["id"]), str(im["file_name"]), _pixels(im.get("width"), "width", path),
+                    _pixels(im.get("height"), "height", path)) for im in data["images"]]
+    except (KeyError, TypeError, ValueError, OverflowError) as e:  # OverflowError: int(Infinity)
+        raise DataError(f"{path}: malformed category or image entry ({e.__class__.__name__}: {str(e)[:80]}); each "
+                        "needs 'id' and 'name' / 'file_name'") from None
     if not cats or len(label_of) != len(cats):
         raise DataError(f"{path}: 'categories' must be a non-empty list of {{id, name}} with distinct ids")
     per_image = {i: [] for i, *_ in entries}
@@ -215,17 +279,19 @@ def read_coco(annotations, image_dir, size: int) -> dict:
         raise DataError(f"{path}: duplicate image ids in 'images'")
     skipped = 0
     for n, a in enumerate(data.get("annotations") or []):
-        where = f"{path}: annotation {a.get('id', n) if isinstance(a, dict) else n}"
+        where = f"{path}: annotation {str(a.get('id', n))[:40] if isinstance(a, dict) else n}"
         try:
-            img_id, cat, bbox = int(a["image_id"]), int(a["category_id"]), [float(v) for v in a["bbox"]]
-        except (KeyError, TypeError, ValueError):
+            img_id, cat = int(a["image_id"]), int(a["category_id"])
+            bbox = [float(v) for v in a["bbox"]] if isinstance(a["bbox"], list) else None
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise DataError(f"{where}: needs image_id, category_id and bbox [x, y, w, h] in pixels") from None
-        if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox):
-            raise DataError(f"{where}: bbox {a['bbox']} is not 4 finite numbers; accepted: [x, y, w, h] in pixels")
+        if bbox is None or len(bbox) != 4 or not all(math.isfinite(v) for v in bbox):
+            raise DataError(f"{where}: bbox {str(a['bbox'])[:80]} is not 4 finite numbers; accepted: [x, y, w, h] in "
+                            "pixels")
         if img_id not in per_image:
             raise DataError(f"{where}: image_id {img_id} is not in 'images'")
         if cat not in label_of:
-            raise DataError(f"{where}: category_id {cat} is not in 'categories' (ids {[c for c, _ in cats]})")
+            raise DataError(f"{where}: category_id {cat} is not in 'categories' (ids {str([c for c, _ in cats])[:80]})")
         if a.get("iscrowd", 0) or bbox[2] <= 0 or bbox[3] <= 0:
             skipped += 1
             continue

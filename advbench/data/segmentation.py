@@ -7,11 +7,13 @@ import numpy as np
 import torch
 
 from advbench.data.detection import composed
+from advbench.data.formats import DataError, decoded
 from advbench.data.source import Source
 from advbench.errors import AdvbenchError
 from advbench.tasks.segmentation_metrics import IGNORE
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MASK_MODES = ("L", "P", "I", "I;16")  # Pillow's modes of one integer per pixel (8, 16 or 32 bits)
 
 
 def _canvases(cfg, items: str) -> Source:
@@ -31,10 +33,32 @@ def fashion_mnist_seg(cfg) -> Source:
     return _canvases(cfg, "fashion_mnist")
 
 
-def _read_pairs(root: Path, size: int, ignore_index: int) -> tuple:
-    """images/<name>.<ext> and masks/<name>.png (class indices) under ``root``, resized to size x size (nearest for
-    the masks); ``ignore_index`` in a mask becomes IGNORE."""
+def read_pair(image_path: Path, mask_path: Path, size: int, ignore_index: int) -> tuple:
+    """An image (uint8 (3, size, size)) and its mask of class indices (int64 (size, size), nearest), both resized
+    to size x size; ``ignore_index`` in the mask becomes IGNORE. A mask must have its image's size: resized apart,
+    a mask of another size would mark the wrong pixels."""
     from PIL import Image
+    image = decoded(image_path, "RGB")
+    mask = decoded(mask_path)
+    if mask.mode not in MASK_MODES:
+        raise DataError(f"{mask_path}: a mask holds class indices (mode L or P, or 16/32-bit I), not {mask.mode} "
+                        "colours")
+    if mask.size != image.size:
+        raise DataError(f"{mask_path}: the mask is {mask.size[0]}x{mask.size[1]} but its image {image_path.name} is "
+                        f"{image.size[0]}x{image.size[1]}; a mask needs its image's size")
+    image = image.resize((size, size), Image.BILINEAR)
+    mask = np.asarray(mask.resize((size, size), Image.NEAREST)).astype(np.int64)
+    mask[mask == ignore_index] = IGNORE
+    # 32-bit masks can hold negative values, which no class has, or billions, which would make as many classes
+    bad = mask[(mask < 0) | (mask > 65535)]
+    if bad.size:
+        raise DataError(f"{mask_path}: mask value {bad[0]} is no class index; accepted: 0..65535, and "
+                        f"dataset.ignore_index={ignore_index} for unlabelled pixels")
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1), torch.from_numpy(mask)
+
+
+def _read_pairs(root: Path, size: int, ignore_index: int) -> tuple:
+    """images/<name>.<ext> and masks/<name>.png (class indices) under ``root``, as ``read_pair`` reads them."""
     files = sorted(p for p in (root / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise AdvbenchError(f"dataset.path: no images under {root / 'images'}")
@@ -43,14 +67,9 @@ def _read_pairs(root: Path, size: int, ignore_index: int) -> tuple:
         mask_path = root / "masks" / f"{f.stem}.png"
         if not mask_path.is_file():
             raise AdvbenchError(f"dataset.path: {f.name} has no mask {mask_path} (a PNG of class indices)")
-        image = Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR)
-        mask = Image.open(mask_path)
-        if mask.mode not in ("L", "P", "I"):
-            raise AdvbenchError(f"{mask_path}: a mask holds class indices (mode L or P), not {mask.mode} colours")
-        mask = np.asarray(mask.resize((size, size), Image.NEAREST)).astype(np.int64)
-        mask[mask == ignore_index] = IGNORE
-        xs.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
-        ms.append(torch.from_numpy(mask))
+        x, m = read_pair(f, mask_path, size, ignore_index)
+        xs.append(x)
+        ms.append(m)
     return torch.stack(xs), torch.stack(ms)
 
 
