@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from advbench.data import detection, external, images, segmentation, text
+from advbench.data import detection, external, images, segmentation, text, tokens
 from advbench.errors import AdvbenchError
 
 # name -> loader(cfg) returning a Source, and the task the data set poses
@@ -61,7 +61,9 @@ def model_tokenizer(dataset_cfg, model_cfg):
     if not own or dataset_cfg.get("tokenizer"):
         return dataset_cfg
     from omegaconf import OmegaConf
-    return OmegaConf.merge(dataset_cfg, {"tokenizer": own})
+    # checked here, where the key the user set is known: model.tokenizer is model.name_or_path unless set apart
+    key = "model.name_or_path" if own == model_cfg.get("name_or_path") else "model.tokenizer"
+    return OmegaConf.merge(dataset_cfg, {"tokenizer": tokens.local_path(own, key)})
 
 
 def task_of(cfg) -> str:
@@ -107,7 +109,10 @@ def load_data(cfg) -> Data:
     else:
         train, val = (x, y), source.val
     present = torch.unique(_labels(train[1]))
-    if len(present) < 2:
+    if task == "detection" and len(present) == 0:  # its classes exclude the background: one is a detector's task
+        raise AdvbenchError(f"dataset={cfg.name}: the training split holds no labelled object; a detector needs "
+                            "at least 1 (check the label files or annotations, and dataset.n_train)")
+    if task != "detection" and len(present) < 2:
         raise AdvbenchError(f"dataset={cfg.name}: the training split holds {len(present)} class; a classifier "
                             "needs at least 2 (check dataset.categories, the label column or dataset.n_train)")
     n_classes = len(source.classes) if source.classes else int(max(y.max(), test[1].max())) + 1

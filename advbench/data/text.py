@@ -48,6 +48,9 @@ def _stratified_split(texts, labels, test_size: float, seed: int):
 def fortunes(cfg):
     """Topic classification over fortunes categories (Debian's ``fortunes``), deduplicated, fixed split."""
     root = Path(cfg.fortunes_dir)
+    if not cfg.categories:
+        raise AdvbenchError("dataset.categories=[]: name at least 2 fortunes files, one class each, e.g. "
+                            f"[computers, food] (under dataset.fortunes_dir={root})")
     missing = [c for c in cfg.categories if not (root / c).is_file()]
     if missing:
         raise AdvbenchError(f"dataset=fortunes: no file for categories {missing} under dataset.fortunes_dir={root}; "
@@ -68,17 +71,33 @@ def _columns(cfg) -> tuple:
     return ("text_column", "label_column") + (("text_pair_column",) if cfg.text_pair_column else ())
 
 
-def _text_of(row: dict, cfg):
-    """A row's text, or its (text, pair) for sentence-pair data (dataset.text_pair_column)."""
-    if cfg.text_pair_column:
-        return str(row[cfg.text_column]), str(row[cfg.text_pair_column])
-    return str(row[cfg.text_column])
+def _text_of(row: dict, cfg, where: str):
+    """A row's text, or its (text, pair) for sentence-pair data (dataset.text_pair_column); a JSON null is an
+    error (str() would make it the text "None")."""
+    columns = ("text_column", "text_pair_column") if cfg.text_pair_column else ("text_column",)
+    for column in columns:
+        if row[getattr(cfg, column)] is None:
+            raise AdvbenchError(f"{where}: no text (null) in dataset.{column}={getattr(cfg, column)!r}")
+    texts = tuple(str(row[getattr(cfg, column)]) for column in columns)
+    return texts if cfg.text_pair_column else texts[0]
+
+
+def _label_of(row: dict, cfg, where: str) -> str:
+    """A row's label as a class name; an empty cell or a JSON null (which str() would make a class "None") or a
+    JSON list or object is an error naming the line and dataset.label_column."""
+    label = row[cfg.label_column]
+    if isinstance(label, (dict, list)) or label is None or not str(label).strip():
+        shown = "null" if label is None else str(label)[:40] if str(label).strip() else "empty"
+        raise AdvbenchError(f"{where}: label {shown} in dataset.label_column={cfg.label_column!r}; accepted: a "
+                            "class name or number")
+    return str(label).strip()
 
 
 def _read_csv(path, cfg) -> list:
     """(text, label) rows of one CSV file; encoding problems and ragged rows are one-line errors."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        # utf-8-sig: Excel writes "UTF-8 CSV" with a byte-order mark, which would glue itself to the first column
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             for column in _columns(cfg):
                 if getattr(cfg, column) not in (reader.fieldnames or []):
@@ -91,7 +110,8 @@ def _read_csv(path, cfg) -> list:
                     raise AdvbenchError(f"{path}, line {reader.line_num}: {fields} fields "
                                         f"where the header has {len(reader.fieldnames)}: expected one value per "
                                         "column (quote texts holding commas)")
-                rows.append((_text_of(row, cfg), row[cfg.label_column].strip()))
+                where = f"{path}, line {reader.line_num}"
+                rows.append((_text_of(row, cfg, where), _label_of(row, cfg, where)))
             return rows
     except UnicodeDecodeError as err:
         raise AdvbenchError(f"{path} is not UTF-8 text (byte {err.start}): expected a UTF-8 CSV file; "
@@ -102,10 +122,11 @@ def _read_csv(path, cfg) -> list:
 
 def _label_order(labels) -> list:
     """Label names sorted as numbers when they all are ("2" before "10"), else as text."""
+    by_text = sorted(labels)  # first, so that labels of one value ("1", "1.0") or "nan" keep one order every run
     try:
-        return sorted(labels, key=float)
+        return sorted(by_text, key=float)
     except ValueError:
-        return sorted(labels)
+        return by_text
 
 
 def _labelled_files(cfg, keys: tuple, read, kind: str):
@@ -115,12 +136,16 @@ def _labelled_files(cfg, keys: tuple, read, kind: str):
         path = getattr(cfg, key)
         if not path or not Path(path).is_file():
             raise AdvbenchError(f"dataset.{key}={path}: no such {kind} file")
-        splits.append(read(path, cfg))
+        rows = read(path, cfg)
+        if not rows:
+            raise AdvbenchError(f"dataset.{key}={path}: the {kind} file holds no examples")
+        splits.append(rows)
     names = _label_order({label for _, label in splits[0]})
     index = {name: i for i, name in enumerate(names)}
     unknown = {label for _, label in splits[1]} - set(names)
     if unknown:
-        raise AdvbenchError(f"dataset.{keys[1]} has labels absent from the training file: {sorted(unknown)[:5]}")
+        raise AdvbenchError(f"dataset.{keys[1]} has labels absent from the training file: "
+                            f"{str(sorted(unknown)[:5])[:200]}")
     return (*(([t for t, _ in rows], [index[label] for _, label in rows]) for rows in splits), names)
 
 
@@ -133,14 +158,15 @@ def _read_jsonl(path, cfg) -> list:
     """(text, label) rows of a JSON lines file (one object per line); a bad line is a one-line error naming it."""
     rows = []
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             for number, line in enumerate(f, 1):
                 if not line.strip():
                     continue
+                where = f"{path}, line {number}"
                 try:
                     item = json.loads(line)
-                    rows.append((_text_of(item, cfg), str(item[cfg.label_column]).strip()))
-                except (ValueError, TypeError) as err:
+                    rows.append((_text_of(item, cfg, where), _label_of(item, cfg, where)))
+                except (ValueError, TypeError, RecursionError) as err:
                     raise AdvbenchError(f"{path}, line {number}: not a JSON object ({type(err).__name__})") from None
                 except KeyError as err:
                     named = ", ".join(f"dataset.{c}={getattr(cfg, c)!r}" for c in _columns(cfg))

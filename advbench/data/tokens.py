@@ -7,6 +7,7 @@ take the absolute value (models/text.py).
 """
 import re
 from collections import Counter
+from pathlib import Path
 
 import torch
 
@@ -64,19 +65,34 @@ def special_ids(vocab: list) -> list:
     return [vocab.index(SEP)] if SEP in vocab else []
 
 
-def hf_encoder(path: str, max_len: int) -> tuple:
+def local_path(value: str, key: str) -> str:
+    """``value`` (a folder or a hub id) as from_pretrained takes it: ``~`` expanded. A value that can only be a
+    path (it starts with /, . or ~, or holds a backslash or more slashes than a hub id ``org/name``) and names no
+    folder is an error naming ``key``: the hub would answer with its rules for repository ids instead."""
+    text = str(value)
+    expanded = Path(text).expanduser()
+    path_like = text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text
+    if path_like and not expanded.exists():
+        raise AdvbenchError(f"{key}={text}: no such folder; expected a local folder saved by save_pretrained "
+                            "(or a hub id such as org/name where the hub is reachable)")
+    return str(expanded) if path_like else text
+
+
+def hf_encoder(path: str, max_len: int, key: str = "dataset.tokenizer") -> tuple:
     """(vocabulary, special ids, encode) of the tokenizer in ``path`` (AutoTokenizer): texts tokenized once,
     truncated to ``max_len`` with the tokenizer's special tokens (pairs longest first). Each id is stored + 1, so
     that 0 stays padding (models/hf.py undoes it), and negated where the token type is 1. The special ids
     ([CLS], [SEP], <s>...; not [UNK], which stands for a word) are positions attacks leave in place."""
+    where = local_path(path, key)
     try:
         from transformers import AutoTokenizer
     except ImportError:
-        raise AdvbenchError("dataset.tokenizer needs the transformers package: pip install 'advbench[nlp]'") from None
+        raise AdvbenchError(f"{key} needs the transformers package: pip install 'advbench[nlp]'") from None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError) as err:
-        raise AdvbenchError(f"dataset.tokenizer={path}: {' '.join(str(err).split())[:200]}") from None
+        hub = "" if Path(str(path)).expanduser().exists() else "no such folder, and the hub did not give it: "
+        raise AdvbenchError(f"{key}={path}: {hub}{' '.join(str(err).split())[:200]}") from None
     vocab = [PAD, *tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))]
     special = sorted(i + 1 for i in set(tokenizer.all_special_ids) - {tokenizer.unk_token_id, tokenizer.pad_token_id})
 
