@@ -19,11 +19,16 @@ def _on_signal(signum, frame) -> None:
     if _signalled:  # a second Ctrl-C while the first is being handled: the clean stop is already under way
         return
     _signalled.append(signal.Signals(signum).name)
+    # Ignored from now on, by the kernel: at exit Python puts back the default action of any signal it handles
+    # (but not of an ignored one), and a second Ctrl-C arriving then would kill the process (exit 130).
+    for other in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(other, signal.SIG_IGN)
     raise Interrupted(_signalled[0])
 
 
 def install_signal_handlers() -> None:
-    """SIGINT and SIGTERM raise ``Interrupted`` once; repeated signals do not break the clean stop."""
+    """SIGINT and SIGTERM raise ``Interrupted`` once; any signals after it are ignored: the clean stop goes on
+    and the exit code stays 3."""
     _signalled.clear()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _on_signal)
@@ -52,6 +57,9 @@ def main() -> None:
         # Hydra exits 1 on its own errors (unknown option or key, wrong type): bad input, like advbench's.
         hydras_own = not started and not isinstance(done, Refused)
         sys.exit(2 if done.code == 1 and hydras_own else done.code)
+    finally:
+        from advbench.runtime.rundir import release
+        release()  # the directories this command held (a caller in this process may start another run)
 
 
 if __name__ == "__main__":

@@ -178,14 +178,16 @@ def train_job(run: Run) -> dict:
 
 def eval_job(run: Run) -> dict:
     """The final evaluation of the run's model on the test split."""
-    OmegaConf.save(run.cfg, run.out / "config_resolved.yaml")
+    from advbench.runtime.outputs import write_yaml  # atomic: a full disk leaves no half-written file
+    write_yaml(run.out / "config_resolved.yaml", run.cfg)
     torch.manual_seed(run.cfg.seed)  # the evaluation's random starts don't depend on what training drew
     return final_evaluation(run.model, run.data.test, run.plan, run.evaluator, run.out)
 
 
 def saliency_job(run: Run) -> dict:
     """Gradient maps of the checkpoint's model on the first test examples."""
-    OmegaConf.save(run.cfg, run.out / "config_resolved.yaml")
+    from advbench.runtime.outputs import write_yaml  # atomic: a full disk leaves no half-written file
+    write_yaml(run.out / "config_resolved.yaml", run.cfg)
     torch.manual_seed(run.cfg.seed)
     attack = next(iter(run.plan.attacks().values()))  # the run's first evaluation attack
     files, scales = run.task.write_saliency(run.model, run.data.test, attack, run.mode, run.cfg.saliency,

@@ -9,13 +9,17 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from advbench.cli import install_signal_handlers
 from advbench.config import register_configs
 from advbench.errors import AdvbenchError, Interrupted
+from advbench.runtime.callbacks import NOT_RUN
+from advbench.runtime.outputs import DeferredLog, NoSpace, no_space, write_hydra_files, write_status
+from advbench.runtime.rundir import DirectoryTaken, InUse, hold, holder, holds_run, own, release, status_of
 
-# torch is imported only once a run starts (run, distributed, write_status below): --help and shell completion
-# compose the config alone and answer in well under a second.
+# torch is imported only once a run starts (run, distributed below): --help and shell completion compose the config
+# alone and answer in well under a second.
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -35,22 +39,29 @@ def finished_result(out: Path):
                             f"checkpoint={out}") from None
 
 
-class DirectoryTaken(AdvbenchError):
-    """Another run's files are in the directory: its status must not be touched."""
-
-
 def claim(out: Path) -> None:
     """Mark ``out`` as this run's: the status file is created exclusively, so no two runs share a directory."""
     try:
         os.close(os.open(out / "status", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     except FileExistsError:
-        raise DirectoryTaken(f"{out} already holds another run ({(out / 'status').read_text().strip()}): "
-                            f"continue it with resume={out}, or choose another directory") from None
+        raise DirectoryTaken(f"{out}: already holds another run ({status_of(out)}): continue it with "
+                             f"resume={out}, or choose another directory") from None
 
 
-def write_status(out: Path, status: str) -> None:
-    from advbench.runtime.outputs import write_status as write
-    write(out, status)
+def hold_job(out: Path) -> None:
+    """Hold the directory (a run holds it already, from on_run_start; a sweep's job claims it here)."""
+    try:
+        hold(out)
+    except InUse as err:
+        raise DirectoryTaken(f"{out}: not run, another advbench run is running there ({holder(err.owner)})") \
+            from None
+
+
+def hydra_texts(cfg) -> dict:
+    """The files Hydra would have written in its config folder, as it writes them."""
+    hydra_cfg = HydraConfig.instance().cfg
+    return {"config.yaml": OmegaConf.to_yaml(cfg), "hydra.yaml": OmegaConf.to_yaml(hydra_cfg),
+            "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task)}
 
 
 def record(out: Path, status: str) -> None:
@@ -61,23 +72,60 @@ def record(out: Path, status: str) -> None:
         log.warning("could not write %s", out / "status")
 
 
-def job(cfg, out: Path, started: list):
-    """Claim the directory (or find it finished), run, and mark it finished."""
-    if cfg.resume:
+def job(cfg, out: Path, owned: list, logs) -> float | None:
+    """Hold the directory (or find it finished), run, and mark it finished. Nothing is written in it (config
+    folder, log lines, owner record, status) before the run is accepted: a refused command leaves it as it was."""
+    from advbench.runtime import distributed
+    main_rank, texts = distributed.is_main(), hydra_texts(cfg)  # the config as given, before the run reads it
+
+    def accepted(folder: str) -> None:
+        owned.append(True)
+        logs.start()
+        if main_rank:  # under torchrun only rank 0 writes a config folder
+            own(out)
+            write_hydra_files(out / folder, texts)
+
+    if main_rank:
+        hold_job(out)
+    resumed = bool(cfg.resume) and holds_run(out) is not None  # resume=auto starts a job that never ran
+    if resumed:
         done, result = finished_result(out)
         if done:
             log.info("%s has finished already: skipped", out)
             return result
     else:
         claim(out)
+        accepted(".hydra")
 
-    def on_start():  # once the config has passed every check: a refused resume leaves the run's status alone
-        started.append(True)
+    def on_start():  # once the config has passed every check: a refused resume leaves the run as it was
+        if resumed:
+            accepted(".hydra_resume")
         write_status(out, "running")
     from advbench.experiment import run
     result = run(cfg, out, on_start)
     write_status(out, "finished")
     return result
+
+
+def stopped(out: Path, err: Interrupted, owned: list) -> None:
+    """Record and report an interruption (in a directory the run does not own yet: report it only)."""
+    if not owned:
+        advice = f"; continue it with: advbench resume={out}" if (out / "last.pt").exists() else ""
+        log.error("interrupted (%s) before the run began: nothing was written in %s%s", err, out, advice)
+    elif (out / "last.pt").exists():
+        record(out, f"interrupted: {err}")
+        log.error("interrupted (%s): files of the last finished epoch kept; continue with: advbench resume=%s",
+                  err, out)
+    else:
+        record(out, f"interrupted: {err} (before the first epoch ended: nothing to resume)")
+        log.error("interrupted (%s) before the first epoch ended: nothing to resume; start the run again", err)
+
+
+def explained(err: AdvbenchError, out: Path) -> str:
+    """The one-line message of ``err``; a full disk's says how to go on."""
+    if isinstance(err, NoSpace) and (out / "last.pt").exists():
+        return f"{err}: free some space, then continue with: advbench resume={out}"
+    return str(err)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -87,40 +135,40 @@ def main(cfg) -> float | None:
 
     A job of a multirun that fails is recorded (its ``status`` file, its log) and the sweep goes on; the sweep
     then exits non-zero. SIGINT and SIGTERM stop the run cleanly: every file is written atomically, and
-    ``resume`` continues from last.pt.
+    ``resume`` continues from last.pt. A full disk is a failure like any other: one line, exit 1.
     """
     STARTED.append(True)
     install_signal_handlers()
     from advbench.runtime import distributed
     out = Path(HydraConfig.get().runtime.output_dir if distributed.is_main() else distributed.scratch_dir())
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
-    started = []
+    owned, logs = [], DeferredLog(out)
     try:
-        return job(cfg, out, started)
+        return job(cfg, out, owned, logs)
     except Interrupted as err:
-        if (out / "last.pt").exists():
-            record(out, f"interrupted: {err}")
-            log.error("interrupted (%s): files of the last finished epoch kept; continue with: advbench "
-                      "resume=%s", err, out)
-        else:
-            record(out, f"interrupted: {err} (before the first epoch ended: nothing to resume)")
-            log.error("interrupted (%s) before the first epoch ended: nothing to resume; start the run again",
-                      err)
+        stopped(out, err, owned)
         sys.exit(3)
-    except AdvbenchError as err:
-        if started or not (cfg.resume or isinstance(err, DirectoryTaken)):  # never another run's status
+    except Exception as caught:
+        err = no_space(caught) or caught
+        if not isinstance(err, AdvbenchError):  # a bug or an out-of-memory: the traceback goes to the job's log
+            if owned:
+                record(out, f"failed: {type(err).__name__}: {err}")
+            if sweeping:
+                log.exception("job failed; the sweep goes on")
+                return None
+            raise
+        if owned:  # never another run's status
             record(out, f"failed: {err}")
-        log.error("%s", err)
+        elif sweeping:
+            NOT_RUN.append((out, str(err).removeprefix(f"{out}: ")))
+        log.error("%s", explained(err, out))
         if sweeping:
             return None
         sys.exit(err.exit_code)
-    except Exception as err:  # a bug or an out-of-memory: the traceback goes to the job's log
-        record(out, f"failed: {type(err).__name__}: {err}")
-        if sweeping:
-            log.exception("job failed; the sweep goes on")
-            return None
-        raise
     finally:
+        logs.drop()  # the lines of a command refused here go to the console only
+        if distributed.is_main():
+            release(out)
         distributed.teardown()
         if not distributed.is_main():
             shutil.rmtree(out, ignore_errors=True)  # torchrun: the other ranks' scratch directory

@@ -1,8 +1,10 @@
-"""Hydra callbacks that refuse a run before Hydra writes anything, and report a sweep's failed jobs at its end.
+"""Hydra callbacks that claim a run's (or a sweep's) directory before Hydra touches it, and report a sweep's failed
+jobs at its end.
 
-Hydra creates the run directory, writes ``.hydra/`` and opens the log before the task function starts, so the
-checks that protect another run's files (and the resume rules) run here, in ``on_run_start`` and
-``on_multirun_start``.
+Hydra creates the run directory and opens its log before the task function starts, so a run holds its directory
+(``rundir.hold``) and the checks that protect another run's files run here, in ``on_run_start`` and
+``on_multirun_start``. A sweep's jobs claim their directories in the task function: Hydra writes nothing into them
+before (advbench writes the config folder itself, and holds back the log until the directory is the job's).
 """
 import logging
 import os
@@ -14,11 +16,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from advbench.errors import Refused
-from advbench.runtime.rundir import holds_run
+from advbench.errors import AdvbenchError, Refused
+from advbench.runtime.rundir import LOCK, InUse, hold, holder, holds_run, own, release, status_of
 
 log = logging.getLogger("advbench")
 MIN_FREE_BYTES = 50 * 2**20  # below this, Hydra's own config files could be left empty
+NOT_RUN: list = []  # (directory, why) of the sweep jobs refused before they began: no status file says so
 
 
 def refuse(message: str, code: int = 2) -> None:
@@ -36,27 +39,78 @@ def check_free_space(path: Path) -> None:
                f"{MIN_FREE_BYTES // 2**20} MiB to start a run)", code=1)
 
 
-def check_resumable(path: Path) -> None:
-    """``resume=<path>`` needs a run directory with a finished epoch (last.pt) or a finished run."""
-    status = holds_run(path)
-    if status is None:
+def stop_hint(err: InUse) -> str:
+    """How to stop the process that holds a directory."""
+    pid = (err.owner or {}).get("pid")
+    return f"wait for it to end, or stop it (kill -INT {pid})" if pid else "wait for it to end"
+
+
+def take(path: Path, busy: str, advice=None) -> None:
+    """Hold ``path``; when a live process holds it, refuse with ``busy``, who it is, and ``advice`` (default:
+    how to stop it)."""
+    try:
+        hold(path)
+    except InUse as err:
+        refuse(f"{busy} ({holder(err.owner)}): {advice or stop_hint(err)}")
+    except AdvbenchError as err:  # the lock file cannot be made: a read-only or full disk
+        refuse(str(err), err.exit_code)
+
+
+def keep(path: Path) -> None:
+    """The directory is accepted: record this process as its owner."""
+    try:
+        own(path)
+    except AdvbenchError as err:
+        refuse(str(err), err.exit_code)
+
+
+def claim_resumed(path: Path) -> None:
+    """``resume=<path>``: hold a run directory with a finished epoch (last.pt) or a finished run, that no live
+    process holds. Its owner record is written only once the resume is accepted (main.job)."""
+    if holds_run(path) is None:
         refuse(f"resume={path}: no advbench run there (no such directory, or no run files in it); give the "
                "directory of an interrupted run")
+    take(path, f"resume={path}: the run is still running")
+    status = status_of(path)
     if not (Path(path) / "last.pt").is_file() and status != "finished":
+        release(path)
         refuse(f"resume={path}: the run ({status}) ended before its first epoch did, so there is nothing to "
                "resume: start it again without resume=")
+
+
+def claim_new(out: Path, key: str) -> None:
+    """A new run: hold ``out`` (made if missing), which must hold no run."""
+    out.mkdir(parents=True, exist_ok=True)
+    if holds_run(out) and not (out / LOCK).exists():  # a run of an advbench without locks: create nothing in it
+        refuse(f"{key}={out} already holds a run ({status_of(out)}): continue it with resume={out}, or choose "
+               "another directory")
+    take(out, f"{key}={out} is in use: a run is running there", "choose another directory")
+    status = status_of(out)
+    if status:
+        release(out)
+        refuse(f"{key}={out} already holds a run ({status}): continue it with resume={out}, or choose another "
+               "directory")
+    keep(out)
 
 
 def _explicit(config, key: str) -> bool:
     return any(o.split("=", 1)[0].lstrip("+~") == key for o in config.hydra.overrides.hydra)
 
 
+def _reused(config, sweep: Path) -> None:
+    """Refuse an explicit hydra.sweep.dir holding runs, unless resume=auto."""
+    if not config.get("resume") and _explicit(config, "hydra.sweep.dir") and any(sweep.rglob("status")):
+        release(sweep)
+        refuse(f"hydra.sweep.dir={sweep} already holds runs: continue the sweep with resume=auto, or choose "
+               "another directory")
+
+
 class RunGuard(Callback):
-    """Checks at the start of a run or sweep; the failed-job summary at the end of a sweep."""
+    """Claims at the start of a run or sweep; the failed-job summary at the end of a sweep."""
 
     def on_run_start(self, config, **kwargs) -> None:
-        """Resume rules; an explicit hydra.run.dir holding another run; free disk space."""
-        if int(os.environ.get("RANK", 0)) > 0:  # torchrun: rank 0 checks; the others write nothing there
+        """Free disk space; then hold the run directory: the resumed one, or a new one holding no run."""
+        if int(os.environ.get("RANK", 0)) > 0:  # torchrun: rank 0 holds it; the others write nothing there
             return
         HydraConfig.instance().set_config(config)  # the run directory's resolvers read it
         given = next((o.split("=", 1)[1] for o in config.hydra.overrides.hydra if o.startswith("hydra.run.dir=")),
@@ -67,36 +121,36 @@ class RunGuard(Callback):
             refuse("resume=auto continues the jobs of a sweep: use it with -m and hydra.sweep.dir=<the sweep's "
                    "directory>; to continue one run give resume=<its directory>")
         if resume:
-            check_resumable(Path(resume))
-        out = Path(str(OmegaConf.select(config, "hydra.run.dir")))
-        if not resume and _explicit(config, "hydra.run.dir"):
-            status = holds_run(out)
-            if status:
-                refuse(f"hydra.run.dir={out} already holds a run ({status}): continue it with resume={out}, or "
-                       "choose another directory")
+            claim_resumed(Path(resume))
+        else:
+            claim_new(Path(str(OmegaConf.select(config, "hydra.run.dir"))), "hydra.run.dir")
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        """A sweep reuses a directory only with resume=auto."""
+        """Hold the sweep's directory for the sweep's life; a sweep reuses one only with resume=auto."""
         self.started = time.time()
+        NOT_RUN.clear()
         check_free_space(Path.cwd())
         resume = config.get("resume")
         if resume and resume != "auto":
             refuse(f"resume={resume} continues one run; to continue a sweep use resume=auto with "
                    "hydra.sweep.dir=<the sweep's directory>")
         sweep = Path(str(config.hydra.sweep.dir))
-        if not resume and _explicit(config, "hydra.sweep.dir") and sweep.is_dir():
-            if any(sweep.rglob("status")):
-                refuse(f"hydra.sweep.dir={sweep} already holds runs: continue the sweep with resume=auto, or "
-                       "choose another directory")
+        _reused(config, sweep)  # before the lock: nothing is created in another sweep's directory
         check_free_space(sweep)
+        sweep.mkdir(parents=True, exist_ok=True)
+        take(sweep, f"hydra.sweep.dir={sweep} is in use: a sweep is running there")
+        _reused(config, sweep)  # a sweep that finished there just before this one took the lock
+        keep(sweep)
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        """After every job ran: a one-line summary of the jobs that failed, and a non-zero exit."""
+        """After every job ran: a one-line summary of the jobs that did not finish, and a non-zero exit."""
         sweep = Path(str(config.hydra.sweep.dir))
-        statuses = [(p.parent, p.read_text(errors="replace").strip()) for p in sweep.rglob("status")
-                    if p.stat().st_mtime >= getattr(self, "started", 0) - 1]
-        failed = [(run, s) for run, s in statuses if not s.startswith("finished")]
+        release(sweep)
+        jobs = {p.parent.resolve(): p.read_text(errors="replace").strip() for p in sweep.rglob("status")
+                if p.stat().st_mtime >= getattr(self, "started", 0) - 1}
+        jobs |= {Path(run).resolve(): why for run, why in NOT_RUN}  # refused: what it found there, not its status
+        failed = [(run, s) for run, s in jobs.items() if not s.startswith("finished")]
         if failed:
-            listed = "; ".join(f"{run.relative_to(sweep)}: {s[:120]}" for run, s in failed[:5])
+            listed = "; ".join(f"{run.relative_to(sweep.resolve())}: {s[:120]}" for run, s in sorted(failed)[:5])
             more = f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
-            refuse(f"{len(failed)} of {len(statuses)} jobs did not finish ({listed}{more})", code=1)
+            refuse(f"{len(failed)} of {len(jobs)} jobs did not finish ({listed}{more})", code=1)

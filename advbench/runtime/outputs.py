@@ -1,21 +1,50 @@
 """Files of a run directory, each written atomically: a temp file in the same directory, then a rename."""
 import errno
 import json
+import logging
 import math
 import os
 import platform
+import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 from advbench.errors import RunFailed
+
+# torch is imported where it is used: the Hydra callbacks write a run directory's lock record before torch loads.
+FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class NoSpace(RunFailed):
+    """The disk (or the user's quota) is full: ``path`` was not written; its previous version, if any, is intact."""
+
+    def __init__(self, path):
+        super().__init__(f"no space left on device ({path})")
+        self.path = path
+
+
+def no_space(err: BaseException) -> NoSpace | None:
+    """``err`` as a NoSpace if a full disk caused it (whoever wrote the file), else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, NoSpace):
+            return err
+        if isinstance(err, OSError) and err.errno in FULL:
+            return NoSpace(err.filename or "a file of the run")
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def atomic_write(path: Path, write) -> None:
     """Call ``write(file)`` on a temp file beside ``path``, then rename it over ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        if err.errno in FULL:  # no room (or no inode) left even for the temp file
+            raise NoSpace(path) from None
+        raise
     umask = os.umask(0)
     os.umask(umask)
     try:
@@ -27,9 +56,8 @@ def atomic_write(path: Path, write) -> None:
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise RunFailed(f"{path}: no space left on device (the previous version of the file, if any, "
-                                "is intact)") from None
+        if no_space(err):  # the writer's own error may wrap the OSError (torch.save's does not, today)
+            raise NoSpace(path) from None
         raise
 
 
@@ -55,15 +83,99 @@ def write_jsonl(path: Path, rows: list) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def write_yaml(path: Path, cfg) -> None:
+    """Write an OmegaConf config as YAML (what ``OmegaConf.save`` writes)."""
+    from omegaconf import OmegaConf
+    text = OmegaConf.to_yaml(cfg)
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
 def write_status(run_dir: Path, status: str) -> None:
     """The run's ``status`` file: running, finished, failed: <why> or interrupted: <why>."""
-    atomic_write(Path(run_dir) / "status", lambda f: f.write((" ".join(status.split()) + "\n").encode()))
+    path, data = Path(run_dir) / "status", (" ".join(status.split()) + "\n").encode()
+    try:
+        atomic_write(path, lambda f: f.write(data))
+    except NoSpace:
+        if not path.is_file():
+            raise
+        # No room for a temp file: overwrite the status in place. A few bytes fit in the block the file already
+        # has, and a status saying why the run stopped is worth more than an atomic one.
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+            os.fsync(fd)
+        except OSError as err:
+            raise NoSpace(path) from err
+        finally:
+            os.close(fd)
 
 
 def versions() -> dict:
     """Versions of the software a result depends on."""
+    import torch
     import torchvision
 
     from advbench import __version__
     return {"python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "advbench": __version__}
+
+
+def write_hydra_files(folder: Path, texts: dict) -> None:
+    """Hydra's config folder (config.yaml, hydra.yaml, overrides.yaml: ``texts``), each file atomically."""
+    Path(folder).mkdir(exist_ok=True)
+    for name, text in texts.items():
+        atomic_write(Path(folder) / name, lambda f, text=text: f.write(text.encode()))
+
+
+class _Held(logging.Handler):
+    """Stands in for a log file's handler, keeping its records until the run may write there."""
+
+    def __init__(self, target: logging.FileHandler):
+        super().__init__(target.level)
+        self.target, self.records = target, []
+
+    def emit(self, record) -> None:
+        self.records.append(record)
+
+
+class DeferredLog:
+    """The lines bound for the log files in ``out``, held back until ``start``: a command refused there (another
+    run holds the directory, a resume is refused) leaves that run's log as it was; ``drop`` forgets them."""
+
+    def __init__(self, out: Path):
+        root, out = logging.getLogger(), Path(out).resolve()
+        self.held = [h for h in root.handlers
+                     if isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve().parent == out]
+        self.held = [_Held(h) for h in self.held]
+        for held in self.held:
+            root.removeHandler(held.target)
+            root.addHandler(held)
+
+    def start(self) -> None:
+        """The directory is the run's: write the lines held back, and the later ones as they come."""
+        root = logging.getLogger()
+        for held in self.held:
+            root.removeHandler(held)
+            held.target.handleError = _quiet_when_full(held.target.handleError)
+            root.addHandler(held.target)
+            for record in held.records:
+                held.target.handle(record)
+        self.held = []
+
+    def drop(self) -> None:
+        """Forget the lines held back and write no more to these files."""
+        root = logging.getLogger()
+        for held in self.held:
+            root.removeHandler(held)
+            held.target.close()
+        self.held = []
+
+
+def _quiet_when_full(handle_error):
+    """A log handler's handleError that skips a line the full disk refused: the console still shows it, and a
+    traceback per line would bury the one-line error."""
+    def handle(record):
+        if not no_space(sys.exc_info()[1]):
+            handle_error(record)
+    return handle
