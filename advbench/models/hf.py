@@ -69,8 +69,10 @@ def hf_classifier(in_shape, n_classes: int, vocab_size: int | None = None, name_
         raise AdvbenchError("model=hf needs the transformers package: pip install 'advbench[nlp]'") from None
     if not name_or_path:
         raise AdvbenchError("model=hf needs model.name_or_path=<a local model directory or a hub id>")
+    from advbench.data.tokens import local_path
+    where = local_path(name_or_path, "model.name_or_path")  # a missing folder: one line naming the key
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=n_classes,
+        model = AutoModelForSequenceClassification.from_pretrained(where, num_labels=n_classes,
                                                                    ignore_mismatched_sizes=True, **kwargs)
     except (OSError, ValueError) as err:
         raise AdvbenchError(f"model.name_or_path={name_or_path}: {' '.join(str(err).split())[:200]}") from None
