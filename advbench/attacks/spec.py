@@ -173,6 +173,23 @@ def _target(spec, name: str, task: Task) -> str:
     return target
 
 
+def _check_objective(spec, name: str, task: Task, terms: dict | None) -> None:
+    """The loss and goal the attack will ask of ``task``, asked now: an attack that does not fit the task (a
+    segmentation loss on a detector) must fail at the config, not after training, nor pass unnoticed when no
+    example was correct enough to be attacked."""
+    if KINDS[name].logits:  # FAB, Square and the reference read the logits, never the task's objective
+        return
+    targeted = bool(spec.targeted)
+    if targeted and type(task).random_wrong is Task.random_wrong:  # the task draws no random wrong goal
+        raise AdvbenchError(f"attack.targeted=true moves towards a random wrong class; {task.name} has none: use "
+                            "attack.goal (detection: predictions with attack.relabel, or empty)")
+    if targeted and name == "apgd" and not hasattr(task, "ranked_wrong"):
+        raise AdvbenchError(f"attack.targeted=true with attack=apgd (APGD-T) ranks a classifier's wrong classes; "
+                            f"{task.name} takes untargeted apgd")
+    # APGD-T builds its targeted objective per target class: the loss name is what can be checked here.
+    task.objective(str(spec.loss), weights=None if name == "apgd" else terms, steps=int(spec.steps))
+
+
 def build_attack(spec, run_eps, task: Task | None = None) -> Attack | None:
     """Build an Attack from an attack config for ``task``; its eps falls back to the run's top-level ``eps``."""
     task = task or Classification(0)
@@ -199,6 +216,7 @@ def build_attack(spec, run_eps, task: Task | None = None) -> Attack | None:
     if spec.get("goal", "truth") != "truth" and not hasattr(task, "goal"):
         raise AdvbenchError(f"attack.goal={spec.goal} crafts detection targets; {task.name} takes attack.goal=truth "
                             "(use attack.targeted for a random wrong class)")
+    _check_objective(spec, name, task, terms)
     random_start = bool(spec.random_start) and target != "embedding_weights"  # the matrix recipe starts at W
     return make_attack(name, str(spec.norm), eps, int(spec.steps), random_start, alpha, task,
                        restarts=int(spec.restarts), targeted=bool(spec.targeted), bn_mode=str(spec.bn_mode),

@@ -51,7 +51,11 @@ class EvalPlan:
             specs = {name: spec for name, spec in specs.items() if spec.target is not None}
             if self.run_attack is not None and self.run_attack.name != "none":
                 attacks[f"{self.run_attack.name}_{self.task.perturbs}"] = own_attack(self.task, self.run_attack, eps)
-        attacks |= {name: build_attack(spec, eps, self.task) for name, spec in specs.items()}
+        for name, spec in specs.items():
+            try:
+                attacks[name] = build_attack(spec, eps, self.task)
+            except AdvbenchError as err:  # which entry: a preset's attack may not fit the data's task
+                raise AdvbenchError(f"eval.attacks.{name}: {err}") from None
         return {name: a for name, a in attacks.items() if a is not None}
 
     def check(self) -> None:
