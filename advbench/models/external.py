@@ -54,16 +54,41 @@ def _load_weights(model: nn.Module, weights: str | None, what: str) -> nn.Module
     return model
 
 
+# torchvision's other model families, and the model option that builds each (None: none does)
+_FAMILIES = {"detection": "torchvision_detector", "segmentation": "torchvision_segmenter", "video": None,
+             "optical_flow": None, "quantization": None}
+
+
+def check_torchvision_name(name) -> None:
+    """``name`` is one of torchvision's classifiers: a detection architecture's name would be built with its
+    ImageNet backbone weights, which torchvision downloads."""
+    import torchvision
+    classifiers = torchvision.models.list_models(torchvision.models)
+    if name in classifiers:
+        return
+    for family, option in _FAMILIES.items():
+        module = getattr(torchvision.models, family, None)
+        if module is not None and name in torchvision.models.list_models(module):
+            instead = f": use model={option} model.name={name}" if option else ""
+            raise AdvbenchError(f"model.name={name} is a torchvision {family} model, not a classifier "
+                                f"(model=torchvision builds classifiers){instead}")
+    options = ", ".join(sorted(classifiers)[:12])
+    raise AdvbenchError(f"model.name={name} is not a torchvision classifier: e.g. {options}...")
+
+
+def check_model_config(model_cfg) -> None:
+    """What can be told of a model config before the data is loaded: a torchvision classifier's name."""
+    if str(model_cfg.get("_target_")) == f"{__name__}.torchvision_classifier":
+        check_torchvision_name(model_cfg.get("name", "resnet18"))
+
+
 def torchvision_classifier(in_shape, n_classes: int, mean, std, name: str = "resnet18", weights: str | None = None,
                            **kwargs) -> nn.Module:
     """Any classifier of torchvision.models by ``name`` (resnet18, vit_b_16...), built offline with ``n_classes``
     outputs and the data's input channels, ``weights`` a local state dict; Normalize(mean, std) in front."""
     import torchvision
-    try:
-        model = torchvision.models.get_model(name, weights=None, num_classes=n_classes, **kwargs)
-    except ValueError:
-        options = ", ".join(sorted(torchvision.models.list_models(torchvision.models))[:12])
-        raise AdvbenchError(f"model.name={name} is not a torchvision classifier: e.g. {options}...") from None
+    check_torchvision_name(name)
+    model = torchvision.models.get_model(name, weights=None, num_classes=n_classes, **kwargs)
     model = _load_weights(adapt_channels(model, in_shape[0]), weights, f"torchvision {name}")
     return nn.Sequential(Normalize(mean, std), model)
 
