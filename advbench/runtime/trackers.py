@@ -8,6 +8,7 @@ import csv
 import logging
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 from advbench.errors import AdvbenchError
 
@@ -111,13 +112,88 @@ class TensorBoard:
         self.writer.close()
 
 
+WANDB_MODES = ("offline", "online", "disabled", "shared")
+_URI_SCHEMES = ("file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")  # MLflow's own
+
+
+def _is_folder(uri: str) -> bool:
+    """Whether logger.mlflow_uri names a local folder (a file store) rather than a tracking URI."""
+    return "://" not in uri and not uri.startswith(("file:", "sqlite:"))
+
+
+def _writable(path: Path, key: str, folder: bool) -> None:
+    """``path`` (a folder, or a database file) exists as one or can be created, in a folder this process may
+    write into."""
+    what = "a folder advbench can write (the file store)" if folder else "a database file advbench can write"
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if existing != path and not existing.is_dir():
+        raise AdvbenchError(f"{key}: {existing} is a file, so {path} cannot be created: expected {what}")
+    if existing == path and path.is_dir() != folder:
+        raise AdvbenchError(f"{key}: {path} is {'a file' if folder else 'a folder'}: expected {what}")
+    where = existing if existing != path else (path if folder else path.parent)
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise AdvbenchError(f"{key}: {where} is not writable: expected {what}")
+
+
+def _known_scheme(uri: str) -> bool:
+    """Whether MLflow has a tracking store for the URI's scheme (its plugins' included); asked without any
+    connection being made."""
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+    except ImportError:  # a future MLflow that moved its registry: judge by the schemes it has always had
+        return urlparse(uri).scheme.split("+")[0] in _URI_SCHEMES
+    try:
+        _tracking_store_registry.get_store_builder(uri)
+        return True
+    except Exception:  # MLflow's UnsupportedModelRegistryStoreURIException, whatever its module
+        return False
+
+
+def check_mlflow_uri(uri: str) -> None:
+    """logger.mlflow_uri is a folder this process can write, or a tracking URI MLflow knows (never contacted)."""
+    key = f"logger.mlflow_uri={uri}"
+    if _is_folder(uri):
+        _writable(Path(uri).expanduser().resolve(), key, folder=True)
+        return
+    parts = urlparse(uri)
+    if not _known_scheme(uri):
+        raise AdvbenchError(f"{key}: not a tracking URI MLflow knows: expected a folder, or a URI such as "
+                            "file:///path, sqlite:///mlflow.db, http://host:5000")
+    if parts.scheme in ("http", "https") and not parts.netloc:
+        raise AdvbenchError(f"{key}: names no host: expected {parts.scheme}://host[:port]")
+    if parts.scheme == "file":
+        _writable(Path(parts.path).expanduser().resolve(), key, folder=True)
+    if parts.scheme == "sqlite" and parts.path not in ("", "/", "/:memory:"):
+        _writable(Path(parts.path[1:]).expanduser().resolve(), key, folder=False)
+
+
+def check_trackers(names, settings) -> None:
+    """The logger group's settings, before any work: tracker names, their packages, where they write."""
+    unknown = [n for n in names if n not in TRACKERS]
+    if unknown:
+        raise AdvbenchError(f"logger.trackers: {', '.join(map(str, unknown))} unknown; expected "
+                            f"{', '.join(TRACKERS)}")
+    if ("mlflow" in names or "wandb" in names) and not str(settings.experiment).strip():
+        raise AdvbenchError("logger.experiment is empty: expected the name of the MLflow experiment or wandb "
+                            "project, e.g. advbench")
+    if "mlflow" in names:
+        _require("mlflow", "mlflow", "mlflow")
+        check_mlflow_uri(str(settings.mlflow_uri))
+    if "wandb" in names:
+        if settings.wandb_mode not in WANDB_MODES:
+            raise AdvbenchError(f"logger.wandb_mode={settings.wandb_mode}: expected {', '.join(WANDB_MODES)}")
+        _require("wandb", "wandb", "wandb")
+    if "tensorboard" in names:
+        _require("torch.utils.tensorboard", "tensorboard", "tensorboard")
+
+
 class MLflow:
     """An MLflow run in a local file store (logger.mlflow_uri): params, metrics per epoch, files as artifacts."""
 
     def __init__(self, out: Path, settings):
         self.mlflow = mlflow = _require("mlflow", "mlflow", "mlflow")
         uri = str(settings.mlflow_uri)
-        if "://" not in uri and not uri.startswith(("file:", "sqlite:")):
+        if _is_folder(uri):
             # A local file store, as asked: MLflow 3 keeps it working but wants the opt-in said out loud.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             uri = Path(uri).resolve().as_uri()
