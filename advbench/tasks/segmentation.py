@@ -33,6 +33,7 @@ class Segmentation(Task):
     modes = ("standard", "adversarial", "mixed", "free")
     models = "unet_tiny or torchvision_segmenter"
     scores_training = True  # pixel accuracy >= threshold per image is cheap
+    draws_saliency = False  # task=saliency has no segmentation maps yet: refused before any work
 
     def __init__(self, n_classes: int, classes: list | None = None, broken_below: float = 0.75):
         self.n_classes, self.classes = n_classes, classes or [str(i) for i in range(n_classes)]
@@ -40,7 +41,15 @@ class Segmentation(Task):
 
     @classmethod
     def build(cls, data, evaluation=None) -> "Segmentation":
+        """The task of a loaded data set; refused when the test images evaluated have no labelled pixel (every
+        score would be of nothing), before a model is built or trained."""
         settings = {} if evaluation is None else {"broken_below": evaluation.seg_threshold}
+        n = None if evaluation is None else evaluation.n_examples
+        masks = data.test[1][:n]
+        if torch.is_tensor(masks) and len(masks) and not (masks != IGNORE).any():
+            raise AdvbenchError(f"the {len(masks)} test masks evaluated (eval.n_examples={n}) have no labelled "
+                                f"pixel: every pixel is the ignore value (dataset.ignore_index), so there is nothing "
+                                "to score; check the masks and dataset.ignore_index")
         return cls(data.n_classes, data.classes, **settings)
 
     def augment(self, x, masks, generator):
@@ -111,7 +120,12 @@ class Segmentation(Task):
         if not names:
             return out | {"robust_miou": None, "robust_miou_by_attack": {}, "iou_per_class": {
                 "clean": clean["per_class"]}}
+        if clean["miou"] is None:  # no labelled pixel: nothing was scored, so no number at all (never 100%)
+            return out | {"robust_miou": None, "robust_pixel_acc": None,
+                          "robust_miou_by_attack": dict.fromkeys(names),
+                          "iou_per_class": {"clean": clean["per_class"]}, "images_still_correct": None}
         by_attack = {name: records.scores(records.after[name], self.classes) for name in names}
+        scored = records.scored().to(flags["clean"].device)
         # mIoU does not split over images: the set of per-image worst cases can score above one attack's own
         # masks. Each of these (and the clean masks: no perturbation is in the ball too) is a real outcome, and
         # the robust number is the lowest of them.
@@ -121,7 +135,8 @@ class Segmentation(Task):
             "robust_miou": robust["miou"], "robust_pixel_acc": robust["pixel_acc"],
             "robust_miou_by_attack": {name: m["miou"] for name, m in by_attack.items()},
             "iou_per_class": {"clean": clean["per_class"], "robust": robust["per_class"]},
-            "images_still_correct": worst_case(flags).float().mean().item(),
+            # over the images with a labelled pixel: one without is neither right nor wrong
+            "images_still_correct": worst_case(flags)[scored].float().mean().item(),
         }
 
     def plot_examples(self, x, x_adv, targets, clean_outputs, adv_outputs, path, notes=None, title: str = "") -> None:

@@ -23,13 +23,13 @@ def confusion(pred: torch.Tensor, masks: torch.Tensor, n_classes: int) -> torch.
 
 def miou_of(matrix: torch.Tensor) -> tuple:
     """(mIoU over the classes present in the truth or the prediction, IoU per class (nan: absent)) of a confusion
-    matrix."""
+    matrix; the mIoU is None when the matrix counts no pixel (nothing was scored, so nothing was right)."""
     matrix = matrix.double()
     inter = matrix.diag()
     union = matrix.sum(0) + matrix.sum(1) - inter
     iou = torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(inter, float("nan")))
     present = union > 0
-    return (iou[present].mean().item() if present.any() else 1.0), iou
+    return (iou[present].mean().item() if present.any() else None), iou
 
 
 class Records(records.Records):
@@ -47,13 +47,19 @@ class Records(records.Records):
         return list(targets.to(torch.uint8).cpu())
 
     def rank(self, pred, gt) -> float:
-        return miou_of(confusion(pred.long(), gt.long(), self.n_classes))[0]
+        miou = miou_of(confusion(pred.long(), gt.long(), self.n_classes))[0]
+        return 1.0 if miou is None else miou  # an image with no labelled pixel: every outcome ties
+
+    def scored(self) -> torch.Tensor:
+        """Per image: whether it has a labelled pixel (an image without one can be neither right nor wrong)."""
+        return torch.tensor([bool((t != IGNORE).any()) for t in self.gt], dtype=torch.bool)
 
     def scores(self, predictions: list, classes: list) -> dict:
         """mIoU, IoU per class (by name; null where a class is absent) and pixel accuracy of ``predictions``
-        over all images: one confusion matrix for the set, as mIoU is defined."""
+        over all images: one confusion matrix for the set, as mIoU is defined. None (not 100%) where no pixel
+        is labelled."""
         matrix = sum(confusion(p.long(), t.long(), self.n_classes) for p, t in zip(predictions, self.gt))
         miou, iou = miou_of(matrix)
         total = matrix.sum().item()
-        return {"miou": miou, "pixel_acc": matrix.diag().sum().item() / total if total else 1.0,
+        return {"miou": miou, "pixel_acc": matrix.diag().sum().item() / total if total else None,
                 "per_class": {name: (None if v != v else v) for name, v in zip(classes, iou.tolist())}}
