@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -147,3 +148,56 @@ def test_repeated_sigints_still_stop_cleanly_with_exit_3(tmp_path, monkeypatch):
     assert code == 3 and "Traceback" not in err
     assert (tmp_path / "run" / "status").read_text().startswith("interrupted: SIGINT")
     assert f"resume={tmp_path}/run" in err
+
+
+def sigint_twice(proc) -> None:
+    """Ctrl-C, and again 50 ms later (the second may find the process gone)."""
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+
+
+def test_two_sigints_50_ms_apart_during_training_exit_3(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "advbench", "dataset=digits", "model=mlp", "epochs=1000",
+                             "progress=false", "threads=1", "val.attack.steps=2", f"hydra.run.dir={run}"],
+                            cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    while not (run / "last.pt").exists():  # training: the first epoch's files are there
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    sigint_twice(proc)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 3 and "Traceback" not in err
+    one_line_error(err, f"continue with: advbench resume={run}")
+    assert (run / "status").read_text().startswith("interrupted: SIGINT")
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] >= 1 and not list(run.glob(".*.tmp"))
+
+
+def test_two_sigints_50_ms_apart_during_start_up_exit_3(tmp_path):
+    # The start-up waits for the signals; a third comes while Python finalizes, after it has put back the
+    # default action of every signal it handled (the moment a second Ctrl-C used to kill it with 130).
+    script = ("import os, signal, sys, time\n"
+              "import advbench.cli as cli\n"
+              "class SignalAtExit:\n"
+              "    def __init__(self):\n"
+              "        self.kill, self.pid = os.kill, os.getpid()\n"
+              "    def __del__(self):\n"
+              "        self.kill(self.pid, signal.SIGINT)\n"
+              "at_exit = SignalAtExit()\n"
+              "real = cli._load_entry\n"
+              "def load():\n"
+              "    entry = real()\n"
+              "    print('starting', flush=True)\n"
+              "    time.sleep(600)\n"
+              "    return entry\n"
+              "cli._load_entry = load\n"
+              "sys.argv = ['advbench']\n"
+              "cli.main()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "starting\n"
+    sigint_twice(proc)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 3 and "Traceback" not in err
+    one_line_error(err, "interrupted (SIGINT) during start-up")
+    assert not (tmp_path / "outputs").exists()
