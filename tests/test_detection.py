@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from advbench.attacks import build_attack, loss_and_grad, make_attack
@@ -29,8 +30,9 @@ def scenes(n, seed, items=slice(0, 1300)):
 
 @pytest.fixture(scope="module")
 def trained():
-    """yolo_tiny after 700 Adam steps on digit scenes (~30 s): recall about 0.8 on held-out scenes. Assertions
-    on it keep wide margins: what is tested is the attack against the clean model, not the training's result."""
+    """yolo_tiny after 700 Adam steps on digit scenes (~30 s): recall about 0.8 on held-out scenes, but how far
+    training gets differs from CPU to CPU (float rounding steers the trajectory). The tests on it assert only
+    what holds for any weights; what an attack achieves is tested on ``KnownDetector``, whose outputs are set."""
     torch.manual_seed(0)
     x, y = scenes(512, 0)
     model = YoloTiny((1, 64, 64), 10, [0.1], [0.25]).train()
@@ -43,6 +45,47 @@ def trained():
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return model.eval(), scenes(40, 1, slice(1300, None))
+
+
+class KnownDetector(YoloTiny):
+    """yolo_tiny with its outputs set by hand, so that what an attack can do is known on any CPU: the first
+    stride-8 anchor of each cell has objectness logit 600 * (mean brightness of the cell - 0.99), its box the
+    anchor at the cell's centre, class 3 sure; every other anchor is sure there is nothing. A lit cell (mean 1)
+    holds a 0.9975 detection; darkening the cell by 0.025 takes it to 1.2e-4, under mAP's 0.001 floor."""
+
+    GAIN, LEVEL, SURE, LABEL = 600.0, 0.99, 30.0, 3
+
+    def __init__(self):
+        super().__init__((1, 64, 64), 10, [0.0], [1.0])
+
+    def heads_out(self, x):
+        out = []
+        for s in self.strides:
+            cells = F.avg_pool2d(x.mean(1, keepdim=True), s)[:, 0]
+            raw = torch.full((len(x), 3, *cells.shape[1:], 15), -self.SURE)
+            raw[..., :4] = 0  # sigmoid 0.5: the cell's centre, the anchor's width and height
+            raw[..., 5 + self.LABEL] = self.SURE
+            if s == 8:
+                raw[:, 0, :, :, 4] = self.GAIN * (cells - self.LEVEL)
+            out.append(raw)
+        return out
+
+
+def known_scenes(n: int, seed: int = 0):
+    """Black 64x64 images with 1-3 white 10x14 objects of class 3, each exactly the first stride-8 anchor at
+    the centre of a cell (odd cells only, so no cell is lit by two): KnownDetector finds each, and only them."""
+    generator = torch.Generator().manual_seed(seed)
+    cells = [(gx, gy) for gx in (1, 3, 5) for gy in (1, 3, 5)]
+    x, targets = torch.zeros(n, 1, 64, 64), []
+    for i in range(n):
+        k = int(torch.randint(1, 4, (), generator=generator))
+        boxes = []
+        for j in torch.randperm(len(cells), generator=generator)[:k].tolist():
+            cx, cy = cells[j][0] * 8 + 4, cells[j][1] * 8 + 4
+            x[i, 0, cy - 7:cy + 7, cx - 5:cx + 5] = 1
+            boxes.append([cx - 5, cy - 7, cx + 5, cy + 7])
+        targets.append({"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.full((k,), 3)})
+    return x, targets
 
 
 def confident_count(model, x) -> int:
@@ -110,17 +153,25 @@ def test_every_detection_attack_stays_in_the_ball_and_the_box(trained, settings)
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_tog_vanishing_removes_detections_from_a_trained_detector(trained):
-    model, (x, y) = trained
-    clean = confident_count(model, x)
+def test_tog_vanishing_removes_every_detection_of_a_detector_whose_objectness_is_known():
+    model, (x, y) = KnownDetector().eval(), known_scenes(12)
+    n_objects = sum(len(t["labels"]) for t in y)
     vanishing = make_attack("pgd", "linf", 0.1, steps=10, random_start=False, task=TASK, terms={"obj": 1.0},
                             goal="empty", descend=True)
-    attacked = confident_count(model, vanishing(model, x, y))
-    assert clean >= 40 and attacked < 0.75 * clean  # measured: 144 -> 68
+    assert confident_count(model, x) == n_objects > 12
+    # Descending objectness darkens every lit cell by up to 0.1: its logit falls from 6 to about -54.
+    assert confident_count(model, vanishing(model, x, y)) == 0
+    # Fabrication (the same goal, ascended) can only brighten: lit cells stay lit, dark ones stay below 0.99.
+    fabrication = make_attack("pgd", "linf", 0.1, steps=10, random_start=False, task=TASK, terms={"obj": 1.0},
+                              goal="empty")
+    assert confident_count(model, fabrication(model, x, y)) == n_objects
 
 
-def test_each_term_has_its_own_input_gradient(trained):
-    model, (x, y) = trained
+def test_each_term_has_its_own_input_gradient():
+    # Untrained (seed 0): the cosines are a fixed function of the weights (measured 0.44 at most, the same to
+    # 1e-6 at 1 and 2 threads), where trained weights gave 0.58-0.82 depending on the training's trajectory.
+    torch.manual_seed(0)
+    model, (x, y) = YoloTiny((1, 64, 64), 10, [0.1], [0.25]).eval(), scenes(6, 1, slice(1300, None))
     grads = {}
     with attack_mode(model):
         for term in ("box", "obj", "cls"):  # yolo_tiny's terms
@@ -188,19 +239,22 @@ def test_mtd_picks_the_stronger_attack_per_image(trained, monkeypatch):
     assert set(step.terms) == {"box", "obj", "cls"} and torch.isfinite(losses[0])
 
 
-def test_evaluation_reports_map_under_attack_and_how_the_attack_won(trained):
-    model, (x, y) = trained
-    attacks = {"pgd": make_attack("pgd", "linf", 0.05, steps=5, random_start=True, task=TASK),
+def test_evaluation_reports_map_under_attack_and_how_the_attack_won():
+    model, (x, y) = KnownDetector().eval(), known_scenes(40, seed=1)
+    n_objects = sum(len(t["labels"]) for t in y)
+    # PGD at eps 0.005 cannot darken a lit cell enough (its logit stays >= 3); TOG vanishing at 0.05 can.
+    attacks = {"pgd": make_attack("pgd", "linf", 0.005, steps=5, random_start=True, task=TASK),
                "tog_vanishing": make_attack("pgd", "linf", 0.05, steps=5, task=TASK, terms={"obj": 1.0},
                                             goal="empty", descend=True)}
     torch.manual_seed(0)
     found = Evaluator(TASK, "cpu", batch_size=16).evaluate(model, x, y, attacks)
-    assert found["n_examples"] == 40 and found["clean_map50"] > 0.3
-    assert found["robust_map50"] <= found["robust_map50_by_attack"]["pgd"] + 1e-9
-    assert found["robust_map50"] < found["clean_map50"] - 0.1  # measured: 0.6 -> below 0.2
-    assert set(found["ap50_per_class"]["clean"]) <= {str(i) for i in range(10)}
-    rates = found["rates"]
-    assert rates["objects_found_clean"] > 0 and 0 <= rates["vanished"] + rates["mislabeled"] <= 1
+    assert found["n_examples"] == 40 and found["n_objects"] == n_objects
+    assert found["clean_map50"] == found["clean_map"] == 1.0
+    assert found["robust_map50_by_attack"] == {"pgd": 1.0, "tog_vanishing": 0.0}
+    assert found["robust_map50"] == 0.0 and found["images_still_found"] == 0.0
+    assert set(found["ap50_per_class"]["clean"]) == {"3"}
+    assert found["rates"] == {"objects_found_clean": n_objects, "vanished": 1.0, "mislabeled": 0.0,
+                              "hallucinated_per_image": 0.0}
 
 
 def test_a_classification_attack_cannot_craft_detection_goals():
