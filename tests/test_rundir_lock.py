@@ -157,12 +157,15 @@ def test_a_stale_lock_does_not_block_a_resume(tmp_path):
 
 def test_a_sweep_refuses_a_directory_another_sweep_holds(tmp_path, holder):
     sweep = tmp_path / "sweep"
-    sweep.mkdir()
+    (sweep / "eps=0.1" / "seed=0").mkdir(parents=True)
+    (sweep / "eps=0.1" / "seed=0" / "status").write_text("running\n")  # its first job runs
     pid = holder(sweep)
-    code, err = cli("-m", *TINY, "epochs=1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    line = one_line_error(err, f"hydra.sweep.dir={sweep} is in use: a sweep is running there (pid {pid} on ")
-    assert code == 2 and "resume=" not in line
-    assert sorted(p.name for p in sweep.iterdir()) == [rundir.LOCK, rundir.OWNER]  # the holder's, untouched
+    before = snapshot(sweep)
+    for resume in ([], ["resume=auto"]):
+        code, err = cli("-m", *TINY, "epochs=1", f"hydra.sweep.dir={sweep}", *resume, cwd=tmp_path)
+        line = one_line_error(err, f"hydra.sweep.dir={sweep} is in use: a sweep is running there (pid {pid} on ")
+        assert code == 2 and "resume=" not in line
+    assert snapshot(sweep) == before
 
 
 def test_a_sweep_job_whose_directory_is_in_use_is_not_run(tmp_path, holder):

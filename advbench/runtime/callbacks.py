@@ -135,11 +135,13 @@ class RunGuard(Callback):
             refuse(f"resume={resume} continues one run; to continue a sweep use resume=auto with "
                    "hydra.sweep.dir=<the sweep's directory>")
         sweep = Path(str(config.hydra.sweep.dir))
-        _reused(config, sweep)  # before the lock: nothing is created in another sweep's directory
+        if sweep.is_dir() and not (sweep / LOCK).exists():  # an advbench without locks ran it: create nothing
+            _reused(config, sweep)
         check_free_space(sweep)
         sweep.mkdir(parents=True, exist_ok=True)
-        take(sweep, f"hydra.sweep.dir={sweep} is in use: a sweep is running there")
-        _reused(config, sweep)  # a sweep that finished there just before this one took the lock
+        take(sweep, f"hydra.sweep.dir={sweep} is in use: a sweep is running there",
+             None if resume else "choose another directory")
+        _reused(config, sweep)  # no sweep runs there, but one did: resume=auto only
         keep(sweep)
 
     def on_multirun_end(self, config, **kwargs) -> None:

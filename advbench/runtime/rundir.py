@@ -143,7 +143,8 @@ def hold(path) -> None:
     try:
         fd = os.open(os.path.join(key, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
     except OSError as err:
-        raise no_space(err) or AdvbenchError(f"{key}: cannot create the lock file {LOCK} there ({err.strerror})")
+        raise no_space(err) or AdvbenchError(f"{key}: cannot create the lock file {LOCK} there "
+                                             f"({err.strerror})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
@@ -157,6 +158,7 @@ def hold(path) -> None:
         _hold_by_record(key, record)
         fd = None
     if not _held:
+        atexit.unregister(release)  # once, however many runs this process holds in turn
         atexit.register(release)
     _held[key] = {"fd": fd, "record": record, "owned": fd is None}
     if fd is not None and not (Path(key) / OWNER).exists():
