@@ -23,7 +23,7 @@ from advbench.evaluation.summary import write_summary
 from advbench.run_config import checkpoint_config, plain, resolve_device, threads_per_job
 from advbench.runtime import distributed, readable
 from advbench.runtime.checkpoint import build_model, data_kwargs, load_checkpoint, save_checkpoint
-from advbench.runtime.outputs import versions, write_json
+from advbench.runtime.outputs import versions, write_json, write_yaml
 from advbench.runtime.rundir import labels
 from advbench.runtime.stored import StoredConfigRefused, check_state, check_stored, complete
 from advbench.runtime.trackers import Trackers
@@ -178,7 +178,6 @@ def train_job(run: Run) -> dict:
 
 def eval_job(run: Run) -> dict:
     """The final evaluation of the run's model on the test split."""
-    from advbench.runtime.outputs import write_yaml  # atomic: a full disk leaves no half-written file
     write_yaml(run.out / "config_resolved.yaml", run.cfg)
     torch.manual_seed(run.cfg.seed)  # the evaluation's random starts don't depend on what training drew
     return final_evaluation(run.model, run.data.test, run.plan, run.evaluator, run.out)
@@ -186,7 +185,6 @@ def eval_job(run: Run) -> dict:
 
 def saliency_job(run: Run) -> dict:
     """Gradient maps of the checkpoint's model on the first test examples."""
-    from advbench.runtime.outputs import write_yaml  # atomic: a full disk leaves no half-written file
     write_yaml(run.out / "config_resolved.yaml", run.cfg)
     torch.manual_seed(run.cfg.seed)
     attack = next(iter(run.plan.attacks().values()))  # the run's first evaluation attack
