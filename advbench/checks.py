@@ -1,16 +1,24 @@
 """Checks on a composed config before any work: unknown keys, values out of range, the attacks a training mode
 accepts, what a resume may change, and what a stored config may build."""
+import dataclasses
+import math
+import typing
+from functools import lru_cache
+
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from advbench.attacks.spec import build_attack
-from advbench.config import Config
-from advbench.data import task_of
+from advbench.config import AttackConf, Config
+from advbench.data import SOURCES, task_of
 from advbench.eps import parse_eps
 from advbench.errors import AdvbenchError
 from advbench.evaluation.plan import EvalPlan, validation_attack
-from advbench.runtime.rundir import shipped_targets
+from advbench.models.external import check_model_config
+from advbench.run_config import LEGACY_TARGETS, plain
+from advbench.runtime.rundir import CONF_DIR, shipped_targets
+from advbench.runtime.trackers import check_trackers
 from advbench.tasks import TASKS
 from advbench.training.modes import build_mode
 
@@ -18,13 +26,14 @@ from advbench.training.modes import build_mode
 _RANGES = {
     "epochs": (lambda v: v >= 1, "a positive integer"),
     "batch_size": (lambda v: v >= 1, "a positive integer"),
-    "eval.batch_size": (lambda v: v == "auto" or (isinstance(v, int) and v >= 1), "a positive integer or auto"),
+    "eval.batch_size": (lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+                        "a positive integer or auto"),
     "eval.n_examples": (lambda v: v >= 1, "a positive integer or null (all)"),
     "val.n_examples": (lambda v: v >= 1, "a positive integer or null (all)"),
     "dataset.n_train": (lambda v: v >= 1, "a positive integer or null (all)"),
     "lr": (lambda v: v > 0, "a positive number"),
     "weight_decay": (lambda v: v >= 0, "a non-negative number"),
-    "threads": (lambda v: v >= 1, "a positive integer or null (torch's default)"),
+    "threads": (lambda v: 1 <= v <= 4096, "a positive integer (at most 4096) or null (torch's default)"),
     "grad_clip": (lambda v: v > 0, "a positive number or null (no clipping)"),
     "eps_warmup_epochs": (lambda v: v >= 0, "a non-negative number of epochs"),
     "training.replays": (lambda v: v >= 1, "a positive integer"),
@@ -41,7 +50,31 @@ _RANGES = {
     "stop_after_epoch": (lambda v: v >= 1, "a positive epoch number or null"),
     "eval.det_score": (lambda v: 0 <= v <= 1, "a score in [0, 1]"),
     "eval.det_recall": (lambda v: 0 < v <= 1, "a recall in (0, 1]"),
+    "eval.seg_threshold": (lambda v: 0 < v <= 1, "a pixel accuracy in (0, 1]"),
+    "eval.sanity.max_pgd_gap": (lambda v: 0 <= v <= 1, "an accuracy gap in [0, 1]"),
+    "training.init_mag": (lambda v: v >= 0, "a non-negative magnitude"),
+    "saliency.smoothgrad_sigma": (lambda v: v >= 0, "a non-negative noise level"),
+    "dataset.val_size": (lambda v: v >= 0, "0 (none) or a positive number of examples"),
+    "dataset.n_classes": (lambda v: v >= 1, "a positive integer"),
+    "dataset.channels": (lambda v: v >= 1, "a positive integer"),
+    "dataset.image_size": (lambda v: v >= 1, "a positive number of pixels"),
+    "dataset.n_test": (lambda v: v >= 1, "a positive integer"),
+    "dataset.noise": (lambda v: v >= 0, "a non-negative noise level"),
+    "dataset.max_len": (lambda v: v >= 1, "a positive number of tokens"),
+    "dataset.max_vocab": (lambda v: v >= 1, "a positive integer"),
+    "dataset.min_freq": (lambda v: v >= 0, "a non-negative count"),
+    "dataset.test_size": (lambda v: 0 < v < 1, "a share in (0, 1)"),
+    "dataset.n_scenes": (lambda v: v >= 1, "a positive integer"),
+    "dataset.workers": (lambda v: v >= 0, "0 (load in the main process) or a positive integer"),
+    "dataset.resize": (lambda v: v >= 1, "a positive number of pixels or null (no resizing)"),
 }
+# Per attack entry (attack, val.attack, eval.attacks.*): build_attack checks steps and restarts.
+_ATTACK_RANGES = {
+    "n_targets": (lambda v: v >= 1, "a positive integer"),
+    "eot": (lambda v: v >= 1, "a positive integer"),
+}
+_ABSENT = object()
+_INT64 = 2 ** 63  # what torch takes as a seed or a size
 # What a resumed run may change: how it runs, how long, and how it is evaluated; never what it trains.
 RESUMABLE = ("epochs", "device", "threads", "progress", "resume", "stop_after_epoch", "eval", "dataset.root",
              "dataset.download")
@@ -51,28 +84,196 @@ def check_keys(cfg) -> None:
     """Every key is one the schema knows: ``+unknown_key=1`` and ``+attack.bogus=1`` are errors, not ignored."""
     try:
         OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg))
-    except OmegaConfBaseException as err:
+    except ConfigKeyError as err:
         key = getattr(err, "full_key", None) or "?"
         raise AdvbenchError(f"{key} is not a key advbench knows ({str(err).splitlines()[0]}): see "
                             "`advbench --cfg job` for the keys of this config") from None
+    except OmegaConfBaseException as err:  # a known key holding a value of the wrong type
+        key = getattr(err, "full_key", None) or "?"
+        raise AdvbenchError(f"{key}: {str(err).splitlines()[0][:200]}") from None
+
+
+def _numbers(schema, prefix: str = ""):
+    """(key, int or float, whether null is allowed) of every number field of a schema dataclass, nested ones
+    included."""
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        kind, args = hints[f.name], typing.get_args(hints[f.name])
+        optional = type(None) in args
+        if optional:
+            kind = next(a for a in args if a is not type(None))
+        if dataclasses.is_dataclass(kind):
+            yield from _numbers(kind, f"{prefix}{f.name}.")
+        elif kind in (int, float):
+            yield f"{prefix}{f.name}", kind, optional
+
+
+NUMBERS = tuple(_numbers(Config))
+ATTACK_NUMBERS = tuple(_numbers(AttackConf))
+
+
+def _shown(value) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _is_number(value, kind) -> bool:
+    """An int (not a bool) within int64 for int fields; a finite int or float for float fields."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if kind is int:
+        return isinstance(value, int) and -_INT64 <= value < _INT64
+    return math.isfinite(value)
+
+
+def _attack_prefixes(cfg) -> list:
+    attacks = OmegaConf.select(cfg, "eval.attacks")
+    named = [f"eval.attacks.{name}" for name in attacks] if isinstance(attacks, DictConfig) else []
+    return ["attack", "val.attack", *named]
+
+
+def _check_numbers(cfg) -> None:
+    """Every number the schema has is a number of its type (a stored config is not typed by Hydra), finite (a nan
+    fails every comparison, so no range check would see it), and in its range."""
+    typed = [*NUMBERS, *((f"{prefix}.{key}", kind, optional) for prefix in _attack_prefixes(cfg)[2:]
+                         for key, kind, optional in ATTACK_NUMBERS)]
+    for key, kind, optional in typed:
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is _ABSENT or (value is None and optional):
+            continue
+        if not _is_number(value, kind):
+            accepted = "an integer within 64 bits" if kind is int else "a finite number"
+            raise AdvbenchError(f"{key}={_shown(value)}: expected {accepted}{' or null' if optional else ''}")
+    ranges = [*_RANGES.items(), *((f"{prefix}.{key}", rule) for prefix in _attack_prefixes(cfg)
+                                  for key, rule in _ATTACK_RANGES.items())]
+    for key, (ok, accepted) in ranges:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not ok(value):
+            raise AdvbenchError(f"{key}={_shown(value)}: expected {accepted}")
+    for key in ("dataset.mean", "dataset.std"):
+        values = OmegaConf.select(cfg, key) or []
+        if not all(_is_number(v, float) and (key == "dataset.mean" or v > 0) for v in values):
+            accepted = "finite numbers" if key == "dataset.mean" else "positive numbers"
+            raise AdvbenchError(f"{key}={_shown(list(values))}: expected {accepted}, one per channel")
+
+
+# The task each model option advbench ships solves (model=module builds the user's own: not known here).
+MODEL_TASKS = {
+    "mlp": "classification", "small_cnn": "classification", "preact_resnet18": "classification",
+    "torchvision": "classification", "timm": "classification", "robustbench": "classification",
+    "textcnn": "text", "transformer": "text", "hf": "text",
+    "yolo_tiny": "detection", "torchvision_detector": "detection", "ultralytics_yolo": "detection",
+    "unet_tiny": "segmentation", "torchvision_segmenter": "segmentation",
+}
+
+
+@lru_cache(maxsize=1)
+def _tasks_by_target() -> dict:
+    by_target = {target: MODEL_TASKS.get(option) for option, target in shipped_targets("model").items()}
+    return by_target | {old: by_target.get(new) for old, new in LEGACY_TARGETS.items()}
+
+
+def model_task(model_cfg) -> str | None:
+    """The task (a key of TASKS) the model config builds a model for; None for a model advbench does not ship."""
+    return _tasks_by_target().get(str(OmegaConf.select(model_cfg, "_target_")))
+
+
+def _check_model_fits(cfg, task: str) -> None:
+    """The model solves the task the data set poses: a detector given classification data would fail deep in the
+    evaluation (or score nothing) after the data and model were built."""
+    needs = model_task(cfg.model)
+    if needs is None or needs == task:
+        return
+    name = str(cfg.model._target_).rsplit(".", 1)[-1]
+    whose = " (the checkpoint's)" if cfg.task != "train" and cfg.checkpoint else ""
+    fitting = ", ".join(n for n, (_, t) in SOURCES.items() if t == needs)
+    raise AdvbenchError(f"dataset={cfg.dataset.name} poses {task}, but model={name}{whose} is a {needs} model: it "
+                        f"needs {needs} data (dataset={fitting}); {task} takes model={TASKS[task].models}")
 
 
 def check_config(cfg) -> None:
-    """Everything the schema cannot check, before any work: ranges, eps, every attack at every eps."""
+    """Everything the schema cannot check, before any work: numbers and their ranges, eps, the model's task,
+    trackers, and every attack at every eps fitting the data set's task."""
     parse_eps(cfg.eps)
-    for key, (ok, accepted) in _RANGES.items():
-        value = OmegaConf.select(cfg, key)
-        if value is not None and not ok(value):
-            raise AdvbenchError(f"{key}={value}: expected {accepted}")
-    if any(s <= 0 for s in cfg.dataset.std):
-        raise AdvbenchError(f"dataset.std={list(cfg.dataset.std)}: expected positive numbers, one per channel")
-    task = TASKS[task_of(cfg.dataset)](0)  # the data set's task, before loading it (no class count needed)
+    _check_numbers(cfg)
+    task_name = task_of(cfg.dataset)
+    _check_model_fits(cfg, task_name)
+    check_model_config(cfg.model)
+    task = TASKS[task_name](0)  # the data set's task, before loading it (no class count needed)
     mode = build_mode(cfg.training, task)
     if cfg.task == "train":
         mode.check(build_attack(cfg.attack, cfg.eps, task))
         validation_attack(task, cfg.val.attack, cfg.attack, cfg.eps)
-    EvalPlan(task, dict(cfg.eval.attacks), cfg.attack, cfg.eps, eps_list=cfg.eval.eps_list,
-             save_examples=cfg.eval.save_examples).check()
+    plan = EvalPlan(task, dict(cfg.eval.attacks), cfg.attack, cfg.eps, eps_list=cfg.eval.eps_list,
+                    save_examples=cfg.eval.save_examples)
+    plan.check()
+    if cfg.task == "saliency":
+        if not getattr(task, "draws_saliency", True):
+            raise AdvbenchError(f"task=saliency draws classification, text and detection models; dataset="
+                                f"{cfg.dataset.name} poses {task_name}, which has no saliency maps yet")
+        if not plan.attacks():
+            raise AdvbenchError("task=saliency maps the gradient of the first of eval.attacks, and eval.attacks is "
+                                "empty: give one, e.g. eval=pgd20")
+    check_trackers(list(cfg.logger.trackers), cfg.logger)
+
+
+def _drawn(override) -> list:
+    """The values a sweep override may give a trial: every choice; a range's first and last; an interval's ends
+    and middle (Optuna draws floats between them). A space that can give nothing is refused."""
+    from hydra.core.override_parser.types import IntervalSweep, RangeSweep
+    value, line = override.value(), override.input_line
+    if isinstance(value, RangeSweep):
+        count = math.ceil((value.stop - value.start) / value.step) if value.step else 0
+        if count <= 0:
+            raise AdvbenchError(f"{line}: the range holds no value (start {value.start}, stop {value.stop}, step "
+                                f"{value.step})")
+        return [value.start, value.start + (count - 1) * value.step]
+    if isinstance(value, IntervalSweep):
+        low, high = value.start, value.end
+        if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+            raise AdvbenchError(f"{line}: expected interval(low, high) with finite low <= high")
+        if "log" in value.tags and low <= 0:
+            raise AdvbenchError(f"{line}: a log-scale interval needs low > 0, got {low:g}")
+        return [low, (low + high) / 2, high]
+    return list(override.sweep_iterator())
+
+
+def check_search_space(config) -> None:
+    """An Optuna search's space (hydra.sweeper.params and the command line's sweeps), checked before its first
+    trial: each value it may draw goes through the checks a run's config does, so a space whose trials would all
+    fail (a log interval from 0, a key the config lacks, weight_decay below 0) is one line, not a traceback at the
+    sweep's end. ``config`` is the sweep's composed config, hydra node included."""
+    if "optuna" not in str(OmegaConf.select(config, "hydra.sweeper._target_") or ""):
+        return  # a grid's jobs are independent: each is checked, and recorded, on its own
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    n_trials = OmegaConf.select(config, "hydra.sweeper.n_trials")
+    if not (isinstance(n_trials, int) and n_trials >= 1):
+        raise AdvbenchError(f"hydra.sweeper.n_trials={n_trials}: expected a positive number of trials")
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    lines = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
+    try:
+        overrides = OverridesParser.create().parse_overrides(lines)
+    except Exception as err:  # Hydra's OverrideParseException: its own message is one line
+        raise AdvbenchError(f"hydra.sweeper.params: {str(err).splitlines()[0]}") from None
+    base = OmegaConf.to_container(config, resolve=False)
+    base.pop("hydra", None)
+    groups = set(OmegaConf.select(config, "hydra.runtime.choices") or {})
+    kinds = {key: kind for key, kind, _ in NUMBERS}
+    for override in overrides:
+        key = override.key_or_group
+        if not override.is_sweep_override() or key.startswith("hydra.") or key in groups or (CONF_DIR / key).is_dir():
+            continue  # a config group's options are Hydra's to check
+        if override.is_interval_sweep() and kinds.get(key) is int:
+            raise AdvbenchError(f"{override.input_line}: interval() draws floats and {key} takes integers: use "
+                                "range(low, high) or choice(...)")
+        for value in _drawn(override):
+            trial = OmegaConf.create(base)
+            OmegaConf.update(trial, key, value, merge=True, force_add=True)
+            try:
+                check_keys(trial)
+                check_config(plain(trial))
+            except AdvbenchError as err:
+                raise AdvbenchError(f"{override.input_line}: a trial would be refused: {err}") from None
 
 
 def command_line() -> dict:
