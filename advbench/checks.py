@@ -151,10 +151,12 @@ def _check_numbers(cfg) -> None:
         if value is not None and not ok(value):
             raise AdvbenchError(f"{key}={_shown(value)}: expected {accepted}")
     for key in ("dataset.mean", "dataset.std"):
-        values = OmegaConf.select(cfg, key) or []
-        if not all(_is_number(v, float) and (key == "dataset.mean" or v > 0) for v in values):
+        values = OmegaConf.select(cfg, key)
+        if not isinstance(values, (ListConfig, list)) or not all(
+                _is_number(v, float) and (key == "dataset.mean" or v > 0) for v in values):
             accepted = "finite numbers" if key == "dataset.mean" else "positive numbers"
-            raise AdvbenchError(f"{key}={_shown(list(values))}: expected {accepted}, one per channel")
+            shown = _shown(list(values) if isinstance(values, ListConfig) else values)
+            raise AdvbenchError(f"{key}={shown}: expected a list of {accepted}, one per channel")
 
 
 # The task each model option advbench ships solves (model=module builds the user's own: not known here).
