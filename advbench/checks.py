@@ -189,8 +189,9 @@ def _check_model_fits(cfg, task: str) -> None:
     name = str(cfg.model._target_).rsplit(".", 1)[-1]
     whose = " (the checkpoint's)" if cfg.task != "train" and cfg.checkpoint else ""
     fitting = ", ".join(n for n, (_, t) in SOURCES.items() if t == needs)
-    raise AdvbenchError(f"dataset={cfg.dataset.name} poses {task}, but model={name}{whose} is a {needs} model: it "
-                        f"needs {needs} data (dataset={fitting}); {task} takes model={TASKS[task].models}")
+    given, wanted = TASKS[task].name, TASKS[needs].name
+    raise AdvbenchError(f"model={name}{whose} does not take {given} data (dataset={cfg.dataset.name}): it is a "
+                        f"{wanted} model and needs dataset={fitting}; {given} takes model={TASKS[task].models}")
 
 
 def check_config(cfg) -> None:
