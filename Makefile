@@ -5,13 +5,21 @@ BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 FORTUNES := /usr/share/games/fortunes/computers
 
-.PHONY: run test bench setup data clean
+.PHONY: run test bench docs docs-check setup data clean
 
 run: setup data
 	$(BIN)/advbench $(ARGS)
 
 test: setup data
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The docs site into site/; --strict: a broken link, anchor or API reference fails the build.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# Every bash and python example of docs/ and README.md, run as written (tests/test_docs.py; minutes).
+docs-check: setup data
+	ADVBENCH_DOCS_EXAMPLES=1 $(BIN)/python -m pytest -q tests/test_docs.py $(PYTEST_ARGS)
 
 bench: setup data
 	$(BIN)/pip install -q torchattacks
@@ -24,7 +32,7 @@ $(BIN)/advbench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[test,yolo,timm,robustbench,tensorboard,mlflow,wandb,optuna,nlp]'  # CI tests the optional adapters and trackers too
+	$(BIN)/pip install -q -e '.[test,docs,yolo,timm,robustbench,tensorboard,mlflow,wandb,optuna,nlp]'  # CI tests the optional adapters and trackers too
 	touch $@
 
 # Debian's dataset-fashion-mnist and fortunes where apt-get runs as root; otherwise Fashion-MNIST comes from
@@ -37,4 +45,4 @@ data:
 	else echo "Fashion-MNIST or fortunes missing and apt-get not usable as root: see README (data sets)"; fi
 
 clean:
-	rm -rf $(VENV) outputs multirun
+	rm -rf $(VENV) outputs multirun site
