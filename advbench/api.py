@@ -22,8 +22,9 @@ EVAL_CONF = Path(__file__).resolve().parent / "conf" / "eval"
 
 
 def attack(spec="pgd", eps="8/255", task=None, **overrides) -> Attack:
-    """An attack by name (an option of conf/attack/: fgsm, fgsm_rs, pgd, fgm, apgd) or from a config mapping,
-    with any AttackConf field overridden, e.g. ``attack("pgd", eps=0.1, steps=20, norm="l2")``."""
+    """An attack by name (an option of conf/attack/: fgsm, fgsm_rs, pgd, fgm, apgd, fab, square, the detection and
+    segmentation presets) or from a config mapping, with any AttackConf field overridden, e.g.
+    ``attack("pgd", eps=0.1, steps=20, norm="l2")``; ``task`` names the task ("detection", "segmentation")."""
     if isinstance(spec, str):
         path = ATTACK_CONF / f"{spec}.yaml"
         options = sorted(p.stem for p in ATTACK_CONF.glob("*.yaml") if p.stem != "none")
@@ -92,7 +93,7 @@ def evaluate(model, loader, attacks="autoattack", eps="8/255", device=None, amp:
 
 
 def preset(name: str, eps="8/255") -> dict:
-    """The attacks of evaluation preset ``name`` (conf/eval/<name>.yaml) at budget ``eps``, by name."""
+    """The attacks of evaluation preset ``name`` (``conf/eval/<name>.yaml``) at budget ``eps``, by name."""
     path = EVAL_CONF / f"{name}.yaml"
     if not path.is_file():
         options = sorted(p.stem for p in EVAL_CONF.glob("*.yaml"))
