@@ -6,6 +6,7 @@ run on a CPU in under a minute carries ``<!-- no-run: reason -->`` on the line b
 """
 import os
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -176,7 +177,8 @@ def test_site_builds_strict(tmp_path):
     assert (tmp_path / "site" / "api" / "index.html").is_file()
 
 
-def _run(block: Block, cwd: Path) -> subprocess.CompletedProcess:
+def _run(block: Block, cwd: Path) -> tuple:
+    """(exit code, output) of ``block`` run in ``cwd``; None for the code if it ran past the timeout."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "MPLBACKEND": "Agg"}
     env.pop("PYTHONPATH", None)  # what a user's shell has: the examples import only what is installed
@@ -185,8 +187,15 @@ def _run(block: Block, cwd: Path) -> subprocess.CompletedProcess:
     env.setdefault("OMP_NUM_THREADS", "1")
     command = ["bash", "-e", "-u", "-o", "pipefail", "-c", block.code] if block.lang == "bash" else \
         [sys.executable, "-"]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT,
-                          input=block.code if block.lang == "python" else None)
+    # its own session, so that a timeout stops the whole block (a bash block's advbench runs included)
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(block.code if block.lang == "python" else "", timeout=TIMEOUT)
+        return proc.returncode, out
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return None, proc.communicate()[0]
 
 
 @pytest.mark.slow
@@ -197,9 +206,7 @@ def test_examples_run_as_written(page, tmp_path):
     for block in blocks(page):
         if block.lang not in RUN or block.no_run is not None:
             continue
-        try:
-            proc = _run(block, tmp_path)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"{block}: still running after {TIMEOUT} s; make it shorter or mark it no-run with a reason")
-        assert proc.returncode == 0, f"{block} exited {proc.returncode}:\n{block.code}\n" \
-                                     f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        code, out = _run(block, tmp_path)
+        assert code is not None, f"{block}: still running after {TIMEOUT} s; make it shorter or mark it no-run " \
+                                 f"with a reason\n{out[-2000:]}"
+        assert code == 0, f"{block} exited {code}:\n{block.code}\n{out[-4000:]}"
