@@ -169,11 +169,14 @@ def test_restarts_keep_the_per_example_worst_case(trained_mlp, digits):
     broken = []
     for restarts in (1, 4):
         torch.manual_seed(5)  # the first restart draws the same start in both runs: the same first attempt
-        x_adv = Attack("pgd", "linf", 0.05, 0.02, steps=3, random_start=True, restarts=restarts)(trained_mlp, x, y)
+        # One short step from the random start: whether it breaks an example hangs on the start, so restarts
+        # matter (3 steps of 0.02 at eps 0.05 broke 1-3 more of 450, too few to hold on every trained weights).
+        x_adv = Attack("pgd", "linf", 0.1, 0.02, steps=1, random_start=True, restarts=restarts)(trained_mlp, x, y)
         broken.append(predict(trained_mlp, x_adv) != y)
     # Every example the first attempt broke stays broken (kept, never overwritten by a later restart) ...
     assert (broken[0] & ~broken[1]).sum() == 0
-    # ... and the later restarts, run only on the survivors, break some more.
+    # ... and the later restarts, run only on the survivors, break some more (measured 11-12 more, 33 -> 44,
+    # over trajectories perturbed after every training step).
     assert broken[1].sum() > broken[0].sum()
 
 
