@@ -303,36 +303,3 @@ def check_resume_overrides(stored, cfg, done_epochs: int) -> None:
     if cfg.epochs < done_epochs:
         raise AdvbenchError(f"epochs={cfg.epochs} is below the {done_epochs} epochs the resumed run has finished")
 
-
-def _targets(node, path=""):
-    """(path, value) of every ``_target_`` in a plain container."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            here = f"{path}.{key}" if path else str(key)
-            if key == "_target_":
-                yield here, value
-            yield from _targets(value, here)
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from _targets(value, f"{path}[{i}]")
-
-
-def check_stored_targets(stored: dict, source: str) -> None:
-    """A stored config is data: it may build only the models and optimizers advbench ships, or a ``_target_``
-    given on this command line. Anything else, nested ``_target_``s included, is refused before it runs."""
-    given = command_line()
-    from advbench.run_config import LEGACY_TARGETS
-    shipped = set(shipped_targets("model").values()) | set(LEGACY_TARGETS)
-    allowed = {"model._target_": shipped | {given.get("model._target_")},
-               "optimizer._target_": set(shipped_targets("optimizer").values()) | {given.get("optimizer._target_")},
-               # dataset=custom: the user's data set classes, only as this command line names them again
-               **{f"dataset.{key}._target_": {given.get(f"dataset.{key}._target_")}
-                  for key in ("train_set", "val_set", "test_set")}}
-    for path, target in _targets(stored):
-        if path not in allowed:
-            raise AdvbenchError(f"{source}: its config holds a nested {path}={target}; refused: a stored config is "
-                                "data, and advbench builds nothing from it but the model and the optimizer")
-        if target not in allowed[path]:
-            raise AdvbenchError(f"{source}: its config asks to build {path}={target}, which is not an option "
-                                f"advbench ships; refused (a stored config is data, not code). If you trust it, "
-                                f"give {path}={target} on the command line")

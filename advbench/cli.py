@@ -53,6 +53,9 @@ def main() -> None:
     except Interrupted as err:  # before the run began: nothing was written
         log.error("interrupted (%s) during start-up: nothing was written", err)
         sys.exit(3)
+    except BrokenPipeError:  # `advbench --help | head`: the reader has gone, which is no error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe: no error at exit
+        sys.exit(0)
     except SystemExit as done:
         # Hydra exits 1 on its own errors (unknown option or key, wrong type): bad input, like advbench's.
         hydras_own = not started and not isinstance(done, Refused)

@@ -35,3 +35,17 @@ def test_logs_print_percentages_and_rates():
     assert number("val_robust_acc", 0.69188) == "69.19%" and number("images_per_s", 16270.4) == "16,270 img/s"
     expected = "train_loss 0.4137, seconds 3.0 s, lr 0.00123"
     assert row({"train_loss": 0.41372, "seconds": 3.04, "lr": 0.0012345}) == expected
+
+
+def test_help_into_a_reader_that_stops_early_ends_quietly():
+    """`advbench --help | head -1`: the closed pipe is the reader's choice, not an error with a traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "advbench", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader leaves before the first byte
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err, err
+
+
+def test_help_names_the_completion_install_and_the_docs():
+    out = run("--help").stdout
+    assert 'eval "$(advbench -sc install=bash)"' in out and "docs/" in out

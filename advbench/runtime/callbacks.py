@@ -134,6 +134,12 @@ class RunGuard(Callback):
         if resume and resume != "auto":
             refuse(f"resume={resume} continues one run; to continue a sweep use resume=auto with "
                    "hydra.sweep.dir=<the sweep's directory>")
+        from advbench.checks import check_search_space  # imports torch: only once a sweep starts
+        from advbench.errors import AdvbenchError
+        try:  # an Optuna space whose trials would all fail: refused before the sweep's directory exists
+            check_search_space(config)
+        except AdvbenchError as err:
+            refuse(str(err))
         sweep = Path(str(config.hydra.sweep.dir))
         if sweep.is_dir() and not (sweep / LOCK).exists():  # an advbench without locks ran it: create nothing
             _reused(config, sweep)

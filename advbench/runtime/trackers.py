@@ -5,6 +5,7 @@ final results and files (figures, results.json, summary.md) when the run finishe
 packages, imported only when chosen.
 """
 import csv
+import io
 import logging
 import os
 from pathlib import Path
@@ -63,11 +64,13 @@ class CSV:
                 self.rows = list(csv.DictReader(f))
 
     def _write(self, name: str, rows: list) -> None:
+        from advbench.runtime.outputs import atomic_write
         columns = list(dict.fromkeys(k for row in rows for k in row))
-        with open(self.dir / name, "w", newline="") as f:
-            writer = csv.DictWriter(f, columns)
-            writer.writeheader()
-            writer.writerows(rows)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(self.dir / name, lambda f: f.write(text.getvalue().encode()))  # a full disk leaves no half file
 
     def hyperparams(self, config: dict) -> None:
         self._write("hparams.csv", [{"key": k, "value": v} for k, v in flat(config).items()])

@@ -37,6 +37,7 @@ class Task:
     evaluates_with_training_attack = False
     draws_examples = True  # eval.save_examples can draw its inputs
     scores_training = True  # the epoch log reports training accuracy (cheap for classification)
+    draws_saliency = True  # task=saliency can draw this task's gradient maps
 
     @classmethod
     def build(cls, data, evaluation=None) -> "Task":
