@@ -146,8 +146,9 @@ class Detection(Task):
                 "clean": clean["ap50_per_class"]}}
         by_attack = {name: mean_ap(records.after[name], records.gt, self.classes) for name in names}
         # mAP does not split over images, so the per-image worst case can score above one attack's own
-        # predictions: each is a real attack outcome, and the robust number is the lowest of them.
-        robust = min([mean_ap(records.worst, records.gt, self.classes), *by_attack.values()],
+        # predictions: each is a real attack outcome, and the robust number is the lowest of them. The clean
+        # predictions are one too (an attacker may leave every image alone): robust never exceeds clean.
+        robust = min([clean, mean_ap(records.worst, records.gt, self.classes), *by_attack.values()],
                      key=lambda m: (m["map50"], m["map"]))
         return out | {
             "robust_map50": robust["map50"], "robust_map": robust["map"],
