@@ -141,6 +141,7 @@ def test_every_shipped_model_option_has_a_known_task():
     ("foo://bar", "logger.mlflow_uri=foo://bar: not a tracking URI MLflow knows"),
     ("http://", "logger.mlflow_uri=http://: names no host"),
     ("sqlite:///{tmp}/a_file/runs.db", "a_file is a file, so"),
+    ("/proc/advbench_store", "/proc is not writable"),  # os.access says yes to root there: a real probe says no
 ])
 def test_a_bad_mlflow_uri_is_refused_before_any_work(tmp_path, no_work, uri, expected):
     pytest.importorskip("mlflow")
@@ -198,18 +199,20 @@ def test_images_without_a_labelled_pixel_do_not_count_as_still_correct():
     assert task.summarize(flags, records)["images_still_correct"] == 0.0  # but it is not counted as correct
 
 
-def _seg_folder(root, test_label: int):
-    """A seg_folder data set: labelled training masks; test masks of one value everywhere."""
+def _seg_folder(root, test_label: int, val_label: int | None = None):
+    """A seg_folder data set: labelled training masks; test masks (and, with ``val_label``, a val/ split's) of one
+    value everywhere."""
     import numpy as np
     from PIL import Image
-    for split, n in (("train", 8), ("test", 3)):
+    splits = (("train", 8), ("test", 3)) + ((("val", 2),) if val_label is not None else ())
+    for split, n in splits:
         (root / split / "images").mkdir(parents=True)
         (root / split / "masks").mkdir(parents=True)
         for i in range(n):
             mask = np.zeros((16, 16), np.uint8)
             mask[4:12, 4:12] = 1
-            if split == "test":
-                mask[:] = test_label
+            if split != "train":
+                mask[:] = test_label if split == "test" else val_label
             Image.fromarray(np.full((16, 16, 3), 30 * i, np.uint8)).save(root / split / "images" / f"{i}.png")
             Image.fromarray(mask, mode="L").save(root / split / "masks" / f"{i}.png")
 
@@ -226,3 +229,17 @@ def test_a_test_split_with_no_labelled_pixel_is_refused_before_a_model_is_built(
             "dataset.val_size=2", "dataset.categories=[bg,a]", "dataset.mean=[0.5,0.5,0.5]",
             "dataset.std=[0.25,0.25,0.25]", "model=unet_tiny", "eval=segmentation",
             expected="the 3 test masks evaluated (eval.n_examples=500) have no labelled pixel")
+
+
+def test_a_validation_split_with_no_labelled_pixel_is_refused_before_a_model_is_built(tmp_path, monkeypatch):
+    import advbench.experiment as experiment
+
+    def began(*args, **kwargs):
+        raise AssertionError("a model was built or trained")
+    monkeypatch.setattr(experiment, "build_model", began)
+    monkeypatch.setattr(experiment, "fit", began)
+    _seg_folder(tmp_path / "data", test_label=1, val_label=255)
+    refused(tmp_path, "dataset=seg_folder", f"dataset.path={tmp_path / 'data'}", "dataset.image_size=16",
+            "dataset.categories=[bg,a]", "dataset.mean=[0.5,0.5,0.5]",
+            "dataset.std=[0.25,0.25,0.25]", "model=unet_tiny", "eval=segmentation",
+            expected="the 2 validation masks (the val/ split or dataset.val_size) have no labelled pixel")

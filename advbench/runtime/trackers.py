@@ -134,8 +134,20 @@ def _writable(path: Path, key: str, folder: bool) -> None:
     if existing == path and path.is_dir() != folder:
         raise AdvbenchError(f"{key}: {path} is {'a file' if folder else 'a folder'}: expected {what}")
     where = existing if existing != path else (path if folder else path.parent)
-    if not os.access(where, os.W_OK | os.X_OK):
+    if not os.access(where, os.W_OK | os.X_OK) or not _can_create_in(where):
         raise AdvbenchError(f"{key}: {where} is not writable: expected {what}")
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can really be created in ``folder``: os.access answers yes for root even in /proc."""
+    import tempfile
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".advbench-probe-")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(name)
+    return True
 
 
 def _known_scheme(uri: str) -> bool:

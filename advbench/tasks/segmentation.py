@@ -50,6 +50,10 @@ class Segmentation(Task):
             raise AdvbenchError(f"the {len(masks)} test masks evaluated (eval.n_examples={n}) have no labelled "
                                 f"pixel: every pixel is the ignore value (dataset.ignore_index), so there is nothing "
                                 "to score; check the masks and dataset.ignore_index")
+        val = data.val[1]
+        if torch.is_tensor(val) and len(val) and not (val != IGNORE).any():  # model selection would see 100%
+            raise AdvbenchError(f"the {len(val)} validation masks (the val/ split or dataset.val_size) have no labelled pixel: every "
+                                "pixel is the ignore value (dataset.ignore_index), so validation would score nothing")
         return cls(data.n_classes, data.classes, **settings)
 
     def augment(self, x, masks, generator):
