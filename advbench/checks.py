@@ -211,7 +211,7 @@ def check_config(cfg) -> None:
                     save_examples=cfg.eval.save_examples)
     plan.check()
     if cfg.task == "saliency":
-        if not getattr(task, "draws_saliency", True):
+        if not task.draws_saliency:
             raise AdvbenchError(f"task=saliency draws classification, text and detection models; dataset="
                                 f"{cfg.dataset.name} poses {task_name}, which has no saliency maps yet")
         if not plan.attacks():
