@@ -183,7 +183,7 @@ def _check_objective(spec, name: str, task: Task, terms: dict | None) -> None:
     if targeted and type(task).random_wrong is Task.random_wrong:  # the task draws no random wrong goal
         raise AdvbenchError(f"attack.targeted=true moves towards a random wrong class; {task.name} has none: use "
                             "attack.goal (detection: predictions with attack.relabel, or empty)")
-    if targeted and name == "apgd" and not hasattr(task, "ranked_wrong"):
+    if targeted and name == "apgd" and not task.ranks_wrong:
         raise AdvbenchError(f"attack.targeted=true with attack=apgd (APGD-T) ranks a classifier's wrong classes; "
                             f"{task.name} takes untargeted apgd")
     # APGD-T builds its targeted objective per target class: the loss name is what can be checked here.
@@ -213,7 +213,7 @@ def build_attack(spec, run_eps, task: Task | None = None) -> Attack | None:
     alpha = None if spec.alpha is None else parse_eps(spec.alpha, f"attack {name} alpha")
     terms = parse_terms(spec.get("terms"))
     task.check_terms(terms)  # an unknown term name is an error here, never a silent zero
-    if spec.get("goal", "truth") != "truth" and not hasattr(task, "goal"):
+    if spec.get("goal", "truth") != "truth" and not task.crafts_goals:
         raise AdvbenchError(f"attack.goal={spec.goal} crafts detection targets; {task.name} takes attack.goal=truth "
                             "(use attack.targeted for a random wrong class)")
     _check_objective(spec, name, task, terms)

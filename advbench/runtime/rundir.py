@@ -231,7 +231,7 @@ def labels(dataset: str, model_target: str, training: str, attack: str, choices:
     return {"dataset": dataset, "model": model, "training": training, "attack": attack}
 
 
-def run_dir(resume, task, checkpoint, seed, timestamp, dataset, model_target, training, attack, eps,
+def run_dir(resume, job, checkpoint, seed, timestamp, dataset, model_target, training, attack, eps,
             model_choice, attack_choice, model_name=None, module_target=None) -> str:
     """``hydra.run.dir``: the directory being resumed; else a fresh outputs/<what ran>/<timestamp>."""
     rank = int(os.environ.get("RANK", 0))
@@ -239,11 +239,11 @@ def run_dir(resume, task, checkpoint, seed, timestamp, dataset, model_target, tr
         return os.path.join(tempfile.gettempdir(), f"advbench-rank{rank}-{os.getppid()}")
     if resume is not None and str(resume) != "auto":
         return str(resume)
-    task = getattr(task, "value", task)  # the schema hands the resolver an enum member
-    if task in ("eval", "saliency"):
+    job = getattr(job, "value", job)  # the job (train, eval, saliency): the schema hands the resolver an enum
+    if job in ("eval", "saliency"):
         parts = [p for p in str(checkpoint).replace("\\", "/").split("/") if p and p not in (".", "..")]
         parts = [p for p in parts if not p.endswith(".pt")][-2:]  # the run's directory names, not the file
-        name = f"{task}_" + ("_".join(parts) or "checkpoint")
+        name = f"{job}_" + ("_".join(parts) or "checkpoint")
     else:
         enum = lambda v: str(getattr(v, "value", v))  # noqa: E731
         ran = labels(dataset, model_target, enum(training), enum(attack),

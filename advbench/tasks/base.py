@@ -27,6 +27,8 @@ class Task:
     """
 
     name = "task"
+    models = ""  # the shipped model options that pose this task, for error messages
+    classes: list = []  # class names, index = label (set per data set)
     terms: tuple = ()  # the named terms of ``loss``
     metrics: tuple = ()  # (clean key, robust key) of ``summarize``; the robust one is the headline
     modes: tuple = ()  # the training modes this task supports
@@ -37,7 +39,9 @@ class Task:
     evaluates_with_training_attack = False
     draws_examples = True  # eval.save_examples can draw its inputs
     scores_training = True  # the epoch log reports training accuracy (cheap for classification)
-    draws_saliency = True  # task=saliency can draw this task's gradient maps
+    draws_saliency = True  # task=saliency can draw this task's gradient maps (write_saliency)
+    ranks_wrong = False  # APGD-T can rank this task's wrong classes (ranked_wrong)
+    crafts_goals = False  # attack.goal other than truth: targets built from the predictions (goal)
 
     @classmethod
     def build(cls, data, evaluation=None) -> "Task":
@@ -152,6 +156,31 @@ class Task:
     def probabilities(self, outputs) -> bool:
         """Whether the outputs look like probabilities where logits belong (a masked gradient)."""
         return False
+
+    # --- abilities a task may have: declared here so that the core never probes for them -------------------
+    def labels(self, outputs) -> list:
+        """The predicted class of each example (tasks whose outputs are class scores)."""
+        raise AdvbenchError(f"{self.name} predicts no single class per example")
+
+    def ranked_wrong(self, model, x, targets, n: int):
+        """The ``n`` most likely wrong classes of each example, most likely first (APGD-T's targets)."""
+        raise AdvbenchError(f"APGD-T ranks a classifier's wrong classes; {self.name} has none")
+
+    def goal(self, kind: str, relabel: str, model, x, targets):
+        """The targets an attack with ``attack.goal=kind`` moves towards or away from."""
+        raise AdvbenchError(f"attack.goal={kind} crafts detection targets; {self.name} takes attack.goal=truth")
+
+    def pinned(self, x) -> torch.Tensor:
+        """Per position of ``x``: held at its clean value by every attack (none by default)."""
+        return torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+
+    def plot_examples(self, x, x_adv, targets, clean_outputs, adv_outputs, path, notes=None, title: str = "") -> None:
+        """eval.save_examples: clean and adversarial examples side by side, with the predictions, in ``path``."""
+        raise AdvbenchError(f"eval.save_examples: {self.name} draws no examples")
+
+    def write_saliency(self, model, test, attack, mode, settings, device, out) -> tuple:
+        """task=saliency: gradient maps of the first test examples; (files, mean |gradient| per map)."""
+        raise AdvbenchError(f"task=saliency draws no maps for {self.name}")
 
     def predict(self, model, x):
         """Outputs of ``model`` (in its view space) without grad, in eval mode; the caller's modes restored."""

@@ -29,6 +29,7 @@ class Classification(Task):
     """Labels (an int64 tensor), logits, cross-entropy; an example is broken when its argmax is wrong."""
 
     name = "classification"
+    ranks_wrong = True
     terms = ("ce",)
     metrics = ("clean_acc", "robust_acc")
     modes = ("standard", "adversarial", "mixed", "fast", "free", "trades", "mart")

@@ -23,6 +23,7 @@ class Detection(Task):
     """
 
     name = "detection"
+    crafts_goals = True
     terms = ("box", "obj", "cls", "dfl")
     metrics = ("clean_map50", "robust_map50")
     modes = ("standard", "adversarial", "mixed", "free", "mtd")
