@@ -159,14 +159,8 @@ def _check_numbers(cfg) -> None:
             raise AdvbenchError(f"{key}={shown}: expected a list of {accepted}, one per channel")
 
 
-# The task each model option advbench ships solves (model=module builds the user's own: not known here).
-MODEL_TASKS = {
-    "mlp": "classification", "small_cnn": "classification", "preact_resnet18": "classification",
-    "torchvision": "classification", "timm": "classification", "robustbench": "classification",
-    "textcnn": "text", "transformer": "text", "hf": "text",
-    "yolo_tiny": "detection", "torchvision_detector": "detection", "ultralytics_yolo": "detection",
-    "unet_tiny": "segmentation", "torchvision_segmenter": "segmentation",
-}
+# The task each model option advbench ships solves, as the tasks declare it (model=module builds the user's own).
+MODEL_TASKS = {option: name for name, task in TASKS.items() for option in task.models}
 
 
 @lru_cache(maxsize=1)
@@ -191,7 +185,7 @@ def _check_model_fits(cfg, task: str) -> None:
     fitting = ", ".join(n for n, (_, t) in SOURCES.items() if t == needs)
     given, wanted = TASKS[task].name, TASKS[needs].name
     raise AdvbenchError(f"model={name}{whose} does not take {given} data (dataset={cfg.dataset.name}): it is a "
-                        f"{wanted} model and needs dataset={fitting}; {given} takes model={TASKS[task].models}")
+                        f"{wanted} model and needs dataset={fitting}; {given} takes model={', '.join(TASKS[task].models)}")
 
 
 def check_config(cfg) -> None:

@@ -100,7 +100,7 @@ def build_model(model_cfg, data, dataset_cfg, task, state_dict=None, inputs: dic
             raise AdvbenchError(f"model.{keyword} is not an argument of {target}: it takes "
                                 f"{', '.join(accepted) or 'no other arguments'}") from None
         raise AdvbenchError(f"model={target.rsplit('.', 1)[-1]} does not take {task.name} data "
-                            f"(dataset={dataset_cfg.name}): use model={task.models}") from None
+                            f"(dataset={dataset_cfg.name}): use model={', '.join(task.models)}") from None
     if state_dict is not None:
         try:
             model.load_state_dict(state_dict)

@@ -27,7 +27,7 @@ class Task:
     """
 
     name = "task"
-    models = ""  # the shipped model options that pose this task, for error messages
+    models: tuple = ()  # the shipped model options (conf/model/) that solve this task
     classes: list = []  # class names, index = label (set per data set)
     terms: tuple = ()  # the named terms of ``loss``
     metrics: tuple = ()  # (clean key, robust key) of ``summarize``; the robust one is the headline

@@ -33,7 +33,7 @@ class Classification(Task):
     terms = ("ce",)
     metrics = ("clean_acc", "robust_acc")
     modes = ("standard", "adversarial", "mixed", "fast", "free", "trades", "mart")
-    models = "mlp, small_cnn or preact_resnet18"  # the shipped models for this task, for error messages
+    models = ("mlp", "small_cnn", "preact_resnet18", "torchvision", "timm", "robustbench")
     logits = True
 
     def __init__(self, n_classes: int, classes: list | None = None):

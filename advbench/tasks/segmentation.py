@@ -31,7 +31,7 @@ class Segmentation(Task):
     terms = ("ce",)
     metrics = ("clean_miou", "robust_miou")
     modes = ("standard", "adversarial", "mixed", "free")
-    models = "unet_tiny or torchvision_segmenter"
+    models = ("unet_tiny", "torchvision_segmenter")
     scores_training = True  # pixel accuracy >= threshold per image is cheap
     draws_saliency = False  # task=saliency has no segmentation maps yet: refused before any work
 

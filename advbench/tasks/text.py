@@ -52,7 +52,7 @@ class TextClassification(Classification):
 
     name = "text classification"
     modes = ("standard", "mixed", "freelb", "smart")
-    models = "textcnn, transformer or hf"
+    models = ("textcnn", "transformer", "hf")
     perturbs = "embedding"
     evaluates_with_training_attack = True
     draws_examples = False
