@@ -117,7 +117,7 @@ def _shown(value) -> str:
     return text if len(text) <= 60 else f"{text[:57]}..."
 
 
-def _is_number(value, kind) -> bool:
+def is_number(value, kind) -> bool:
     """An int (not a bool) within int64 for int fields; a finite int or float for float fields."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
@@ -141,7 +141,7 @@ def _check_numbers(cfg) -> None:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is _ABSENT or (value is None and optional):
             continue
-        if not _is_number(value, kind):
+        if not is_number(value, kind):
             accepted = "an integer within 64 bits" if kind is int else "a finite number"
             raise AdvbenchError(f"{key}={_shown(value)}: expected {accepted}{' or null' if optional else ''}")
     ranges = [*_RANGES.items(), *((f"{prefix}.{key}", rule) for prefix in _attack_prefixes(cfg)
@@ -153,7 +153,7 @@ def _check_numbers(cfg) -> None:
     for key in ("dataset.mean", "dataset.std"):
         values = OmegaConf.select(cfg, key)
         if not isinstance(values, (ListConfig, list)) or not all(
-                _is_number(v, float) and (key == "dataset.mean" or v > 0) for v in values):
+                is_number(v, float) and (key == "dataset.mean" or v > 0) for v in values):
             accepted = "finite numbers" if key == "dataset.mean" else "positive numbers"
             shown = _shown(list(values) if isinstance(values, ListConfig) else values)
             raise AdvbenchError(f"{key}={shown}: expected a list of {accepted}, one per channel")

@@ -208,10 +208,10 @@ def complete(cfg, source: str):
 def _numbers(value, like) -> bool:
     """``value`` is a number (a list of numbers) of ``like``'s kind: finite, never a bool."""
     values, kind = (value, type(like[0])) if isinstance(like, list) else ([value], type(like))
+    from advbench.checks import is_number  # the schema's own test of a number of a kind
     if not isinstance(values, list) or not (values or isinstance(like, list)):
         return False
-    ok = (int,) if kind is int else (int, float)
-    return all(isinstance(v, ok) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    return all(is_number(v, kind) for v in values)
 
 
 def check_state(state: dict, source: str, resume: bool = False) -> None:
