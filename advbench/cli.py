@@ -61,7 +61,7 @@ def main() -> None:
         hydras_own = not started and not isinstance(done, Refused)
         sys.exit(2 if done.code == 1 and hydras_own else done.code)
     finally:
-        from advbench.runtime.rundir import release
+        from advbench.runtime.lock import release
         release()  # the directories this command held (a caller in this process may start another run)
 
 

@@ -16,7 +16,8 @@ from advbench.config import register_configs
 from advbench.errors import AdvbenchError, Interrupted
 from advbench.runtime.callbacks import NOT_RUN
 from advbench.runtime.outputs import DeferredLog, NoSpace, no_space, write_hydra_files, write_status
-from advbench.runtime.rundir import DirectoryTaken, InUse, hold, holder, holds_run, own, release, status_of
+from advbench.runtime.lock import DirectoryTaken, InUse, hold, holder, own, release, status_of
+from advbench.runtime.rundir import holds_run
 
 # torch is imported only once a run starts (run, distributed below): --help and shell completion compose the config
 # alone and answer in well under a second.

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from advbench.runtime import rundir
+from advbench.runtime import lock
 from helpers import DIGITS, TINY, cli, one_line_error
 
 HOLD = ("import sys\n"
-        "from advbench.runtime.rundir import hold\n"
+        "from advbench.runtime.lock import hold\n"
         "hold(sys.argv[1])\n"
         "print('held', flush=True)\n"
         "sys.stdin.read()\n")  # holds the lock until the test closes its stdin
@@ -84,7 +84,7 @@ def test_two_runs_started_together_into_one_directory(tmp_path):
     assert json.loads((run / "results.json").read_text())["eps"]["given"] == winner
     log = (run / "advbench.log").read_text()
     assert log.count("files in") == 1 and f"(eps={winner})" in log and "ERROR" not in log
-    assert (run / "status").read_text() == "finished\n" and not (run / rundir.OWNER).exists()
+    assert (run / "status").read_text() == "finished\n" and not (run / lock.OWNER).exists()
 
 
 def test_two_resumes_started_together(tmp_path):
@@ -104,7 +104,7 @@ def test_two_resumes_started_together(tmp_path):
     while (run / "status").read_text() != "running\n":  # the winner began (its config passed every check)
         assert procs[winner].poll() is None
         time.sleep(0.05)
-    owner = rundir.read_owner(run)
+    owner = lock.read_owner(run)
     assert owner["pid"] == procs[winner].pid and owner["host"] == socket.gethostname()
     procs[winner].send_signal(signal.SIGINT)
     _, err = procs[winner].communicate(timeout=300)
@@ -145,13 +145,13 @@ def test_a_stale_lock_does_not_block_a_resume(tmp_path):
     run = stopped(tmp_path)
     # As a run killed with SIGKILL leaves it: its status says running, its owner record names a dead process.
     pid = dead_pid()
-    (run / rundir.OWNER).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "since": "then"}))
+    (run / lock.OWNER).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "since": "then"}))
     (run / "status").write_text("running\n")
     code, err = cli(*TINY, f"hydra.run.dir={run}", cwd=tmp_path)  # a new run is still refused: it holds a run
     line = one_line_error(err, f"already holds a run (running, but its process (pid {pid} on host ")
     assert code == 2 and f"continue it with resume={run}" in line
     cli(f"resume={run}", "epochs=2", cwd=tmp_path, check=True)
-    assert (run / "status").read_text() == "finished\n" and not (run / rundir.OWNER).exists()
+    assert (run / "status").read_text() == "finished\n" and not (run / lock.OWNER).exists()
     assert f"taking it over from pid {pid} on host" in (run / "advbench.log").read_text()
 
 
@@ -191,16 +191,16 @@ def test_without_file_locks_the_owner_record_claims_the_directory(tmp_path, monk
     monkeypatch.setattr(fcntl, "flock", no_flock)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
-        (tmp_path / rundir.OWNER).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(),
+        (tmp_path / lock.OWNER).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(),
                                                          "since": "then"}))
-        with pytest.raises(rundir.InUse, match=f"pid {sleeper.pid} on host"):
-            rundir.hold(tmp_path)
+        with pytest.raises(lock.InUse, match=f"pid {sleeper.pid} on host"):
+            lock.hold(tmp_path)
     finally:
         sleeper.kill()
         sleeper.wait()
-    rundir.hold(tmp_path)  # the record's process is gone: taken over
+    lock.hold(tmp_path)  # the record's process is gone: taken over
     try:
-        assert rundir.read_owner(tmp_path)["pid"] == os.getpid()
+        assert lock.read_owner(tmp_path)["pid"] == os.getpid()
     finally:
-        rundir.release(tmp_path)
-    assert not (tmp_path / rundir.OWNER).exists()
+        lock.release(tmp_path)
+    assert not (tmp_path / lock.OWNER).exists()

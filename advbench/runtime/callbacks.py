@@ -2,7 +2,7 @@
 jobs at its end.
 
 Hydra creates the run directory and opens its log before the task function starts, so a run holds its directory
-(``rundir.hold``) and the checks that protect another run's files run here, in ``on_run_start`` and
+(``lock.hold``) and the checks that protect another run's files run here, in ``on_run_start`` and
 ``on_multirun_start``. A sweep's jobs claim their directories in the task function: Hydra writes nothing into them
 before (advbench writes the config folder itself, and holds back the log until the directory is the job's).
 """
@@ -17,7 +17,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from advbench.errors import AdvbenchError, Refused
-from advbench.runtime.rundir import LOCK, InUse, hold, holder, holds_run, own, release, status_of
+from advbench.runtime.lock import LOCK, InUse, hold, holder, own, release, status_of
+from advbench.runtime.rundir import holds_run
 
 log = logging.getLogger("advbench")
 MIN_FREE_BYTES = 50 * 2**20  # below this, Hydra's own config files could be left empty
