@@ -284,5 +284,5 @@ def register_configs() -> None:
     if not OmegaConf.has_resolver("run_dir"):
         # Cached: Hydra resolves a directory more than once (and in each sweep job, from a copy of the cache),
         # and a claimed directory must come back the same each time.
-        for name in ("run_dir", "sweep_dir", "sweep_subdir", "hydra_subdir"):
+        for name in ("run_dir", "sweep_dir", "sweep_subdir"):
             OmegaConf.register_new_resolver(name, getattr(rundir, name), use_cache=True)

@@ -103,8 +103,3 @@ def sweep_subdir(override_dirname: str, seed) -> str:
     """A job's directory below the sweep: its overrides (path-safe, shortened), then ``seed=<seed>``."""
     return f"{short(override_dirname)}/seed={seed}" if override_dirname else f"seed={seed}"
 
-
-def hydra_subdir(resume) -> None:
-    """Hydra's own config folder: none. Hydra writes it before the task starts, into a directory that may be
-    another run's; advbench writes .hydra/ (a resumed run: .hydra_resume/) itself once the directory is its own."""
-    return None
