@@ -82,15 +82,16 @@ def claim_resumed(path: Path) -> None:
 def claim_new(out: Path, key: str) -> None:
     """A new run: hold ``out`` (made if missing), which must hold no run."""
     out.mkdir(parents=True, exist_ok=True)
-    if holds_run(out) and not (out / LOCK).exists():  # a run of an advbench without locks: create nothing in it
-        refuse(f"{key}={out} already holds a run ({status_of(out)}): continue it with resume={out}, or choose "
-               "another directory")
+    def refuse_if_taken() -> None:
+        status = status_of(out)
+        if status:
+            release(out)
+            refuse(f"{key}={out} already holds a run ({status}): continue it with resume={out}, or choose another "
+                   "directory")
+    if not (out / LOCK).exists():  # a run of an advbench without locks: refused before anything is created there
+        refuse_if_taken()
     take(out, f"{key}={out} is in use: a run is running there", "choose another directory")
-    status = status_of(out)
-    if status:
-        release(out)
-        refuse(f"{key}={out} already holds a run ({status}): continue it with resume={out}, or choose another "
-               "directory")
+    refuse_if_taken()
     keep(out)
 
 
@@ -136,7 +137,6 @@ class RunGuard(Callback):
             refuse(f"resume={resume} continues one run; to continue a sweep use resume=auto with "
                    "hydra.sweep.dir=<the sweep's directory>")
         from advbench.checks import check_search_space  # imports torch: only once a sweep starts
-        from advbench.errors import AdvbenchError
         try:  # an Optuna space whose trials would all fail: refused before the sweep's directory exists
             check_search_space(config)
         except AdvbenchError as err:
