@@ -1,5 +1,6 @@
 """advbench: adversarial training and robustness evaluation, driven by Hydra configs, usable from Python."""
-__version__ = "0.1.0"
+from advbench.version import __version__
+
 __all__ = ["Attack", "attack", "evaluate", "load_model", "__version__"]
 
 

@@ -15,7 +15,7 @@ from advbench.attacks.spec import Attack, build_attack
 from advbench.config import AttackConf, SanityConf
 from advbench.errors import AdvbenchError
 from advbench.evaluation.evaluator import Evaluator
-from advbench.tasks import TASKS, Classification
+from advbench.tasks import default_task, task_class
 
 ATTACK_CONF = Path(__file__).resolve().parent / "conf" / "attack"
 EVAL_CONF = Path(__file__).resolve().parent / "conf" / "eval"
@@ -41,12 +41,9 @@ def attack(spec="pgd", eps="8/255", task=None, **overrides) -> Attack:
 
 def _task(task):
     """A Task, or one by name (classification, detection); classification by default."""
-    if task is None or isinstance(task, str):
-        name = task or "classification"
-        if name not in TASKS:
-            raise AdvbenchError(f"task={name!r} is unknown: expected one of {', '.join(TASKS)}")
-        return TASKS[name](0)
-    return task
+    if task is None:
+        return default_task()
+    return task_class(task)() if isinstance(task, str) else task
 
 
 def evaluate(model, loader, attacks="autoattack", eps="8/255", device=None, amp: str = "off", cascade: bool = True,
@@ -64,12 +61,12 @@ def evaluate(model, loader, attacks="autoattack", eps="8/255", device=None, amp:
     """
     from advbench.evaluation.sanity import sanity_checks
     from advbench.models import Normalize
-    from advbench.tasks.base import worst_case
+    from advbench.tasks import worst_case
     if normalization is not None:
         model = torch.nn.Sequential(Normalize(*normalization), model)
     device = torch.device(device) if device else next(model.parameters()).device
     attacks = preset(attacks, eps) if isinstance(attacks, str) else attacks
-    task, flags, seen = Classification(0), [], []
+    task, flags, seen = default_task(), [], []
     for batch in loader:
         x, y = _unpack(batch)
         if x.is_floating_point() and (x.min() < 0 or x.max() > 1):

@@ -10,8 +10,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from advbench.attacks.spec import build_attack
-from advbench.config import AttackConf, Config
-from advbench.data import SOURCES, task_of
+from advbench.config import AttackConf, Config, is_number
 from advbench.eps import parse_eps
 from advbench.errors import AdvbenchError
 from advbench.evaluation.plan import EvalPlan, validation_attack
@@ -19,7 +18,7 @@ from advbench.models.external import check_model_config
 from advbench.run_config import LEGACY_TARGETS, plain
 from advbench.runtime.rundir import CONF_DIR, shipped_targets
 from advbench.runtime.trackers import check_trackers
-from advbench.tasks import TASKS
+from advbench.tasks import model_tasks, sources, task_class, task_of
 from advbench.training.modes import build_mode
 
 # key -> (test, what is accepted); None values pass (null means "off" or "all" where the schema allows it)
@@ -74,7 +73,6 @@ _ATTACK_RANGES = {
     "eot": (lambda v: v >= 1, "a positive integer"),
 }
 _ABSENT = object()
-_INT64 = 2 ** 63  # what torch takes as a seed or a size
 # What a resumed run may change: how it runs, how long, and how it is evaluated; never what it trains.
 RESUMABLE = ("epochs", "device", "threads", "progress", "resume", "stop_after_epoch", "eval", "dataset.root",
              "dataset.download")
@@ -117,15 +115,6 @@ def _shown(value) -> str:
     return text if len(text) <= 60 else f"{text[:57]}..."
 
 
-def is_number(value, kind) -> bool:
-    """An int (not a bool) within int64 for int fields; a finite int or float for float fields."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    if kind is int:
-        return isinstance(value, int) and -_INT64 <= value < _INT64
-    return math.isfinite(value)
-
-
 def _attack_prefixes(cfg) -> list:
     attacks = OmegaConf.select(cfg, "eval.attacks")
     named = [f"eval.attacks.{name}" for name in attacks] if isinstance(attacks, DictConfig) else []
@@ -159,18 +148,17 @@ def _check_numbers(cfg) -> None:
             raise AdvbenchError(f"{key}={shown}: expected a list of {accepted}, one per channel")
 
 
-# The task each model option advbench ships solves, as the tasks declare it (model=module builds the user's own).
-MODEL_TASKS = {option: name for name, task in TASKS.items() for option in task.models}
-
-
 @lru_cache(maxsize=1)
 def _tasks_by_target() -> dict:
-    by_target = {target: MODEL_TASKS.get(option) for option, target in shipped_targets("model").items()}
+    """{model _target_: task key}: the task each model option advbench ships solves, as the tasks declare it
+    (model=module builds the user's own)."""
+    by_option = model_tasks()
+    by_target = {target: by_option.get(option) for option, target in shipped_targets("model").items()}
     return by_target | {old: by_target.get(new) for old, new in LEGACY_TARGETS.items()}
 
 
 def model_task(model_cfg) -> str | None:
-    """The task (a key of TASKS) the model config builds a model for; None for a model advbench does not ship."""
+    """The task key the model config builds a model for; None for a model advbench does not ship."""
     return _tasks_by_target().get(str(OmegaConf.select(model_cfg, "_target_")))
 
 
@@ -182,36 +170,51 @@ def _check_model_fits(cfg, task: str) -> None:
         return
     name = str(cfg.model._target_).rsplit(".", 1)[-1]
     whose = " (the checkpoint's)" if cfg.task != "train" and cfg.checkpoint else ""
-    fitting = ", ".join(n for n, (_, t) in SOURCES.items() if t == needs)
-    given, wanted = TASKS[task].name, TASKS[needs].name
-    raise AdvbenchError(f"model={name}{whose} does not take {given} data (dataset={cfg.dataset.name}): it is a "
-                        f"{wanted} model and needs dataset={fitting}; {given} takes model={', '.join(TASKS[task].models)}")
+    fitting = ", ".join(n for n, (_, t) in sources().items() if t == needs)
+    given, wanted = task_class(task), task_class(needs)
+    raise AdvbenchError(f"model={name}{whose} does not take {given.name} data (dataset={cfg.dataset.name}): it is "
+                        f"a {wanted.name} model and needs dataset={fitting}; {given.name} takes model="
+                        f"{', '.join(given.models)}")
 
 
-def check_config(cfg) -> None:
+@dataclasses.dataclass
+class Checked:
+    """The objects a config was checked by building, before any data was read: the run uses these very ones."""
+
+    task: object  # configured, not yet bound to the data set's classes (Task.bind)
+    mode: object
+    attack: object  # the training attack (None for eval and saliency, or attack=none)
+    val_attack: object
+    plan: EvalPlan
+
+
+def check_config(cfg) -> Checked:
     """Everything the schema cannot check, before any work: numbers and their ranges, eps, the model's task,
-    trackers, and every attack at every eps fitting the data set's task."""
+    trackers, and every attack at every eps fitting the data set's task. Returns the objects it built."""
     parse_eps(cfg.eps)
     _check_numbers(cfg)
     task_name = task_of(cfg.dataset)
     _check_model_fits(cfg, task_name)
     check_model_config(cfg.model)
-    task = TASKS[task_name](0)  # the data set's task, before loading it (no class count needed)
+    task = task_class(task_name).configured(cfg.eval)
     mode = build_mode(cfg.training, task)
+    attack = val_attack = None
     if cfg.task == "train":
-        mode.check(build_attack(cfg.attack, cfg.eps, task))
-        validation_attack(task, cfg.val.attack, cfg.attack, cfg.eps)
-    plan = EvalPlan(task, dict(cfg.eval.attacks), cfg.attack, cfg.eps, eps_list=cfg.eval.eps_list,
-                    save_examples=cfg.eval.save_examples)
+        attack = build_attack(cfg.attack, cfg.eps, task)
+        mode.check(attack)
+        val_attack = validation_attack(task, cfg.val.attack, cfg.attack, cfg.eps)
+    plan = EvalPlan(task, dict(cfg.eval.attacks), cfg.attack, cfg.eps, cfg.eval.n_examples, cfg.eval.eps_list,
+                    cfg.eval.save_examples, cfg.eval.sanity, cfg.eval.cascade, cfg.seed)
     plan.check()
     if cfg.task == "saliency":
         if not task.draws_saliency:
             raise AdvbenchError(f"task=saliency draws classification, text and detection models; dataset="
-                                f"{cfg.dataset.name} poses {task_name}, which has no saliency maps yet")
+                                f"{cfg.dataset.name} poses {task.name}, which has no saliency maps yet")
         if not plan.attacks():
             raise AdvbenchError("task=saliency maps the gradient of the first of eval.attacks, and eval.attacks is "
                                 "empty: give one, e.g. eval=pgd20")
     check_trackers(list(cfg.logger.trackers), cfg.logger)
+    return Checked(task, mode, attack, val_attack, plan)
 
 
 def _drawn(override) -> list:

@@ -1,4 +1,5 @@
 """Typed schemas for the configuration, registered in Hydra's ConfigStore; the YAML in conf/ fills them in."""
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
@@ -286,3 +287,15 @@ def register_configs() -> None:
         # and a claimed directory must come back the same each time.
         for name in ("run_dir", "sweep_dir", "sweep_subdir"):
             OmegaConf.register_new_resolver(name, getattr(rundir, name), use_cache=True)
+
+
+_INT64 = 2 ** 63  # what torch takes as a seed or a size
+
+
+def is_number(value, kind) -> bool:
+    """An int (not a bool) within int64 for int fields; a finite int or float for float fields."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if kind is int:
+        return isinstance(value, int) and -_INT64 <= value < _INT64
+    return math.isfinite(value)

@@ -12,12 +12,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from advbench.attacks.spec import build_attack
 from advbench.checks import check_config, check_keys, check_resume_overrides, command_line
 from advbench.data import load_data, model_tokenizer
 from advbench.eps import parse_eps
 from advbench.errors import AdvbenchError
-from advbench.evaluation import EvalPlan, Evaluator, final_evaluation, validation_attack
+from advbench.evaluation import EvalPlan, Evaluator, final_evaluation
 from advbench.evaluation.batch import auto_batch_size
 from advbench.evaluation.summary import write_summary
 from advbench.run_config import checkpoint_config, plain, resolve_device, threads_per_job
@@ -27,8 +26,7 @@ from advbench.runtime.outputs import versions, write_json, write_yaml
 from advbench.runtime.rundir import labels
 from advbench.runtime.stored import StoredConfigRefused, check_state, check_stored, complete
 from advbench.runtime.trackers import Trackers
-from advbench.tasks import build_task
-from advbench.training import Plan, Recipe, build_mode, fit
+from advbench.training import Plan, Recipe, fit
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +44,8 @@ class Run:
     evaluator: Evaluator
     plan: EvalPlan
     mode: object
+    attack: object  # the training attack (None for eval and saliency)
+    val_attack: object
     choices: dict
     labels: dict
     state: dict | None = None  # the checkpoint loaded (eval, saliency) or resumed (train)
@@ -105,8 +105,9 @@ def checked(cfg, source: str):
 
 
 def prepare(cfg, out: Path, choices: dict, state: dict | None) -> Run:
-    """Check the config, then build the data, task, model, training mode, evaluation plan and evaluator."""
-    check_config(cfg)
+    """Check the config by building the task, training mode, attacks and evaluation plan; then load the data,
+    bind the task to it, and build the model and evaluator."""
+    checked = check_config(cfg)
     device = distributed.setup(cfg.device) or resolve_device(cfg.device)
     threads = threads_per_job(cfg.threads)
     if threads:
@@ -114,7 +115,7 @@ def prepare(cfg, out: Path, choices: dict, state: dict | None) -> Run:
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
     data = load_data(model_tokenizer(cfg.dataset, cfg.model))
-    task = build_task(data, cfg.eval)
+    task = checked.task.bind(data)
     if state and state.get("torchscript") is not None:
         model = state["torchscript"]  # used as it is: it takes [0,1] inputs, normalizing inside if it needs to
     else:
@@ -128,12 +129,10 @@ def prepare(cfg, out: Path, choices: dict, state: dict | None) -> Run:
              len(data.val[0]), len(data.test[0]), cfg.model._target_.rsplit(".", 1)[-1], device)
     batch = (auto_batch_size(model, data.shape, device) if cfg.eval.batch_size == "auto" else cfg.eval.batch_size)
     evaluator = Evaluator(task, device, cfg.amp, batch, cfg.eval.cascade, cfg.progress)
-    plan = EvalPlan(task, dict(cfg.eval.attacks), cfg.attack, cfg.eps, cfg.eval.n_examples, cfg.eval.eps_list,
-                    cfg.eval.save_examples, cfg.eval.sanity, cfg.eval.cascade, cfg.seed)
-    mode = build_mode(cfg.training, task)
     # Last: a tracker opens its run (an MLflow run, a wandb process) only once everything else was accepted.
     trackers = Trackers(list(cfg.logger.trackers) if distributed.is_main() else [], out, cfg.logger)
-    return Run(cfg, out, device, data, task, model, evaluator, plan, mode, choices,
+    return Run(cfg, out, device, data, task, model, evaluator, checked.plan, checked.mode, checked.attack,
+               checked.val_attack, choices,
                labels(cfg.dataset.name, cfg.model._target_, cfg.training.name, cfg.attack.name, choices,
                       cfg.model.get("name"), OmegaConf.select(cfg.model, "module._target_")), state,
                started, trackers)
@@ -141,10 +140,8 @@ def prepare(cfg, out: Path, choices: dict, state: dict | None) -> Run:
 
 def recipe(run: Run) -> Recipe:
     """The training recipe of the run's config."""
-    cfg, task = run.cfg, run.task
-    attack = build_attack(cfg.attack, cfg.eps, task)
-    run.mode.check(attack)
-    return Recipe(run.mode, attack, validation_attack(task, cfg.val.attack, cfg.attack, cfg.eps),
+    cfg = run.cfg
+    return Recipe(run.mode, run.attack, run.val_attack,
                   partial(instantiate(cfg.optimizer)), cfg.schedule, cfg.epochs, cfg.batch_size, cfg.seed,
                   Plan(cfg.amp, cfg.grad_clip, cfg.eps_warmup_epochs, cfg.progress, cfg.compile),
                   cfg.dataset.augment,

@@ -11,13 +11,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from advbench.cli import install_signal_handlers
 from advbench.config import register_configs
 from advbench.errors import AdvbenchError, Interrupted
 from advbench.runtime.callbacks import NOT_RUN
 from advbench.runtime.outputs import DeferredLog, NoSpace, no_space, write_hydra_files, write_status
 from advbench.runtime.lock import DirectoryTaken, InUse, hold, holder, own, release, status_of
 from advbench.runtime.rundir import holds_run
+from advbench.runtime.signals import install_signal_handlers
 
 # torch is imported only once a run starts (run, distributed below): --help and shell completion compose the config
 # alone and answer in well under a second.

@@ -20,7 +20,7 @@ from advbench.data.loaders import TensorLoader
 from advbench.data.scenes import compose_scenes, digits_source
 from advbench.models.torchvision_detectors import build
 from advbench.models.yolo_tiny import YoloTiny
-from advbench.tasks import Detection
+from advbench.tasks.detection import Detection
 from advbench.training import Plan, build_mode, train_epoch
 from advbench.training.schedules import make_scheduler
 

@@ -18,11 +18,11 @@ from timing import timed  # benchmarks/timing.py
 
 from advbench.attacks.spec import make_attack
 from advbench.data.loaders import TensorLoader
-from advbench.data.text import synthetic_text
-from advbench.data.tokens import hf_encoder
+from advbench.tasks.text.data import synthetic_text
+from advbench.tasks.text.tokens import hf_encoder
 from advbench.models.hf import hf_classifier
-from advbench.models.tiny_bert import build_tiny_bert
-from advbench.tasks import TextClassification
+from advbench.tasks.text.tiny_bert import build_tiny_bert
+from advbench.tasks.text import TextClassification
 from advbench.training import Plan, build_mode, train_epoch
 from advbench.training.schedules import make_scheduler
 

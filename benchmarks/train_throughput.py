@@ -21,7 +21,7 @@ from advbench.config import TrainingConf
 from advbench.data.loaders import TensorLoader
 from advbench.models import PreActResNet18, small_cnn
 from advbench.runtime.amp import autocast
-from advbench.tasks import Classification
+from advbench.tasks.classification import Classification
 from advbench.training import MODES, Plan, train_epoch
 from advbench.training.schedules import make_scheduler
 

@@ -81,14 +81,14 @@ def tiny_cnn(in_shape, n_classes, mean, std):
 
 def predict(model, x):
     """Predicted classes of ``x`` in eval mode, without grad (the caller's modes restored)."""
-    from advbench.tasks import Classification
+    from advbench.tasks.classification import Classification
     return Classification(0).predict(model, x).argmax(1)
 
 
 def input_grad(model, x, y):
     """The input gradient of the summed cross-entropy, as attacks compute it."""
     from advbench.attacks import loss_and_grad
-    from advbench.tasks import Classification
+    from advbench.tasks.classification import Classification
     objective = Classification(0).objective()
     return loss_and_grad(model, x, lambda outputs: objective(outputs, y))[2]
 
@@ -96,7 +96,7 @@ def input_grad(model, x, y):
 def flags_of(model, x, y, attacks, batch_size=500, cascade=True, keep=0):
     """Per-example flags of a classification evaluation on the CPU."""
     from advbench.evaluation import Evaluator
-    from advbench.tasks import Classification
+    from advbench.tasks.classification import Classification
     return Evaluator(Classification(0), "cpu", batch_size=batch_size, cascade=cascade).flags(model, x, y, attacks,
                                                                                               keep)
 

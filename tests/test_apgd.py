@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from advbench.tasks.classification import dlr_loss, dlr_targeted_loss
+from advbench.tasks.classification.task import dlr_loss, dlr_targeted_loss
 from advbench.attacks.spec import Attack
 from helpers import predict
 

@@ -5,7 +5,7 @@ import torch
 import advbench
 from advbench.errors import AdvbenchError
 from advbench.evaluation import Evaluator
-from advbench.tasks import Classification
+from advbench.tasks.classification import Classification
 
 
 def loader(digits, batch=100):

@@ -5,7 +5,7 @@ import torch.nn as nn
 
 from advbench.attacks.spec import Attack
 from advbench.attacks import attack_mode, fgm, fgsm, pgd
-from advbench.tasks import Classification
+from advbench.tasks.classification import Classification
 from helpers import input_grad, predict
 from advbench.attacks.threats import L2Threat, LinfThreat
 

@@ -6,13 +6,15 @@ import torch
 from omegaconf import OmegaConf
 
 from advbench.attacks.spec import build_attack
-from advbench.checks import MODEL_TASKS, check_config, model_task
+from advbench.checks import check_config, model_task
 from advbench.errors import AdvbenchError
 from advbench.run_config import plain, typed_attack
 from advbench.runtime.checkpoint import save_checkpoint
 from advbench.runtime.rundir import shipped_targets
-from advbench.tasks import Detection, Segmentation
-from advbench.tasks.segmentation_metrics import IGNORE, Records
+from advbench.tasks import model_tasks
+from advbench.tasks.detection import Detection
+from advbench.tasks.segmentation import Segmentation
+from advbench.tasks.segmentation.metrics import IGNORE, Records
 from conftest import CONF, compose_config, group_options
 from helpers import cli, one_line_error
 from test_config import EXTRA, KINDS, PARTNERS
@@ -130,7 +132,7 @@ def test_every_shipped_experiment_passes_the_checks(experiment):
 
 
 def test_every_shipped_model_option_has_a_known_task():
-    assert set(MODEL_TASKS) == set(shipped_targets("model")) - {"module"}  # a user's module: not known
+    assert set(model_tasks()) == set(shipped_targets("model")) - {"module"}  # a user's module: not known
     assert model_task(OmegaConf.create({"_target_": "advbench.models.YoloTiny"})) == "detection"
     assert model_task(OmegaConf.create({"_target_": "mypackage.Net"})) is None
 

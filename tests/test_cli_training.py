@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from advbench.attacks import make_attack
 from advbench.evaluation import Evaluator
-from advbench.tasks import Classification
+from advbench.tasks.classification import Classification
 from advbench.training.guard import OverfittingGuard
 from conftest import compose_config
 from helpers import TINY, advbench, cli
@@ -77,8 +77,8 @@ def test_every_experiment_runs_a_smoke_variant(tmp_path, experiment):
     width = ["model.width=8"] if "preact_resnet18" in text else []
     if "/model: hf" in text:  # the experiment's tiny BERT, built offline where its config says
         pytest.importorskip("transformers")
-        from advbench.data.text import synthetic_text
-        from advbench.models.tiny_bert import build_tiny_bert
+        from advbench.tasks.text.data import synthetic_text
+        from advbench.tasks.text.tiny_bert import build_tiny_bert
         from omegaconf import OmegaConf
         texts = synthetic_text(OmegaConf.create({"n_classes": 6, "n_train": 60, "n_test": 1}))[0][0]
         build_tiny_bert(tmp_path / "data" / "tiny_bert_fortunes", texts, 6, vocab_size=200, hidden=32)

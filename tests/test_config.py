@@ -8,7 +8,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from advbench.attacks.spec import Attack, build_attack
 from advbench.run_config import plain
-from advbench.tasks import Classification, Detection, Segmentation, TextClassification
+from advbench.tasks.classification import Classification
+from advbench.tasks.detection import Detection
+from advbench.tasks.segmentation import Segmentation
+from advbench.tasks.text import TextClassification
 from advbench.training import MODES
 from conftest import CONF, compose_config, group_options
 

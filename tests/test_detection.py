@@ -15,8 +15,9 @@ from advbench.errors import AdvbenchError
 from advbench.evaluation import Evaluator
 from advbench.models.torchvision_detectors import build
 from advbench.models.yolo_tiny import YoloTiny
-from advbench.tasks import Classification, Detection
-from advbench.tasks.detection_metrics import mean_ap, recall
+from advbench.tasks.classification import Classification
+from advbench.tasks.detection import Detection
+from advbench.tasks.detection.metrics import mean_ap, recall
 from helpers import cli, one_line_error, png_size
 
 TASK = Detection(10)

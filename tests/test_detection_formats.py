@@ -8,7 +8,8 @@ from PIL import Image, ImageDraw
 
 from box_checks import tight_box
 
-from advbench.data.formats import DataError, letterbox, read_coco, read_yolo
+from advbench.data.formats import DataError, letterbox
+from advbench.tasks.detection.formats import read_coco, read_yolo
 
 # (file, size (W, H), mode, [(class, pixel box [x1, y1, x2, y2) )]); class 1 of image b is drawn green.
 FIXTURE = [

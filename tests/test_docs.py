@@ -130,12 +130,11 @@ def test_architecture_counts_are_true():
     """The counts the architecture page states, against the registries they count."""
     from advbench.attacks.spec import KINDS
     from advbench.attacks.threats import THREATS
-    from advbench.data import SOURCES
-    from advbench.tasks import TASKS
+    from advbench.tasks import sources, tasks
     from advbench.training.modes import MODES
     text = (DOCS / "architecture.md").read_text(encoding="utf-8")
-    counts = {"tasks": len(TASKS), "attack kinds": len(KINDS), "threat models": len(THREATS),
-              "training modes": len(MODES), "data sets": len(SOURCES),
+    counts = {"tasks": len(tasks()), "attack kinds": len(KINDS), "threat models": len(THREATS),
+              "training modes": len(MODES), "data sets": len(sources()),
               "models": len(list((CONF / "model").glob("*.yaml")))}
     for what, n in counts.items():
         stated = re.findall(rf"\*\*(\d+)\*\* {what}\b", text)
@@ -146,11 +145,12 @@ def test_package_sizes_are_generated_from_the_tree():
     """The architecture page's package table is built from the files at build time, one row per package."""
     assert docs_hooks.MARKER in (DOCS / "architecture.md").read_text(encoding="utf-8")
     page = docs_hooks.on_page_markdown(docs_hooks.MARKER, None, None, None)
-    packages = [p for p in (ROOT / "advbench").iterdir() if (p / "__init__.py").is_file() and p.name != "conf"]
+    packages = [p.parent for p in (ROOT / "advbench").rglob("__init__.py")
+                if p.parent.name != "advbench" and "conf" not in p.parts]
     for package in packages:
         modules = len(list(package.glob("*.py")))
         lines = sum(len(f.read_text(encoding="utf-8").splitlines()) for f in package.glob("*.py"))
-        assert f"| `advbench/{package.name}` | {modules} | {lines} |" in page
+        assert f"| `{package.relative_to(ROOT).as_posix()}` | {modules} | {lines} |" in page
     top = list((ROOT / "advbench").glob("*.py"))
     assert f"| `advbench` | {len(top)} | {sum(len(f.read_text(encoding='utf-8').splitlines()) for f in top)} |" in page
     assert page.count("\n| `advbench") == len(packages) + 1
@@ -159,9 +159,9 @@ def test_package_sizes_are_generated_from_the_tree():
 def test_architecture_layout_names_every_module():
     """The layout table names each module of each package in that package's row."""
     rows = _table_rows(DOCS / "architecture.md", "| path | holds |")
-    for package in [ROOT / "advbench"] + [p for p in (ROOT / "advbench").iterdir() if (p / "__init__.py").is_file()
-                                          and p.name != "conf"]:
-        row = rows[f"{package.relative_to(ROOT)}/"][0]
+    for package in [ROOT / "advbench"] + [p.parent for p in (ROOT / "advbench").rglob("__init__.py")
+                                          if p.parent.name != "advbench" and "conf" not in p.parts]:
+        row = rows[f"{package.relative_to(ROOT).as_posix()}/"][0]
         missing = [f.name for f in package.glob("*.py") if f.name != "__init__.py" and f"`{f.name}`" not in row]
         assert not missing, f"architecture.md's layout row for {package.name}/ does not name {missing}"
 

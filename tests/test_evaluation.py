@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from advbench.attacks.spec import Attack
 from advbench.evaluation import Evaluator
-from advbench.tasks import Classification
+from advbench.tasks.classification import Classification
 from advbench.tasks.base import worst_case
 from helpers import flags_of
 from advbench.evaluation import save_flags

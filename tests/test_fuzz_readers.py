@@ -14,9 +14,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from advbench.config import DatasetConf
-from advbench.data import text
-from advbench.data.formats import read_coco, read_yolo
-from advbench.data.segmentation import read_pair
+from advbench.tasks.text import data as text
+from advbench.tasks.detection.formats import read_coco, read_yolo
+from advbench.tasks.segmentation.data import read_pair
 from advbench.errors import AdvbenchError
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,

@@ -18,7 +18,7 @@ tokenizers = pytest.importorskip("tokenizers")
 
 from advbench.attacks.embedding import perturb_embedding_weights, restore_embedding_weights  # noqa: E402
 from advbench.models.hf import HFClassifier, hf_classifier  # noqa: E402
-from advbench.tasks import TextClassification  # noqa: E402
+from advbench.tasks.text import TextClassification  # noqa: E402
 from advbench.training import Batch, build_mode  # noqa: E402
 
 TASK = TextClassification(3)
@@ -26,22 +26,22 @@ TASK = TextClassification(3)
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from advbench.data.text import synthetic_text
-    from advbench.models.tiny_bert import build_tiny_bert
+    from advbench.tasks.text.data import synthetic_text
+    from advbench.tasks.text.tiny_bert import build_tiny_bert
     texts = synthetic_text(OmegaConf.create({"n_classes": 3, "n_train": 300, "n_test": 10}))[0][0]
     return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), texts, 3, vocab_size=200, hidden=32,
                            max_len=64)
 
 
 def batch_of(tiny_dir, texts=("k0x1 w3 w4 k0x2", "w1 k1x3 w9 w10 w11 k1x0 w2", "k2x4")):
-    from advbench.data.tokens import hf_encoder
+    from advbench.tasks.text.tokens import hf_encoder
     _, _, encode = hf_encoder(str(tiny_dir), 16)
     return encode(list(texts)), torch.tensor([0, 1, 2])
 
 
 def special_task(tiny_dir) -> TextClassification:
     """The task as a run builds it: the tokenizer's special tokens ([CLS], [SEP]) pinned."""
-    from advbench.data.tokens import hf_encoder
+    from advbench.tasks.text.tokens import hf_encoder
     vocab, special, _ = hf_encoder(str(tiny_dir), 16)
     assert [vocab[i] for i in special] == ["[CLS]", "[SEP]", "[MASK]"]
     return TextClassification(3, vocab=vocab, special=special)
@@ -206,7 +206,7 @@ def test_embedding_attacks_under_autocast_keep_their_gradient(tiny_dir, dtype, d
 
 
 def test_sentence_pairs_reach_the_model_with_their_token_types(tiny_dir):
-    from advbench.data.tokens import hf_encoder
+    from advbench.tasks.text.tokens import hf_encoder
     _, _, encode = hf_encoder(str(tiny_dir), 16)
     pairs = [("k0x1 w3", "w4 k0x2 w5"), ("w1 k1x3", "k2x4")]
     ids = encode(pairs)

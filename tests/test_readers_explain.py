@@ -138,7 +138,7 @@ def test_a_missing_tokenizer_folder_names_its_key_not_the_hubs_rules(tmp_path):
 
 
 def test_local_path_keeps_hub_ids_and_expands_home(tmp_path, monkeypatch):
-    from advbench.data.tokens import local_path
+    from advbench.models.hf import local_path
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "tok").mkdir()
     assert local_path("~/tok", "dataset.tokenizer") == str(tmp_path / "tok")

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from advbench.attacks.spec import Attack
 from advbench.evaluation.saliency import smoothgrad, term_gradients
-from advbench.tasks import Classification
+from advbench.tasks.classification import Classification
 from advbench.training import build_mode
 from helpers import advbench, png_size
 
@@ -68,7 +68,7 @@ def test_saliency_task_writes_one_grid_per_run(tmp_path):
 def test_saliency_maps_of_a_row_share_one_colour_scale(trained_mlp, digits, tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    import advbench.evaluation.saliency as saliency
+    import advbench.tasks.classification.saliency as saliency
     from advbench.attacks import Attack
     from advbench.config import SaliencyConf
     from advbench.training import build_mode

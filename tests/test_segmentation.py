@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from advbench.attacks.spec import make_attack
 from advbench.data.scenes import compose_scenes, digits_source
 from advbench.models.segmenters import UNetTiny, torchvision_segmenter
-from advbench.tasks import Segmentation
-from advbench.tasks.segmentation_metrics import IGNORE, Records, confusion, miou_of
+from advbench.tasks.segmentation import Segmentation
+from advbench.tasks.segmentation.metrics import IGNORE, Records, confusion, miou_of
 from helpers import cli
 
 TASK = Segmentation(11)

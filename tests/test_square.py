@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from advbench.attacks import pgd
-from advbench.tasks import Classification
+from advbench.tasks.classification import Classification
 from advbench.attacks.threats import LinfThreat
 from aa_fixtures import Quantized, digits, mixed_mode_copy, mlp, reference  # noqa: F401
 from advbench.attacks.fab import fab_targeted

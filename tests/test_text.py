@@ -9,13 +9,13 @@ from advbench.attacks.spec import Attack
 from advbench.data import load_data
 from advbench.data.loaders import TensorLoader
 from advbench.attacks.embedding import perturb_embedding_weights, restore_embedding_weights
-from advbench.tasks.text import FromEmbeddings
+from advbench.tasks.text.task import FromEmbeddings
 from advbench.errors import AdvbenchError
 from advbench.training.schedules import make_scheduler
-from advbench.data.text import parse_fortunes
-from advbench.data.tokens import build_vocab, encode, tokenize
+from advbench.tasks.text.data import parse_fortunes
+from advbench.tasks.text.tokens import build_vocab, encode, tokenize
 from advbench.models import TextCNN, TransformerClassifier
-from advbench.tasks import TextClassification
+from advbench.tasks.text import TextClassification
 from advbench.training import Plan, build_mode, train_epoch
 from conftest import compose_config
 from helpers import advbench, cli, one_line_error, png_size
@@ -300,7 +300,7 @@ def test_macro_f1_is_computed_on_each_texts_worst_case_prediction():
     (["don't", "panic", "<sep>", "now"], ["don't", "panic", "<sep>", "now"]),  # advbench's words
 ])
 def test_word_pieces_join_into_words_with_the_norm_of_their_gradients(pieces, words):
-    from advbench.evaluation.token_saliency import continues_word, join_pieces
+    from advbench.tasks.text.saliency import continues_word, join_pieces
     vocab = pieces * 2 if any(p.startswith(("\u0120", "\u2581")) for p in pieces) else pieces
     special = [p in ("[CLS]", "[SEP]", "<s>", "</s>", "<sep>") for p in pieces]
     norms = [3.0, 5.0, 12.0, 1.0, 2.0, 4.0, 6.0][:len(pieces)]

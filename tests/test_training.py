@@ -11,7 +11,7 @@ from advbench.data.loaders import TensorLoader
 from advbench.models import mlp
 from advbench.training.losses import mart_loss, trades_loss
 from advbench.training.schedules import eps_factor, lr_multiplier, make_scheduler
-from advbench.tasks import Classification
+from advbench.tasks.classification import Classification
 from advbench.training import MODES, Batch, Plan, build_mode, train_epoch
 
 TASK = Classification(3)

@@ -20,7 +20,7 @@ from advbench.attacks.gradients import attack_mode
 from advbench.data.scenes import compose_scenes, digits_source
 from advbench.errors import AdvbenchError
 from advbench.models.ultralytics_yolo import ultralytics_yolo
-from advbench.tasks import Detection
+from advbench.tasks.detection import Detection
 
 TASK = Detection(10)
 

@@ -14,11 +14,16 @@ def _lines(path: Path) -> int:
         return sum(1 for _ in f)
 
 
+def packages(package: Path = PACKAGE) -> list:
+    """Every sub-package of advbench, nested ones (the task packages) included, in path order."""
+    return sorted(d.parent for d in package.rglob("__init__.py") if d.parent != package and "conf" not in
+                  d.relative_to(package).parts)
+
+
 def package_sizes(package: Path = PACKAGE) -> list:
-    """(package, modules, lines) for advbench's top level and each sub-package, in name order."""
+    """(package, modules, lines) for advbench's top level and each sub-package, in path order."""
     rows = [("advbench", sorted(package.glob("*.py")))]
-    rows += [(f"advbench/{d.name}", sorted(d.glob("*.py"))) for d in sorted(package.iterdir())
-             if (d / "__init__.py").is_file() and d.name != "conf"]
+    rows += [(f"advbench/{d.relative_to(package).as_posix()}", sorted(d.glob("*.py"))) for d in packages(package)]
     return [(name, len(files), sum(_lines(f) for f in files)) for name, files in rows]
 
 

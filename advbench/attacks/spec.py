@@ -15,8 +15,7 @@ from advbench.attacks.square import square
 from advbench.attacks.threats import THREATS
 from advbench.eps import check_budget, parse_eps
 from advbench.errors import AdvbenchError
-from advbench.tasks.base import Task
-from advbench.tasks.classification import Classification
+from advbench.tasks import Task, default_task
 
 
 def _run_pgd(a, model, x, targets, threat, objective):
@@ -103,7 +102,7 @@ class Attack:
     descend: bool = False  # move towards the goal (TOG vanishing, mislabeling) rather than away from it
     normalize_terms: bool = False  # each term's gradient scaled to unit norm before the weighted sum
     eot: int = 1  # apgd: gradients averaged over this many forward passes (randomized defenses)
-    task: Task = field(default_factory=lambda: Classification(0), repr=False, compare=False)
+    task: Task = field(default_factory=default_task, repr=False, compare=False)  # a classifier's, by default
 
     def __call__(self, model, x, targets, objective=None):
         view, point = self.task.view(model, x)
@@ -133,7 +132,7 @@ def make_attack(name: str, norm: str | None = None, eps: float = 0.0, steps: int
     steps = kind.steps or steps or 1
     random_start = kind.random_start if kind.random_start is not None else bool(random_start)
     alpha = kind.alpha(eps, steps, random_start) if alpha is None else alpha
-    return Attack(name, norm, eps, alpha, steps, random_start, task=task or Classification(0), **settings)
+    return Attack(name, norm, eps, alpha, steps, random_start, task=task or default_task(), **settings)
 
 
 _TERM = re.compile(r"^\s*(?:([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]{1,3})?)\s*\*\s*)?([a-z_]+)\s*$")
@@ -192,7 +191,7 @@ def _check_objective(spec, name: str, task: Task, terms: dict | None) -> None:
 
 def build_attack(spec, run_eps, task: Task | None = None) -> Attack | None:
     """Build an Attack from an attack config for ``task``; its eps falls back to the run's top-level ``eps``."""
-    task = task or Classification(0)
+    task = task or default_task()
     name = str(spec.name)
     if name == "none":
         return None

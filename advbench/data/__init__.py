@@ -1,37 +1,12 @@
-"""In-memory data sets: each names its task, and gets a fixed validation split (its own, or one carved from its
-training set)."""
+"""Data sets by name: each is registered by the task package it poses (tasks/registry.py), and gets a fixed
+validation split (its own, or one carved from its training set)."""
 from dataclasses import dataclass
 
 import torch
 
-from advbench.data import detection, external, images, segmentation, text, tokens
+from advbench.data import external
 from advbench.errors import AdvbenchError
-
-# name -> loader(cfg) returning a Source, and the task the data set poses
-SOURCES = {
-    "fashion_mnist": (images.fashion_mnist, "classification"),
-    "digits": (images.digits, "classification"),
-    "synthetic": (images.synthetic, "classification"),
-    "mnist": (lambda cfg: images.from_torchvision("MNIST", cfg), "classification"),
-    "cifar10": (lambda cfg: images.from_torchvision("CIFAR10", cfg), "classification"),
-    "fortunes": (text.encoded(text.fortunes), "text"),
-    "text_csv": (text.encoded(text.text_csv), "text"),
-    "text_json": (text.encoded(text.text_json), "text"),
-    "synthetic_text": (text.encoded(text.synthetic_text), "text"),
-    "digits_det": (detection.digits_det, "detection"),
-    "fashion_mnist_det": (detection.fashion_mnist_det, "detection"),
-    "yolo": (detection.yolo, "detection"),
-    "coco": (detection.coco, "detection"),
-    "digits_seg": (segmentation.digits_seg, "segmentation"),
-    "fashion_mnist_seg": (segmentation.fashion_mnist_seg, "segmentation"),
-    "seg_folder": (segmentation.seg_folder, "segmentation"),
-    "voc": (segmentation.voc, "segmentation"),
-    # streamed through a DataLoader (data/streams.py): the users' own images, at any scale
-    "image_folder": (external.image_folder, "classification"),
-    "torchvision": (external.torchvision_sets, "classification"),
-    "custom": (external.custom, "classification"),
-}
-
+from advbench.tasks import registry
 
 @dataclass
 class Data:
@@ -63,14 +38,11 @@ def model_tokenizer(dataset_cfg, model_cfg):
     from omegaconf import OmegaConf
     # checked here, where the key the user set is known: model.tokenizer is model.name_or_path unless set apart
     key = "model.name_or_path" if own == model_cfg.get("name_or_path") else "model.tokenizer"
-    return OmegaConf.merge(dataset_cfg, {"tokenizer": tokens.local_path(own, key)})
+    from advbench.models.hf import local_path
+    return OmegaConf.merge(dataset_cfg, {"tokenizer": local_path(own, key)})
 
 
-def task_of(cfg) -> str:
-    """The task data set ``cfg.name`` poses, without loading it."""
-    if cfg.name not in SOURCES:
-        raise AdvbenchError(f"dataset.name={cfg.name!r} is unknown: expected one of {', '.join(SOURCES)}")
-    return SOURCES[cfg.name][1]
+task_of = registry.task_of
 
 
 def take(targets, idx: torch.Tensor):
@@ -78,14 +50,10 @@ def take(targets, idx: torch.Tensor):
     return targets[idx] if torch.is_tensor(targets) else [targets[i] for i in idx.tolist()]
 
 
-def _labels(targets) -> torch.Tensor:
-    return targets if torch.is_tensor(targets) else detection.labels_of(targets)
-
-
 def load_data(cfg) -> Data:
     """Load ``cfg.name``; validate on its own validation split or on a fixed one carved from its training set."""
-    loader, task = SOURCES[cfg.name][0], task_of(cfg)
-    source = loader(cfg)
+    task = task_of(cfg)
+    source = registry.sources()[cfg.name][0](cfg)
     if isinstance(source, external.RawSets):
         return _streamed(cfg, source, task)
     if external.augment_names(cfg.augment) not in ([], ["random_crop", "flip"], ["flip", "random_crop"]):
@@ -108,14 +76,10 @@ def load_data(cfg) -> Data:
         train, val = (x[train_idx], take(y, train_idx)), (x[val_idx], take(y, val_idx))
     else:
         train, val = (x, y), source.val
-    present = torch.unique(_labels(train[1]))
-    if task == "detection" and len(present) == 0:  # its classes exclude the background: one is a detector's task
-        raise AdvbenchError(f"dataset={cfg.name}: the training split holds no labelled object; a detector needs "
-                            "at least 1 (check the label files or annotations, and dataset.n_train)")
-    if task != "detection" and len(present) < 2:
-        raise AdvbenchError(f"dataset={cfg.name}: the training split holds {len(present)} class; a classifier "
-                            "needs at least 2 (check dataset.categories, the label column or dataset.n_train)")
-    n_classes = len(source.classes) if source.classes else int(max(y.max(), test[1].max())) + 1
+    task_cls = registry.task_class(task)
+    task_cls.check_training_targets(train[1], cfg.name)
+    n_classes = (len(source.classes) if source.classes
+                 else max(task_cls.class_count(y), task_cls.class_count(test[1])))
     classes = list(source.classes) if source.classes else [str(i) for i in range(n_classes)]
     return Data(train=train, val=val, test=test, shape=tuple(x.shape[1:]), n_classes=n_classes, task=task,
                 vocab=source.vocab, classes=classes, special=tuple(source.special))
@@ -128,10 +92,8 @@ def _streamed(cfg, source, task) -> Data:
     if len(cfg.mean) != channels or len(cfg.std) != channels:
         raise AdvbenchError(f"dataset.mean/std have {len(cfg.mean)}/{len(cfg.std)} values for {channels}-channel "
                             f"images of dataset={cfg.name}: give one per channel")
-    present = torch.unique(split["labels"])
-    if len(present) < 2:
-        raise AdvbenchError(f"dataset={cfg.name}: the training split holds {len(present)} class; a classifier "
-                            "needs at least 2")
-    classes = source.classes or [str(i) for i in range(int(present.max()) + 1)]
+    task_cls = registry.task_class(task)
+    task_cls.check_training_targets(split["labels"], cfg.name)
+    classes = source.classes or [str(i) for i in range(task_cls.class_count(split["labels"]))]
     return Data(train=split["train"], val=split["val"], test=split["test"], shape=split["shape"],
                 n_classes=len(classes), task=task, classes=classes)

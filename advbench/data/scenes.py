@@ -1,9 +1,13 @@
-"""Synthetic detection scenes: classification items pasted at random scales and places on a black canvas."""
+"""Scenes composed from real classification images (pasted at random scales and places on a black canvas), with
+their boxes and masks: the built-in detection and segmentation sets are made of them."""
 import logging
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+
+from advbench.data import images
 
 log = logging.getLogger(__name__)
 
@@ -163,3 +167,24 @@ def digits_source() -> tuple:
     x = torch.from_numpy(d.images).double().mul(255 / 16).round().clamp(0, 255).to(torch.uint8)
     x = x.repeat_interleave(2, 1).repeat_interleave(2, 2).unsqueeze(1)
     return x.contiguous(), torch.from_numpy(d.target).long()
+
+
+def composed(cfg, items: str, key: str) -> tuple:
+    """(train, test, class names) of scenes composed from ``items`` (digits: scikit-learn's digits with the
+    stratified 75/25 split of dataset=digits; fashion_mnist: its own split): ``dataset.n_scenes`` training and
+    ``dataset.n_test`` test scenes, each split composed from the matching split of items only (so no test item is
+    ever seen in training), fixed by ``dataset.split_seed``; each scene's ``key`` (targets: boxes; masks) is its
+    target."""
+    if items == "digits":
+        x, y = digits_source()
+        train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=0.25, stratify=y.numpy(), random_state=0)
+        splits, classes = ((x[train_idx], y[train_idx]), (x[test_idx], y[test_idx])), [str(i) for i in range(10)]
+    else:
+        source = images.fashion_mnist(cfg)
+        splits, classes = (source.train, source.test), source.classes
+    made = []
+    for (x, y), n, seed in zip(splits, (cfg.n_scenes, cfg.n_test), (cfg.split_seed, cfg.split_seed + 1)):
+        scenes = compose_scenes(x, y, n, size=cfg.image_size, objects=tuple(cfg.objects), scale=tuple(cfg.scale),
+                                seed=seed)
+        made.append((scenes["images"], scenes[key]))
+    return made[0], made[1], classes

@@ -1,6 +1,6 @@
 """Which attacks an evaluation runs, at any eps: ``eval.attacks``, or for tasks whose attacks only make sense as
 the training recipe defines them (text embeddings), the run's own attack plus the entries that set a target."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from omegaconf import OmegaConf
 
@@ -41,10 +41,16 @@ class EvalPlan:
     sanity: object = None
     cascade: bool = True
     seed: int = 0  # every evaluation at another eps of the curve starts from it, as the main one did
+    built: dict = field(default_factory=dict, repr=False)  # eps -> its attacks, built once (by check, or first use)
 
     def attacks(self, eps=None) -> dict:
         """The evaluation's attacks at budget ``eps`` (the run's eps text unless given), in their order."""
         eps = self.eps if eps is None else eps
+        if eps not in self.built:
+            self.built[eps] = self._build(eps)
+        return dict(self.built[eps])
+
+    def _build(self, eps) -> dict:
         specs = self.specs
         attacks = {}
         if self.task.evaluates_with_training_attack:

@@ -1,4 +1,4 @@
-"""PNG figures: the robustness curve and a grid of clean / adversarial / perturbation images."""
+"""PNG figures every task draws: the robustness curve and the training curves; ``save_figure`` for all."""
 import io
 
 import matplotlib
@@ -39,34 +39,6 @@ def plot_robustness_curve(rows: list, attacks: list, metrics: tuple, path, casca
     ax.set_xticks(eps, [r["eps"] for r in rows], rotation=30 if len(eps) > 4 else 0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    save_figure(fig, path)
-
-
-def plot_examples(x, x_adv, y, pred, pred_adv, path, classes=None, notes=None, title: str = "") -> None:
-    """Columns: examples. Rows: the clean image (true and predicted class), the adversarial one (its predicted
-    class; red where the attack broke it), the perturbation amplified to the full range. An example misclassified
-    clean is marked so in orange: it was never attacked, so it is not drawn as an attack's success."""
-    n = len(x)
-
-    def name(c):
-        return classes[c] if classes and c < len(classes) else str(c)
-    fig, axes = plt.subplots(3, n, figsize=(1.5 * n + 0.4, 5.0), squeeze=False)
-    delta = x_adv - x
-    scale = delta.abs().amax().clamp_min(1e-12)
-    for i in range(n):
-        wrong_clean = pred[i] != y[i]
-        note = (notes[i] if notes else "") or ("wrong clean" if wrong_clean else "")
-        rows = [(x[i], f"{name(y[i])}\npred {name(pred[i])}", "darkorange" if wrong_clean else "black"),
-                (x_adv[i], "not attacked" if wrong_clean else f"adv: {name(pred_adv[i])}\n{note}",
-                 "darkorange" if wrong_clean else ("red" if pred_adv[i] != y[i] else "black")),
-                (0.5 + 0.5 * delta[i] / scale, f"delta x{1 / (2 * scale.item()):.0f}", "black")]
-        for ax, (image, label, colour) in zip(axes[:, i], rows):
-            image = image.permute(1, 2, 0).clamp(0, 1).numpy()
-            ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
-            ax.set_title(label, fontsize=7, color=colour)
-            ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9)
     save_figure(fig, path)
 
 

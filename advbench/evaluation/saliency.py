@@ -1,14 +1,8 @@
-"""``task=saliency`` for images: |dL/dx|, SmoothGrad, the adversarial example and its perturbation, and for
-training losses with several terms (mixed, TRADES, MART) each term's own input gradient."""
-import logging
-
+"""Input gradients for saliency maps, whatever the task: |dL/dx|, SmoothGrad, and for training losses with several
+terms (mixed, TRADES, MART) each term's own input gradient."""
 import torch
 
 from advbench.attacks.gradients import attack_mode, loss_and_grad
-from advbench.data.loaders import to_unit
-from advbench.evaluation.plots import plt, save_figure
-
-log = logging.getLogger(__name__)
 
 
 def input_gradient(model, x, loss_fn) -> torch.Tensor:
@@ -33,50 +27,3 @@ def term_gradients(model, x, x_adv, y, mode, task) -> dict:
     return {name: (input_gradient(model, x, lambda out, t=term: t.fn(out, adv, False)) if term.at == "clean"
                    else input_gradient(model, x_adv, lambda out, t=term: t.fn(clean, out, False)))
             for name, term in terms.items()}
-
-
-def _magnitude(grad: torch.Tensor) -> torch.Tensor:
-    """|grad| as an (H, W) map: the largest absolute value over channels, unscaled (rows share one scale)."""
-    return grad.abs().amax(0)
-
-
-def write_saliency(model, test: tuple, attack, mode, s, device, out) -> tuple:
-    """saliency.png, one grid for the run (settings ``s``: the saliency config): a row per test image (image,
-    adversarial example, amplified perturbation, then the maps), the maps of a row on one shared colour scale
-    with its colorbar, so that |dL/dx|, SmoothGrad and each loss term compare. Returns the file and each map's
-    mean |gradient|."""
-    task = attack.task
-    x, y = to_unit(test[0][:s.n_examples]).to(device), task.to(test[1][:s.n_examples], device)
-    objective = task.objective()
-    loss_fn = lambda outputs: objective(outputs, y)  # noqa: E731
-    grads = {"|dL/dx|": input_gradient(model, x, loss_fn)}
-    if s.smoothgrad:
-        grads["SmoothGrad"] = smoothgrad(model, x, loss_fn, s.smoothgrad_samples, s.smoothgrad_sigma)
-    x_adv = attack(model, x, y)
-    grads |= term_gradients(model, x, x_adv, y, mode, task)
-    pred, pred_adv = task.labels(task.predict(model, x)), task.labels(task.predict(model, x_adv))
-    delta = x_adv - x
-    columns = 3 + len(grads)
-    fig, axes = plt.subplots(len(y), columns, figsize=(2.0 * columns + 0.6, 2.1 * len(y)), squeeze=False)
-    for i, row in enumerate(axes):
-        images = [(x[i], f"y={y[i].item()} pred={pred[i]}"), (x_adv[i], f"adversarial: pred={pred_adv[i]}"),
-                  (0.5 + 0.5 * delta[i] / delta[i].abs().max().clamp_min(1e-12), "perturbation (amplified)")]
-        for ax, (image, title) in zip(row, images):
-            ax.imshow(_hwc(image).clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
-            ax.set_title(title, fontsize=7)
-        maps = {name: _magnitude(g[i]).detach().cpu() for name, g in grads.items()}
-        top = max(m.max().item() for m in maps.values()) or 1.0
-        for ax, (name, heat) in zip(row[3:], maps.items()):
-            shown = ax.imshow(heat.numpy(), cmap="inferno", vmin=0, vmax=top)
-            ax.set_title(name, fontsize=7)
-        fig.colorbar(shown, ax=list(row[3:]), fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
-        for ax in row:
-            ax.axis("off")
-    save_figure(fig, out / "saliency.png")
-    log.info("saliency grid of %d test images (%s) in %s", len(y), ", ".join(grads), out / "saliency.png")
-    return ["saliency.png"], {name: g.abs().mean().item() for name, g in grads.items()}
-
-
-def _hwc(image: torch.Tensor) -> torch.Tensor:
-    image = image.detach().cpu()
-    return image.permute(1, 2, 0).squeeze(-1) if image.dim() == 3 else image

@@ -4,7 +4,7 @@ import logging
 from advbench.attacks.gradients import as_input, attack_mode, loss_and_grad
 from advbench.attacks.spec import make_attack
 from advbench.data.loaders import to_unit
-from advbench.tasks.base import worst_case
+from advbench.tasks import worst_case
 
 log = logging.getLogger(__name__)
 

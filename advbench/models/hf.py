@@ -2,13 +2,15 @@
 interface: ``embedding(ids)`` and ``classify(embeddings)``.
 
 advbench's token ids keep 0 for padding; a data set tokenized with the model's own tokenizer stores each id + 1,
-negated in a pair's second segment (data/tokens.py). This adapter undoes both, zeroes the embeddings of padding,
+negated in a pair's second segment (tasks/text/tokens.py). This adapter undoes both, zeroes the embeddings of padding,
 and passes the attention mask (the non-zero positions) to the model: padding is never attended to and never
 perturbed. Attacks and FreeLB move the word embeddings only; the model adds the position embeddings. Token types
 ride in the embedding output: a second-segment token gets its type embedding's difference to type 0, and the
 model, called without ``token_type_ids``, adds type 0 everywhere, so every token ends with word + its own type, as
 with ``token_type_ids`` (tested against the model's own forward).
 """
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -59,6 +61,19 @@ class HFClassifier(nn.Module):
         return self.classify(self.embedding(ids))
 
 
+def local_path(value: str, key: str) -> str:
+    """``value`` (a folder or a hub id) as from_pretrained takes it: ``~`` expanded. A value that can only be a
+    path (it starts with /, . or ~, or holds a backslash or more slashes than a hub id ``org/name``) and names no
+    folder is an error naming ``key``: the hub would answer with its rules for repository ids instead."""
+    text = str(value)
+    expanded = Path(text).expanduser()
+    path_like = text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text
+    if path_like and not expanded.exists():
+        raise AdvbenchError(f"{key}={text}: no such folder; expected a local folder saved by save_pretrained "
+                            "(or a hub id such as org/name where the hub is reachable)")
+    return str(expanded) if path_like else text
+
+
 def hf_classifier(in_shape, n_classes: int, vocab_size: int | None = None, name_or_path: str | None = None,
                   tokenizer: str | None = None, **kwargs) -> nn.Module:
     """``name_or_path``: a local directory (config, weights, tokenizer) or a hub id where online. ``tokenizer`` is
@@ -69,7 +84,6 @@ def hf_classifier(in_shape, n_classes: int, vocab_size: int | None = None, name_
         raise AdvbenchError("model=hf needs the transformers package: pip install 'advbench[nlp]'") from None
     if not name_or_path:
         raise AdvbenchError("model=hf needs model.name_or_path=<a local model directory or a hub id>")
-    from advbench.data.tokens import local_path
     where = local_path(name_or_path, "model.name_or_path")  # a missing folder: one line naming the key
     try:
         model = AutoModelForSequenceClassification.from_pretrained(where, num_labels=n_classes,

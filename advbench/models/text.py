@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 class TokenEmbedding(nn.Embedding):
     """An embedding of token ids (0: padding) that reads a pair's second segment, stored negative
-    (data/tokens.py), as its plain ids: these models have no segment embeddings; the <sep> token marks the
+    (tasks/text/tokens.py), as its plain ids: these models have no segment embeddings; the <sep> token marks the
     boundary."""
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

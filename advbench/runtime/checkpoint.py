@@ -149,14 +149,14 @@ def load_model(path: str, overrides: dict | None = None, device=None, data=None)
     """The model of an advbench checkpoint (a run directory, model.pt, best.pt or last.pt), rebuilt from its config
     by the stored-config rules and returned in eval mode; ``overrides`` (key -> value) play the command line's
     part, e.g. ``{"model.trust_pickle": True}`` for a file you trust. A TorchScript file is returned as it is."""
-    from advbench.data import load_data, model_tokenizer, task_of
-    from advbench.tasks import TASKS
+    from advbench.data import load_data, model_tokenizer
+    from advbench.tasks import task_class, task_of
     if zipfile.is_zipfile(resolve(path)) and _is_torchscript(resolve(path)):
         return load_checkpoint(path)["torchscript"].to(device or "cpu").eval()
     cfg, state = load_stored(path, overrides)
     inputs = state.get("data_kwargs") if data is None else None
     if data is None and inputs is None:  # a checkpoint of an older advbench: the data says what the model takes
         data = load_data(model_tokenizer(cfg.dataset, cfg.model))
-    task = TASKS[task_of(cfg.dataset)](0)
+    task = task_class(task_of(cfg.dataset)).configured()
     model = build_model(cfg.model, data, cfg.dataset, task, state["state_dict"], inputs)
     return model.to(device or "cpu").eval()

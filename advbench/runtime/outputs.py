@@ -116,7 +116,7 @@ def versions() -> dict:
     import torch
     import torchvision
 
-    from advbench import __version__
+    from advbench.version import __version__
     return {"python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "advbench": __version__}
 

@@ -208,7 +208,7 @@ def complete(cfg, source: str):
 def _numbers(value, like) -> bool:
     """``value`` is a number (a list of numbers) of ``like``'s kind: finite, never a bool."""
     values, kind = (value, type(like[0])) if isinstance(like, list) else ([value], type(like))
-    from advbench.checks import is_number  # the schema's own test of a number of a kind
+    from advbench.config import is_number  # the schema's own test of a number of a kind
     if not isinstance(values, list) or not (values or isinstance(like, list)):
         return False
     return all(is_number(v, kind) for v in values)

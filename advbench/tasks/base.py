@@ -3,6 +3,7 @@
 Attack loops, training modes and evaluation call a task's methods and never test a modality or compute an
 argmax themselves: a new problem is a new task class, not edits across the core.
 """
+from abc import ABC, abstractmethod
 from functools import reduce
 from operator import add
 
@@ -19,14 +20,17 @@ def worst_case(flags: dict) -> torch.Tensor:
     return worst
 
 
-class Task:
+class Task(ABC):
     """A problem's targets, named loss terms, "still correct", metrics and what an attack perturbs.
 
     Targets of a batch are held however the task likes (a label tensor, a list of per-image dicts); the core only
-    passes them back to the task's own methods.
+    passes them back to the task's own methods. A task is made from the config before any data is read
+    (``configured``), so that every attack and mode is checked against it first; ``bind`` then gives it the data
+    set's classes. This class names every member the core calls: the core never probes for others.
     """
 
-    name = "task"
+    key = "task"  # its name in the registry (tasks/registry.py), set by ``register``
+    name = "task"  # how messages and reports name the problem
     models: tuple = ()  # the shipped model options (conf/model/) that solve this task
     classes: list = []  # class names, index = label (set per data set)
     terms: tuple = ()  # the named terms of ``loss``
@@ -43,10 +47,33 @@ class Task:
     ranks_wrong = False  # APGD-T can rank this task's wrong classes (ranked_wrong)
     crafts_goals = False  # attack.goal other than truth: targets built from the predictions (goal)
 
+    def __init__(self, n_classes: int = 0, classes: list | None = None):
+        self.n_classes = n_classes  # 0 until ``bind``: an attack called from Python may never know it
+        self.classes = classes or [str(i) for i in range(n_classes)]
+
     @classmethod
-    def build(cls, data, evaluation=None) -> "Task":
-        """The task of a loaded data set; ``evaluation`` (the eval config) for tasks whose judgement it sets."""
-        return cls(data.n_classes, data.classes)
+    def configured(cls, evaluation=None) -> "Task":
+        """The task before any data is read, with the eval config's settings it reads (None: the defaults)."""
+        return cls()
+
+    def bind(self, data) -> "Task":
+        """This task for a loaded data set: its classes (and what else the task reads from it); returns self."""
+        self.n_classes, self.classes = data.n_classes, list(data.classes)
+        return self
+
+    # --- the data a task accepts, checked as it is loaded -------------------------------------------------------
+    @classmethod
+    def check_training_targets(cls, targets, dataset: str) -> None:
+        """Refuse a training split this task cannot learn from (one line naming the data set)."""
+        present = len(torch.unique(targets))
+        if present < 2:
+            raise AdvbenchError(f"dataset={dataset}: the training split holds {present} class; a classifier needs "
+                                "at least 2 (check dataset.categories, the label column or dataset.n_train)")
+
+    @classmethod
+    def class_count(cls, targets) -> int:
+        """The number of classes the targets show, where a data set names none: the largest label + 1."""
+        return int(targets.max()) + 1 if len(targets) else 0
 
     # --- targets ----------------------------------------------------------------------------------------------
     def index(self, targets, idx):
@@ -76,9 +103,9 @@ class Task:
         return random_crop_flip(x, generator), targets
 
     # --- outputs and losses ------------------------------------------------------------------------------------
+    @abstractmethod
     def loss(self, outputs, targets) -> dict:
         """{term: per-example loss} of the model's outputs."""
-        raise NotImplementedError
 
     def mean_terms(self, outputs, targets) -> dict:
         """{term: batch mean}: what a training step sums and the epoch log reports."""
@@ -120,17 +147,17 @@ class Task:
                                 f"{', '.join(self.terms)}")
         return weights
 
+    @abstractmethod
     def correct(self, outputs, targets) -> torch.Tensor:
         """Per example: still counts as correct (the cascade and the restarts attack only these)."""
-        raise NotImplementedError
 
     def new_records(self, attacks: list, n: int, cascade: bool = True):
         """What an evaluation keeps per example beyond the flags (None: nothing, the flags say it all)."""
         return None
 
+    @abstractmethod
     def summarize(self, flags: dict, records=None) -> dict:
         """The evaluation's numbers from per-example flags (``clean`` and one entry per attack) and records."""
-        raise NotImplementedError
 
     # --- what an attack sees ----------------------------------------------------------------------------------
     def view(self, model, x):

@@ -4,7 +4,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
 from advbench.evaluation.plots import plt, save_figure
-from advbench.tasks.segmentation_metrics import IGNORE
+from advbench.tasks.segmentation.metrics import IGNORE
 
 
 def _colours(n: int):

@@ -36,10 +36,6 @@ class Classification(Task):
     models = ("mlp", "small_cnn", "preact_resnet18", "torchvision", "timm", "robustbench")
     logits = True
 
-    def __init__(self, n_classes: int, classes: list | None = None):
-        self.n_classes = n_classes
-        self.classes = classes or [str(i) for i in range(n_classes)]
-
     def loss(self, outputs, targets) -> dict:
         """{"ce": per-example cross-entropy}, computed in fp32 even under autocast."""
         return {"ce": F.cross_entropy(outputs.float(), targets, reduction="none")}
@@ -83,13 +79,13 @@ class Classification(Task):
 
     def plot_examples(self, x, x_adv, y, clean_outputs, adv_outputs, path, notes=None, title: str = "") -> None:
         """adversarial_examples.png: clean and adversarial images, the perturbation, true and predicted classes."""
-        from advbench.evaluation.plots import plot_examples
+        from advbench.tasks.classification.plots import plot_examples
         plot_examples(x.cpu(), x_adv.cpu(), y.tolist(), self.labels(clean_outputs), self.labels(adv_outputs), path,
                       self.classes, notes, title)
 
     def write_saliency(self, model, test, attack, mode, settings, device, out) -> tuple:
         """task=saliency: one PNG of gradient maps per test image (see evaluation/saliency.py)."""
-        from advbench.evaluation.saliency import write_saliency
+        from advbench.tasks.classification.saliency import write_saliency
         return write_saliency(model, test, attack, mode, settings, device, out)
 
     def probabilities(self, outputs) -> bool:

@@ -6,18 +6,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from advbench.data.detection import composed
+from advbench.data.scenes import composed
 from advbench.data.formats import DataError, decoded
 from advbench.data.source import Source
 from advbench.errors import AdvbenchError
-from advbench.tasks.segmentation_metrics import IGNORE
+from advbench.tasks.segmentation.metrics import IGNORE
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_MODES = ("L", "P", "I", "I;16")  # Pillow's modes of one integer per pixel (8, 16 or 32 bits)
 
 
 def _canvases(cfg, items: str) -> Source:
-    """The detection sets' composed scenes (data/detection.py) with their masks as targets: each item's own
+    """The detection sets' composed scenes (data/scenes.py) with their masks as targets: each item's own
     pixels (above the composer's foreground threshold) marked with its class + 1, background 0."""
     (x, masks), (x_test, masks_test), classes = composed(cfg, items, "masks")
     return Source((x, masks.long()), (x_test, masks_test.long()), ["background", *classes])

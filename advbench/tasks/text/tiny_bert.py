@@ -1,7 +1,7 @@
 """A tiny BERT built offline (random weights, a WordPiece tokenizer trained on a data set's training texts), saved
 as a Hugging Face model directory: what the tests and the CPU-sized text experiments fine-tune, with no download.
 
-    python -m advbench.models.tiny_bert data/tiny_bert_fortunes            # trained on dataset=fortunes' texts
+    python -m advbench.tasks.text.tiny_bert data/tiny_bert_fortunes            # trained on dataset=fortunes' texts
 """
 import argparse
 import logging
@@ -42,8 +42,8 @@ def main(argv=None) -> None:
     from hydra import compose, initialize_config_module
 
     from advbench.config import register_configs
-    from advbench.data.text import RAW
-    from advbench.data.tokens import segments
+    from advbench.tasks.text.data import RAW
+    from advbench.tasks.text.tokens import segments
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("path")
     parser.add_argument("--dataset", default="fortunes", help="a text data set option (fortunes, text_csv, ...)")

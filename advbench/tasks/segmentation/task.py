@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from advbench.errors import AdvbenchError
 from advbench.tasks.base import Task, worst_case
-from advbench.tasks.segmentation_metrics import IGNORE, Records, miou_of, pixel_accuracy
+from advbench.tasks.segmentation.metrics import IGNORE, Records, miou_of, pixel_accuracy
 
 
 def _per_pixel_ce(logits, masks) -> torch.Tensor:
@@ -35,16 +35,27 @@ class Segmentation(Task):
     scores_training = True  # pixel accuracy >= threshold per image is cheap
     draws_saliency = False  # task=saliency has no segmentation maps yet: refused before any work
 
-    def __init__(self, n_classes: int, classes: list | None = None, broken_below: float = 0.75):
-        self.n_classes, self.classes = n_classes, classes or [str(i) for i in range(n_classes)]
-        self.broken_below = broken_below
+    def __init__(self, n_classes: int = 0, classes: list | None = None, broken_below: float = 0.75,
+                 n_examples: int | None = None):
+        super().__init__(n_classes, classes)
+        self.broken_below, self.n_examples = broken_below, n_examples
 
     @classmethod
-    def build(cls, data, evaluation=None) -> "Segmentation":
-        """The task of a loaded data set; refused when the test images evaluated have no labelled pixel (every
-        score would be of nothing), before a model is built or trained."""
-        settings = {} if evaluation is None else {"broken_below": evaluation.seg_threshold}
-        n = None if evaluation is None else evaluation.n_examples
+    def configured(cls, evaluation=None) -> "Segmentation":
+        """eval.seg_threshold (an image is broken below this pixel accuracy); eval.n_examples (checked by bind)."""
+        if evaluation is None:
+            return cls()
+        return cls(broken_below=evaluation.seg_threshold, n_examples=evaluation.n_examples)
+
+    @classmethod
+    def class_count(cls, targets) -> int:
+        """The largest labelled pixel's class + 1."""
+        return super().class_count(targets[targets != IGNORE])
+
+    def bind(self, data) -> "Segmentation":
+        """The classes; refused when the test images evaluated have no labelled pixel (every score would be of
+        nothing), before a model is built or trained."""
+        n = self.n_examples
         masks = data.test[1][:n]
         if torch.is_tensor(masks) and len(masks) and not (masks != IGNORE).any():
             raise AdvbenchError(f"the {len(masks)} test masks evaluated (eval.n_examples={n}) have no labelled "
@@ -54,7 +65,7 @@ class Segmentation(Task):
         if torch.is_tensor(val) and len(val) and not (val != IGNORE).any():  # model selection would see 100%
             raise AdvbenchError(f"the {len(val)} validation masks (the val/ split or dataset.val_size) have no labelled pixel: every "
                                 "pixel is the ignore value (dataset.ignore_index), so validation would score nothing")
-        return cls(data.n_classes, data.classes, **settings)
+        return super().bind(data)
 
     def augment(self, x, masks, generator):
         """Random crop after 4-pixel padding and horizontal flip of image and mask together (one draw): the mask
@@ -145,7 +156,7 @@ class Segmentation(Task):
 
     def plot_examples(self, x, x_adv, targets, clean_outputs, adv_outputs, path, notes=None, title: str = "") -> None:
         """adversarial_examples.png: image, true mask, clean and adversarial predictions, the perturbation."""
-        from advbench.evaluation.segmentation_plots import plot_segmentations
+        from advbench.tasks.segmentation.plots import plot_segmentations
         plot_segmentations(x, x_adv, targets, clean_outputs.argmax(1), adv_outputs.argmax(1), self.classes, path,
                            title)
 

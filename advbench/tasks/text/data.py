@@ -1,7 +1,7 @@
 """Text data: the fortunes topic task, the user's CSV and JSON lines files, a synthetic task.
 
 Loaders return raw ``(texts, labels)`` for train and test, a text being a string or a (text, pair) tuple;
-``encoded`` turns them into padded token-id tensors (data/tokens.py).
+``encoded`` turns them into padded token-id tensors (tasks/text/tokens.py).
 """
 import csv
 import json
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from advbench.data.source import Source
-from advbench.data.tokens import build_vocab, encode, hf_encoder, special_ids
+from advbench.tasks.text.tokens import build_vocab, encode, hf_encoder, special_ids
 from advbench.errors import AdvbenchError
 
 FORTUNES = Path("/usr/share/games/fortunes")
@@ -196,7 +196,7 @@ def synthetic_text(cfg):
     return sample(cfg.n_train), sample(cfg.n_test), None
 
 
-# texts and labels before encoding (python -m advbench.models.tiny_bert trains its tokenizer on them)
+# texts and labels before encoding (python -m advbench.tasks.text.tiny_bert trains its tokenizer on them)
 RAW = {"fortunes": fortunes, "text_csv": text_csv, "text_json": text_json, "synthetic_text": synthetic_text}
 
 

@@ -9,7 +9,7 @@ from advbench.data.loaders import to_unit
 from advbench.errors import AdvbenchError
 from advbench.evaluation.plots import plt, save_figure
 from advbench.evaluation.saliency import input_gradient
-from advbench.tasks.detection_metrics import confident
+from advbench.tasks.detection.metrics import confident
 
 log = logging.getLogger(__name__)
 

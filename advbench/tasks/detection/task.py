@@ -4,8 +4,8 @@ import torch
 from torch.utils._pytree import tree_map
 
 from advbench.errors import AdvbenchError
-from advbench.tasks.detection_metrics import Records, confident, mean_ap, rates, recall
 from advbench.tasks.base import Task, worst_case
+from advbench.tasks.detection.metrics import Records, confident, mean_ap, rates, recall
 
 
 def _empty(device) -> dict:
@@ -30,16 +30,29 @@ class Detection(Task):
     models = ("yolo_tiny", "torchvision_detector", "ultralytics_yolo")
     scores_training = False  # per-step NMS to count found images would cost more than the step: the loss terms say
 
-    def __init__(self, n_classes: int, classes: list | None = None, score: float = 0.25,
+    def __init__(self, n_classes: int = 0, classes: list | None = None, score: float = 0.25,
                  broken_below: float = 0.5):
-        self.n_classes, self.classes = n_classes, classes or [str(i) for i in range(n_classes)]
+        super().__init__(n_classes, classes)
         self.score, self.broken_below = score, broken_below
 
     @classmethod
-    def build(cls, data, evaluation=None) -> "Detection":
-        settings = {} if evaluation is None else {"score": evaluation.det_score,
-                                                  "broken_below": evaluation.det_recall}
-        return cls(data.n_classes, data.classes, **settings)
+    def configured(cls, evaluation=None) -> "Detection":
+        """eval.det_score (a detection counts from this score) and eval.det_recall (an image is broken below it)."""
+        if evaluation is None:
+            return cls()
+        return cls(score=evaluation.det_score, broken_below=evaluation.det_recall)
+
+    @classmethod
+    def check_training_targets(cls, targets, dataset: str) -> None:
+        """At least one labelled object: a detector's classes exclude the background, so one class is a task."""
+        if not any(len(t["labels"]) for t in targets):
+            raise AdvbenchError(f"dataset={dataset}: the training split holds no labelled object; a detector needs "
+                                "at least 1 (check the label files or annotations, and dataset.n_train)")
+
+    @classmethod
+    def class_count(cls, targets) -> int:
+        """The largest object label + 1."""
+        return max((int(t["labels"].max()) + 1 for t in targets if len(t["labels"])), default=0)
 
     # --- targets ----------------------------------------------------------------------------------------------
     def index(self, targets, idx):
@@ -162,11 +175,11 @@ class Detection(Task):
 
     def plot_examples(self, x, x_adv, targets, clean_outputs, adv_outputs, path, notes=None, title: str = "") -> None:
         """adversarial_examples.png: true boxes, clean and adversarial predictions with class names."""
-        from advbench.evaluation.detection_plots import plot_detections
+        from advbench.tasks.detection.plots import plot_detections
         plot_detections(x, x_adv, targets, clean_outputs.predictions(), adv_outputs.predictions(), self.classes,
                         self.score, path)
 
     def write_saliency(self, model, test, attack, mode, settings, device, out) -> tuple:
         """task=saliency: the input gradient of each loss term and of their sum, on one colour scale."""
-        from advbench.evaluation.detection_plots import write_term_saliency
+        from advbench.tasks.detection.plots import write_term_saliency
         return write_term_saliency(model, test, attack, self, settings.n_examples, device, out)

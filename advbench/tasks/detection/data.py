@@ -1,35 +1,10 @@
 """Detection data sets: scenes composed from real classification images (digits, Fashion-MNIST), and the user's own
 data in the YOLO or COCO layout. Each returns a Source whose targets are per-image {boxes (xyxy px), labels}."""
-import numpy as np
-import torch
-from sklearn.model_selection import train_test_split
 
-from advbench.data import images
-from advbench.data.formats import read_coco, read_yolo
-from advbench.data.scenes import compose_scenes, digits_source
+from advbench.data.scenes import composed
 from advbench.data.source import Source
 from advbench.errors import AdvbenchError
-
-
-def composed(cfg, items: str, key: str) -> tuple:
-    """(train, test, class names) of scenes composed from ``items`` (digits: scikit-learn's digits with the
-    stratified 75/25 split of dataset=digits; fashion_mnist: its own split): ``dataset.n_scenes`` training and
-    ``dataset.n_test`` test scenes, each split composed from the matching split of items only (so no test item is
-    ever seen in training), fixed by ``dataset.split_seed``; each scene's ``key`` (targets: boxes; masks) is its
-    target."""
-    if items == "digits":
-        x, y = digits_source()
-        train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=0.25, stratify=y.numpy(), random_state=0)
-        splits, classes = ((x[train_idx], y[train_idx]), (x[test_idx], y[test_idx])), [str(i) for i in range(10)]
-    else:
-        source = images.fashion_mnist(cfg)
-        splits, classes = (source.train, source.test), source.classes
-    made = []
-    for (x, y), n, seed in zip(splits, (cfg.n_scenes, cfg.n_test), (cfg.split_seed, cfg.split_seed + 1)):
-        scenes = compose_scenes(x, y, n, size=cfg.image_size, objects=tuple(cfg.objects), scale=tuple(cfg.scale),
-                                seed=seed)
-        made.append((scenes["images"], scenes[key]))
-    return made[0], made[1], classes
+from advbench.tasks.detection.formats import read_coco, read_yolo
 
 
 def digits_det(cfg) -> Source:
@@ -77,8 +52,3 @@ def coco(cfg) -> Source:
                             "be the same")
     val = _split(read_coco, cfg.val_json, cfg.val_images, cfg.image_size)[0] if cfg.get("val_json") else None
     return Source(train, test, names, val=val)
-
-
-def labels_of(targets) -> torch.Tensor:
-    """Every object's label, for the class checks of a data set."""
-    return torch.cat([t["labels"] for t in targets]) if targets else torch.zeros(0, dtype=torch.int64)

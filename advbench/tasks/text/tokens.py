@@ -65,24 +65,12 @@ def special_ids(vocab: list) -> list:
     return [vocab.index(SEP)] if SEP in vocab else []
 
 
-def local_path(value: str, key: str) -> str:
-    """``value`` (a folder or a hub id) as from_pretrained takes it: ``~`` expanded. A value that can only be a
-    path (it starts with /, . or ~, or holds a backslash or more slashes than a hub id ``org/name``) and names no
-    folder is an error naming ``key``: the hub would answer with its rules for repository ids instead."""
-    text = str(value)
-    expanded = Path(text).expanduser()
-    path_like = text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text
-    if path_like and not expanded.exists():
-        raise AdvbenchError(f"{key}={text}: no such folder; expected a local folder saved by save_pretrained "
-                            "(or a hub id such as org/name where the hub is reachable)")
-    return str(expanded) if path_like else text
-
-
 def hf_encoder(path: str, max_len: int, key: str = "dataset.tokenizer") -> tuple:
     """(vocabulary, special ids, encode) of the tokenizer in ``path`` (AutoTokenizer): texts tokenized once,
     truncated to ``max_len`` with the tokenizer's special tokens (pairs longest first). Each id is stored + 1, so
     that 0 stays padding (models/hf.py undoes it), and negated where the token type is 1. The special ids
     ([CLS], [SEP], <s>...; not [UNK], which stands for a word) are positions attacks leave in place."""
+    from advbench.models.hf import local_path
     where = local_path(path, key)
     try:
         from transformers import AutoTokenizer

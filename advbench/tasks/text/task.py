@@ -4,7 +4,7 @@ import torch.nn as nn
 
 from advbench.runtime.distributed import bare
 from advbench.tasks import records
-from advbench.tasks.classification import Classification
+from advbench.tasks.classification.task import Classification
 
 
 class Labels(records.Records):
@@ -57,15 +57,17 @@ class TextClassification(Classification):
     evaluates_with_training_attack = True
     draws_examples = False
 
-    def __init__(self, n_classes: int, classes: list | None = None, vocab: list | None = None,
+    def __init__(self, n_classes: int = 0, classes: list | None = None, vocab: list | None = None,
                  special: tuple = ()):
         super().__init__(n_classes, classes)
         self.vocab, self.special = vocab, tuple(special)
         self._special_on = {}  # device -> the special ids there: copied once, not at every attack (a GPU sync)
 
-    @classmethod
-    def build(cls, data, evaluation=None) -> "TextClassification":
-        return cls(data.n_classes, data.classes, data.vocab, data.special)
+    def bind(self, data) -> "TextClassification":
+        """The classes, and the vocabulary and special ids the saliency maps and pinned positions read."""
+        super().bind(data)
+        self.vocab, self.special, self._special_on = data.vocab, tuple(data.special), {}
+        return self
 
     def new_records(self, attacks: list, n: int, cascade: bool = True) -> Labels:
         """Each text's predicted labels, clean and worst, for macro F1."""
@@ -98,7 +100,7 @@ class TextClassification(Classification):
 
     def write_saliency(self, model, test, attack, mode, settings, device, out) -> tuple:
         """task=saliency: each token's gradient norm, as saliency.html and saliency_text.png."""
-        from advbench.evaluation.token_saliency import write_text_saliency
+        from advbench.tasks.text.saliency import write_text_saliency
         return write_text_saliency(model, test, self, self.vocab, settings.n_examples, device, out)
 
     def view(self, model, ids):
