@@ -9,7 +9,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from advbench.attacks.spec import build_attack
+from advbench.attacks.spec import KINDS, build_attack
+from advbench.attacks.threats import THREATS
 from advbench.config import AttackConf, Config, is_number
 from advbench.eps import parse_eps
 from advbench.errors import AdvbenchError
@@ -19,7 +20,7 @@ from advbench.run_config import LEGACY_TARGETS, plain
 from advbench.runtime.rundir import CONF_DIR, shipped_targets
 from advbench.runtime.trackers import check_trackers
 from advbench.tasks import model_tasks, sources, task_class, task_of
-from advbench.training.modes import build_mode
+from advbench.training.modes import MODES, build_mode
 
 # key -> (test, what is accepted); None values pass (null means "off" or "all" where the schema allows it)
 _RANGES = {
@@ -188,11 +189,25 @@ class Checked:
     plan: EvalPlan
 
 
+def _check_registered(cfg) -> None:
+    """Names the registries define, each key named: attack kinds and norms, training modes."""
+    names = {"name": ("none", *KINDS), "norm": tuple(THREATS)}
+    for prefix in _attack_prefixes(cfg):
+        for field_, known in names.items():
+            value = OmegaConf.select(cfg, f"{prefix}.{field_}")
+            if value is not None and str(value) not in known:
+                raise AdvbenchError(f"{prefix}.{field_}={value}: expected one of {', '.join(known)}")
+    if str(cfg.training.name) not in MODES:
+        raise AdvbenchError(f"training.name={cfg.training.name}: expected one of {', '.join(MODES)}")
+
+
 def check_config(cfg) -> Checked:
-    """Everything the schema cannot check, before any work: numbers and their ranges, eps, the model's task,
-    trackers, and every attack at every eps fitting the data set's task. Returns the objects it built."""
+    """Everything the schema cannot check, before any work: numbers and their ranges, eps, registered names, the
+    model's task, trackers, and every attack at every eps fitting the data set's task. Returns the objects it
+    built."""
     parse_eps(cfg.eps)
     _check_numbers(cfg)
+    _check_registered(cfg)
     task_name = task_of(cfg.dataset)
     _check_model_fits(cfg, task_name)
     check_model_config(cfg.model)

@@ -22,16 +22,6 @@ class Amp(Enum):
     fp16 = "fp16"
 
 
-class AttackName(Enum):
-    none = "none"
-    fgsm = "fgsm"
-    pgd = "pgd"
-    fgm = "fgm"
-    apgd = "apgd"
-    fab = "fab"
-    square = "square"
-    autoattack_reference = "autoattack_reference"
-
 
 class Loss(Enum):
     ce = "ce"
@@ -39,10 +29,6 @@ class Loss(Enum):
     segpgd = "segpgd"  # segmentation: SegPGD's weighting of right and wrong pixels
     cospgd = "cospgd"  # segmentation: CosPGD's cosine weighting
 
-
-class Norm(Enum):
-    linf = "linf"
-    l2 = "l2"
 
 
 class Target(Enum):
@@ -67,18 +53,6 @@ class BnMode(Enum):
     eval = "eval"
     train = "train"
 
-
-class TrainingName(Enum):
-    standard = "standard"
-    adversarial = "adversarial"
-    mixed = "mixed"
-    fast = "fast"
-    free = "free"
-    trades = "trades"
-    mart = "mart"
-    mtd = "mtd"
-    freelb = "freelb"
-    smart = "smart"
 
 
 class GuardAction(Enum):
@@ -153,8 +127,8 @@ class DatasetConf:
 
 @dataclass
 class AttackConf:
-    name: AttackName = AttackName.none
-    norm: Norm = Norm.linf
+    name: str = "none"  # an attack kind (attacks/spec.py KINDS) or none; checked against it
+    norm: str = "linf"  # a threat model's norm (attacks/threats.py THREATS); checked against it
     eps: Optional[str] = None  # null: the run's top-level eps
     alpha: Optional[str] = None  # step size in pixels; null: the attack's default rule
     steps: int = 1
@@ -185,7 +159,7 @@ class GuardConf:
 
 @dataclass
 class TrainingConf:
-    name: TrainingName = MISSING
+    name: str = MISSING  # a training mode (training/modes.py MODES); checked against it
     adv_weight: float = 0.5  # mixed: weight of the adversarial loss; the clean loss gets 1 - adv_weight
     beta: float = 6.0  # trades, mart: weight of the robust (KL) term; smart: lambda_s
     replays: int = 4  # free: m, the times each batch is replayed
@@ -235,7 +209,7 @@ class EvalConf:
 @dataclass
 class ValConf:
     n_examples: Optional[int] = None  # null: the whole validation split
-    attack: AttackConf = field(default_factory=lambda: AttackConf(name=AttackName.pgd, steps=10,
+    attack: AttackConf = field(default_factory=lambda: AttackConf(name="pgd", steps=10,
                                                                    random_start=True))
 
 

@@ -1,4 +1,6 @@
 """Every option of every config group composes and builds; the schema rejects bad values."""
+import re
+
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
@@ -7,6 +9,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from advbench.attacks.spec import Attack, build_attack
+from advbench.errors import AdvbenchError
 from advbench.run_config import plain
 from advbench.tasks.classification import Classification
 from advbench.tasks.detection import Detection
@@ -110,9 +113,25 @@ def test_attack_reads_eps_from_the_top_level():
 
 
 @pytest.mark.parametrize("override", [
-    "amp=fp8", "epochs=abc", "attack.norm=l3", "device=tpu", "foo=1", "dataset=nope", "attack=nope",
+    "amp=fp8", "epochs=abc", "device=tpu", "foo=1", "dataset=nope", "attack=nope",
     "training=nope", "progress=maybe", "attack.steps=1.5", "schedule=linear", "attack.bn_mode=frozen",
 ])
 def test_schema_rejects_bad_values(override):
     with pytest.raises((ConfigCompositionException, OmegaConfBaseException)):
         compose_config([override])
+
+
+@pytest.mark.parametrize("override, key, registry", [
+    ("attack.norm=l3", "attack.norm", "THREATS"), ("attack.name=bim", "attack.name", "KINDS"),
+    ("val.attack.norm=l1", "val.attack.norm", "THREATS"), ("+eval.attacks.x={name: cw}", "eval.attacks.x.name", "KINDS"),
+    ("training.name=awp", "training.name", "MODES"),
+])
+def test_names_are_checked_against_the_registries(override, key, registry):
+    """Attack kinds, norms and training modes are accepted exactly as their registries list them: no enum to keep
+    in step by hand."""
+    from advbench.attacks.spec import KINDS
+    from advbench.attacks.threats import THREATS
+    from advbench.checks import check_config
+    known = {"KINDS": ("none", *KINDS), "THREATS": tuple(THREATS), "MODES": tuple(MODES)}[registry]
+    with pytest.raises(AdvbenchError, match=rf"^{re.escape(key)}=\S+: expected one of {', '.join(known)}$"):
+        check_config(plain(compose_config([override])))

@@ -195,6 +195,10 @@ def build_attack(spec, run_eps, task: Task | None = None) -> Attack | None:
     name = str(spec.name)
     if name == "none":
         return None
+    if name not in KINDS:
+        raise AdvbenchError(f"attack.name={name}: expected one of none, {', '.join(KINDS)}")
+    if str(spec.norm) not in THREATS:
+        raise AdvbenchError(f"attack.norm={spec.norm}: expected one of {', '.join(THREATS)}")
     kind = KINDS[name]
     if kind.logits and not (task.logits and task.perturbs == "input"):
         raise AdvbenchError(f"attack={name} reads a classifier's logits on [0,1] inputs; {task.name} takes pgd, "

@@ -189,6 +189,8 @@ MODES = {mode.name: mode for mode in (Standard, Adversarial, Mixed, Fast, Free, 
 def build_mode(settings, task) -> Mode:
     """The training mode ``settings.name`` (the ``training`` config group), checked against the task."""
     name = str(settings.name)
+    if name not in MODES:
+        raise AdvbenchError(f"training.name={name}: expected one of {', '.join(MODES)}")
     if name not in task.modes:
         raise AdvbenchError(f"training={name} on {task.name} data: expected training="
                             f"{' or '.join(task.modes)}")
