@@ -170,7 +170,7 @@ def _check_model_fits(cfg, task: str) -> None:
     if needs is None or needs == task:
         return
     name = str(cfg.model._target_).rsplit(".", 1)[-1]
-    whose = " (the checkpoint's)" if cfg.task != "train" and cfg.checkpoint else ""
+    whose = " (the checkpoint's)" if cfg.job != "train" and cfg.checkpoint else ""
     fitting = ", ".join(n for n, (_, t) in sources().items() if t == needs)
     given, wanted = task_class(task), task_class(needs)
     raise AdvbenchError(f"model={name}{whose} does not take {given.name} data (dataset={cfg.dataset.name}): it is "
@@ -214,19 +214,19 @@ def check_config(cfg) -> Checked:
     task = task_class(task_name).configured(cfg.eval)
     mode = build_mode(cfg.training, task)
     attack = val_attack = None
-    if cfg.task == "train":
+    if cfg.job == "train":
         attack = build_attack(cfg.attack, cfg.eps, task)
         mode.check(attack)
         val_attack = validation_attack(task, cfg.val.attack, cfg.attack, cfg.eps)
     plan = EvalPlan(task, dict(cfg.eval.attacks), cfg.attack, cfg.eps, cfg.eval.n_examples, cfg.eval.eps_list,
                     cfg.eval.save_examples, cfg.eval.sanity, cfg.eval.cascade, cfg.seed)
     plan.check()
-    if cfg.task == "saliency":
+    if cfg.job == "saliency":
         if not task.draws_saliency:
-            raise AdvbenchError(f"task=saliency draws classification, text and detection models; dataset="
+            raise AdvbenchError(f"job=saliency draws classification, text and detection models; dataset="
                                 f"{cfg.dataset.name} poses {task.name}, which has no saliency maps yet")
         if not plan.attacks():
-            raise AdvbenchError("task=saliency maps the gradient of the first of eval.attacks, and eval.attacks is "
+            raise AdvbenchError("job=saliency maps the gradient of the first of eval.attacks, and eval.attacks is "
                                 "empty: give one, e.g. eval=pgd20")
     check_trackers(list(cfg.logger.trackers), cfg.logger)
     return Checked(task, mode, attack, val_attack, plan)

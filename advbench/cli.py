@@ -12,6 +12,24 @@ from advbench.errors import Interrupted, Refused
 from advbench.runtime.signals import install_signal_handlers
 
 log = logging.getLogger("advbench")
+# Old spellings of command-line keys: old -> new. ``task`` named the job before it came to name the problem.
+RENAMED = {"task": "job"}
+
+
+def renamed(argv: list) -> list:
+    """``argv`` with each override of a renamed key spelled the new way, and a deprecation warning for each."""
+    out = []
+    for arg in argv:
+        prefix = arg[:len(arg) - len(arg.lstrip("+~"))]
+        key, eq, value = arg[len(prefix):].partition("=")
+        if not arg.startswith("-") and eq and key in RENAMED:
+            log.warning("%s%s=%s is deprecated: write %s%s=%s (%s now names the problem, which the data set "
+                        "poses)", prefix, key, value, prefix, RENAMED[key], value, key)
+            arg = f"{prefix}{RENAMED[key]}={value}"
+        out.append(arg)
+    return out
+
+
 def _load_entry():
     from advbench import main as entry  # imports torch and Hydra: seconds
     return entry
@@ -23,6 +41,7 @@ def main() -> None:
     # As with `python -m`: a _target_ in the directory advbench starts from (a model, a data set) is importable.
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
+    sys.argv[1:] = renamed(sys.argv[1:])
     started = []
     try:
         entry = _load_entry()

@@ -167,7 +167,7 @@ class TrainingConf:
     guard: GuardConf = field(default_factory=GuardConf)
 
 
-class Task(Enum):
+class Job(Enum):
     train = "train"
     eval = "eval"
     saliency = "saliency"
@@ -245,7 +245,7 @@ class Config:
     val: ValConf = field(default_factory=ValConf)
     eval: EvalConf = MISSING
     logger: LoggerConf = field(default_factory=LoggerConf)
-    task: Task = Task.train
+    job: Job = Job.train  # what a run does; the problem (task) is the data set's
     checkpoint: Optional[str] = None
     saliency: SaliencyConf = field(default_factory=SaliencyConf)
     resume: Optional[str] = None  # a run directory, or auto: each job's own directory (sweeps)

@@ -60,8 +60,8 @@ def load_config(cfg, out: Path):
     cfg = plain(cfg)
     choices = {k: v for k, v in HydraConfig.get().runtime.choices.items()
                if not k.startswith("hydra") and v is not None}  # an optional group left out is no choice
-    if cfg.task in ("eval", "saliency"):
-        if cfg.checkpoint is None and cfg.task == "eval" and (cfg.model.get("weights") or cfg.model.get("model_dir")):
+    if cfg.job in ("eval", "saliency"):
+        if cfg.checkpoint is None and cfg.job == "eval" and (cfg.model.get("weights") or cfg.model.get("model_dir")):
             return cfg, choices, None, None  # the model's own config brings its weights (model.weights, robustbench)
         state = load_checkpoint(cfg.checkpoint)
         if state["config"] is None:  # a plain state dict or TorchScript: the command line says what it is
@@ -70,15 +70,15 @@ def load_config(cfg, out: Path):
         stored(state, cfg, source)
         check_state(state, source)
         choices = _choices(state) | {k: v for k, v in choices.items() if k == "eval"}
-        return checked(checkpoint_config(cfg, state, task=cfg.task), source), choices, state, None
+        return checked(checkpoint_config(cfg, state, job=cfg.job), source), choices, state, None
     if cfg.resume and (out / "last.pt").exists():
         state = load_checkpoint(str(out / "last.pt"))
         source = f"resume={cfg.resume}: last.pt"
         stored(state, cfg, source)
         check_state(state, source, resume=True)
-        check_resume_overrides(checked(checkpoint_config(cfg, state, task="train", overrides=False), source), cfg,
+        check_resume_overrides(checked(checkpoint_config(cfg, state, job="train", overrides=False), source), cfg,
                                state["epoch"])
-        return checked(checkpoint_config(cfg, state, task="train"), source), _choices(state) or choices, state, state
+        return checked(checkpoint_config(cfg, state, job="train"), source), _choices(state) or choices, state, state
     if cfg.resume and cfg.resume != "auto":
         raise AdvbenchError(f"resume={cfg.resume}: no last.pt there to resume from (is it a training run?)")
     return cfg, choices, None, None
@@ -194,7 +194,7 @@ JOBS = {"train": train_job, "eval": eval_job, "saliency": saliency_job}
 
 
 def run(cfg, out: Path | None = None, on_start=lambda: None) -> float | None:
-    """Train (or, with task=eval, load) and evaluate as ``cfg`` says, writing into ``out`` (default: Hydra's
+    """Train (or, with job=eval, load) and evaluate as ``cfg`` says, writing into ``out`` (default: Hydra's
     output directory); return the headline robust metric (for sweepers)."""
     out = Path(out or HydraConfig.get().runtime.output_dir)
     cfg, choices, state, _ = load_config(cfg, out)
@@ -202,9 +202,9 @@ def run(cfg, out: Path | None = None, on_start=lambda: None) -> float | None:
     try:
         on_start()
         the_run.trackers.hyperparams(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-        results = JOBS[cfg.task](the_run)
-        if cfg.task == "saliency":
-            write_json(out / "results.json", {"task": "saliency", "checkpoint": cfg.checkpoint, **results,
+        results = JOBS[cfg.job](the_run)
+        if cfg.job == "saliency":
+            write_json(out / "results.json", {"job": "saliency", "checkpoint": cfg.checkpoint, **results,
                                               "choices": choices, "labels": the_run.labels, "versions": versions()})
             return None
         headline = finish(the_run, results)
@@ -218,7 +218,7 @@ def finish(run: Run, results: dict) -> float | None:
     """Add what the run was to its results, write results.json, and return the headline robust metric."""
     cfg, device = run.cfg, run.device
     results |= {
-        "task": cfg.task,
+        "job": cfg.job,
         "checkpoint": cfg.checkpoint,
         "eps": {"given": str(cfg.eps), "value": parse_eps(cfg.eps)},
         "seed": cfg.seed,
@@ -247,7 +247,7 @@ def finish(run: Run, results: dict) -> float | None:
 def headline(results: dict) -> float | None:
     """What main returns to a sweeper: for a training run its best epoch's robust validation metric (a search
     must never select on the test split; None without a validation split), for an evaluation the test one."""
-    if results.get("task") == "train":
+    if results.get("job") == "train":
         best = (results.get("training") or {}).get("best_val")
         if best is None:
             log.warning("no validation split (dataset.val_size=0): no metric for a sweeper to optimize")

@@ -36,7 +36,7 @@ def finished_result(out: Path):
         return True, headline(json.loads((out / "results.json").read_text()))
     except (OSError, ValueError, KeyError, TypeError):
         raise AdvbenchError(f"resume={out}: the run is marked finished but its results.json is missing or "
-                            "unreadable (truncated?); evaluate its model again with task=eval "
+                            "unreadable (truncated?); evaluate its model again with job=eval "
                             f"checkpoint={out}") from None
 
 

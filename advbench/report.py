@@ -18,12 +18,12 @@ from advbench.errors import AdvbenchError
 from advbench.runtime.outputs import atomic_write
 
 log = logging.getLogger("advbench.report")
-COLUMNS = ["run", "status", "task", "dataset", "model", "training", "attack", "eval", "eps", "seed", "setting",
+COLUMNS = ["run", "status", "job", "dataset", "model", "training", "attack", "eval", "eps", "seed", "setting",
            "clean_acc", "robust_acc", "metric", "wall_seconds"]
 # Overrides that do not change what a run computes: they never split a group.
 NOT_SETTINGS = ("seed", "progress", "threads", "device", "resume", "stop_after_epoch", "dataset.root")
 LABELS = ("dataset", "model", "training", "attack")
-SHOWN = ("run", "status", "task", *LABELS, "eval", "eps", "seed", "setting", "clean_acc", "robust_acc")
+SHOWN = ("run", "status", "job", *LABELS, "eval", "eps", "seed", "setting", "clean_acc", "robust_acc")
 
 
 def _setting(overrides: list) -> str:
@@ -60,7 +60,8 @@ def read_run(run: Path, root: Path, by: str = "eps") -> dict:
         current = ".hydra/overrides.yaml"
         overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or [] if (
             run / ".hydra" / "overrides.yaml").exists() else []
-        row |= {"task": config.get("task", "train"), "eps": str(config.get("eps")), "seed": config.get("seed"),
+        row |= {"job": config.get("job", config.get("task", "train")),  # task: an older advbench
+                "eps": str(config.get("eps")), "seed": config.get("seed"),
                 "setting": _setting(overrides), **{k: choices.get(k) for k in LABELS}, "eval": choices.get("eval"),
                 "x": _lookup(config, by)}
         current = "results.json"
@@ -91,12 +92,12 @@ def aggregate(rows: list) -> list:
     groups = defaultdict(list)
     for row in rows:
         if row["status"] == "finished":
-            groups[(row["task"], row["setting"])].append(row)
+            groups[(row["job"], row["setting"])].append(row)
     out = []
-    for (task, setting), members in sorted(groups.items(), key=lambda kv: (kv[0][0], _eps_key(kv[1][0]),
+    for (job, setting), members in sorted(groups.items(), key=lambda kv: (kv[0][0], _eps_key(kv[1][0]),
                                                                          kv[0][1])):
         first = members[0]
-        stats = {"task": task, **{k: first[k] for k in LABELS}, "eval": first.get("eval"), "eps": first["eps"],
+        stats = {"job": job, **{k: first[k] for k in LABELS}, "eval": first.get("eval"), "eps": first["eps"],
                  "setting": setting, "n_seeds": len(members), "x": first.get("x")}
         for metric in ("clean_acc", "robust_acc"):
             values = [m[metric] for m in members if m[metric] is not None]
@@ -146,7 +147,7 @@ def markdown(rows: list, groups: list) -> str:
         return _pct(r.get(column)) if column in ("clean_acc", "robust_acc") else _fmt(r.get(column))
     text = ["# advbench report", "", "## Mean ± std over seeds (finished runs, grouped by every override but the "
             "seed)", ""]
-    text += table(groups, ["task", *LABELS, "eval", "eps", "setting", "seeds", "clean", "robust"], mean_cell)
+    text += table(groups, ["job", *LABELS, "eval", "eps", "setting", "seeds", "clean", "robust"], mean_cell)
     text += ["", "## Runs", ""] + table(rows, list(SHOWN), run_cell)
     missing = [r for r in rows if r["status"] != "finished"]
     text += ["", "## Failed, unfinished or unreadable", ""]
@@ -161,7 +162,7 @@ def plot(groups: list, path: Path, by: str = "eps") -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     lines = defaultdict(list)
     for g in groups:
-        if g["robust_acc_mean"] is not None and g["task"] == "train" and _x(g) == _x(g):
+        if g["robust_acc_mean"] is not None and g["job"] == "train" and _x(g) == _x(g):
             # one line per setting apart from the x key: points of a line differ in it alone
             rest = ",".join(o for o in g["setting"].split(",") if not o.lstrip("+~").startswith(f"{by}="))
             lines[(g["training"], g["dataset"], g["model"], g["attack"], rest)].append(g)

@@ -63,18 +63,19 @@ def fill_missing(target, defaults, wholesale=("model", "optimizer", "attacks")) 
             fill_missing(target[key], value, wholesale)
 
 
-def checkpoint_config(cfg, state: dict, task: str = "eval", overrides: bool = True):
+def checkpoint_config(cfg, state: dict, job: str = "eval", overrides: bool = True):
     """The checkpoint's config, with what this command line overrides (eval settings, eps, device...) on top."""
     merged = OmegaConf.create(state["config"])
+    merged.pop("task", None)  # an older advbench's name for ``job``, which this command line sets
     target = OmegaConf.select(merged, "model._target_")
     if target in LEGACY_TARGETS:
         merged.model._target_ = LEGACY_TARGETS[target]
     fill_missing(merged, cfg)
     overridden = {o.lstrip("+~").split("=", 1)[0] for o in HydraConfig.get().overrides.task} if overrides else set()
-    for key in overridden - {"task", "checkpoint"}:
+    for key in overridden - {"job", "checkpoint"}:
         if not key.startswith("hydra"):
             OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
-    merged.task, merged.checkpoint, merged.resume = task, cfg.checkpoint, cfg.resume
+    merged.job, merged.checkpoint, merged.resume = job, cfg.checkpoint, cfg.resume
     merged.stop_after_epoch = cfg.stop_after_epoch  # an interruption is not part of the experiment
     OmegaConf.set_struct(merged, True)
     return merged

@@ -42,7 +42,7 @@ def test_a_checkpoint_whose_config_builds_a_gadget_is_refused(trained, tmp_path,
         state["config"]["model"] = payload
     torch.save(state, tmp_path / "evil.pt")
     for task in ("eval", "saliency"):
-        code, err = cli(f"task={task}", f"checkpoint={tmp_path}/evil.pt", "eval.n_examples=10",
+        code, err = cli(f"job={task}", f"checkpoint={tmp_path}/evil.pt", "eval.n_examples=10",
                         f"hydra.run.dir={tmp_path}/{task}", cwd=tmp_path)
         assert code == 2 and "refused" in one_line_error(err, f"checkpoint={tmp_path}/evil.pt")
         assert untouched(tmp_path)
@@ -65,8 +65,8 @@ def test_a_resume_whose_last_pt_builds_a_gadget_is_refused(trained, tmp_path):
 def test_a_target_given_on_the_command_line_is_trusted(tmp_path):
     cli(*DIGITS, "epochs=1", "model=small_cnn", "model._target_=helpers.tiny_cnn", "~model.channels",
         "~model.hidden", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, check=True)
-    code, err = cli("task=eval", f"checkpoint={tmp_path}/run", f"hydra.run.dir={tmp_path}/e1", cwd=tmp_path)
+    code, err = cli("job=eval", f"checkpoint={tmp_path}/run", f"hydra.run.dir={tmp_path}/e1", cwd=tmp_path)
     assert code == 2 and "model._target_=helpers.tiny_cnn on the command line" in one_line_error(err, "refused")
-    cli("task=eval", f"checkpoint={tmp_path}/run", "model._target_=helpers.tiny_cnn",
+    cli("job=eval", f"checkpoint={tmp_path}/run", "model._target_=helpers.tiny_cnn",
         f"hydra.run.dir={tmp_path}/e2", cwd=tmp_path, check=True)
     assert (tmp_path / "e2" / "results.json").exists()

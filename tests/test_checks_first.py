@@ -64,13 +64,13 @@ def test_a_detection_evaluation_of_a_classifier_is_refused_before_training(tmp_p
 
 def test_evaluating_a_detector_checkpoint_under_segmentation_attacks_is_refused(tmp_path, no_work):
     # Before: accepted, and reported as a result because no image was found clean, so none was attacked.
-    refused(tmp_path, "task=eval", f"checkpoint={detector_checkpoint(tmp_path)}", "eval=segmentation",
+    refused(tmp_path, "job=eval", f"checkpoint={detector_checkpoint(tmp_path)}", "eval=segmentation",
             expected="attack.loss=segpgd is not defined for detection")
 
 
 def test_a_detector_checkpoint_on_classification_data_is_refused_naming_the_data_it_needs(tmp_path, no_work):
     # Before: a torch.cat traceback deep in the evaluation.
-    line = refused(tmp_path, "task=eval", f"checkpoint={detector_checkpoint(tmp_path)}", "dataset=digits",
+    line = refused(tmp_path, "job=eval", f"checkpoint={detector_checkpoint(tmp_path)}", "dataset=digits",
                    "eval=pgd20", expected="model=YoloTiny (the checkpoint's) does not take classification data "
                                           "(dataset=digits): it is a detection model")
     assert "needs dataset=digits_det, fashion_mnist_det, yolo, coco" in line
@@ -84,15 +84,15 @@ def test_a_model_of_another_task_is_refused_for_training(tmp_path, no_work):
 
 def test_saliency_of_a_segmenter_is_refused_before_any_work(tmp_path, no_work):
     torch.save({"weight": torch.zeros(1)}, tmp_path / "plain.pt")
-    refused(tmp_path, *SEGMENTER, "task=saliency", f"checkpoint={tmp_path / 'plain.pt'}",
-            expected="task=saliency draws classification, text and detection models; dataset=digits_seg poses "
+    refused(tmp_path, *SEGMENTER, "job=saliency", f"checkpoint={tmp_path / 'plain.pt'}",
+            expected="job=saliency draws classification, text and detection models; dataset=digits_seg poses "
                      "segmentation")
 
 
 def test_saliency_without_an_evaluation_attack_is_refused():
-    cfg = plain(compose_config(["task=saliency", "checkpoint=x.pt"]))
+    cfg = plain(compose_config(["job=saliency", "checkpoint=x.pt"]))
     cfg.eval.attacks = {}
-    with pytest.raises(AdvbenchError, match="task=saliency maps the gradient of the first of eval.attacks"):
+    with pytest.raises(AdvbenchError, match="job=saliency maps the gradient of the first of eval.attacks"):
         check_config(cfg)
 
 
@@ -119,11 +119,11 @@ def test_attacks_that_fit_their_task_still_build():
 
 @pytest.mark.parametrize("group, option", group_options())
 def test_every_shipped_option_with_its_partners_passes_the_checks(group, option):
-    # No false refusal: each option, composed with partners of its task, is accepted (task=eval: a training
+    # No false refusal: each option, composed with partners of its task, is accepted (job=eval: a training
     # mode's own choice of attacks is tested in test_config).
     kind = KINDS.get(option, "classification")
     partners = [p for p in PARTNERS.get(kind, []) if p.split("=")[0] != group]
-    check_config(plain(compose_config([*partners, f"{group}={option}", *EXTRA.get(option, []), "task=eval"])))
+    check_config(plain(compose_config([*partners, f"{group}={option}", *EXTRA.get(option, []), "job=eval"])))
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))

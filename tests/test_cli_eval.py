@@ -1,4 +1,4 @@
-"""``task=eval`` through the real CLI: checkpoint round trip, AutoAttack preset, curves, images, bad checkpoints."""
+"""``job=eval`` through the real CLI: checkpoint round trip, AutoAttack preset, curves, images, bad checkpoints."""
 import argparse
 import csv
 import json
@@ -24,24 +24,42 @@ def results(run_dir):
 
 def test_eval_of_a_checkpoint_reproduces_the_training_runs_evaluation(trained_run, tmp_path):
     for i, checkpoint in enumerate((trained_run, trained_run / "model.pt")):
-        cli("task=eval", f"checkpoint={checkpoint}", "progress=false", f"hydra.run.dir={tmp_path}/e{i}",
+        cli("job=eval", f"checkpoint={checkpoint}", "progress=false", f"hydra.run.dir={tmp_path}/e{i}",
             cwd=tmp_path, check=True)
         trained, evaluated = results(trained_run), results(tmp_path / f"e{i}")
         for key in ("clean_acc", "robust_acc", "robust_acc_by_attack", "n_examples", "eps"):
             assert evaluated[key] == trained[key], key
-        assert evaluated["task"] == "eval" and evaluated["choices"]["model"] == "mlp"
+        assert evaluated["job"] == "eval" and evaluated["choices"]["model"] == "mlp"
         assert not (tmp_path / f"e{i}" / "model.pt").exists()
 
 
+def test_the_old_spelling_task_eval_still_evaluates_with_a_deprecation_warning(trained_run, tmp_path, caplog):
+    """``task=`` named the job before it came to name the problem: it keeps working, with one warning line."""
+    with caplog.at_level("WARNING", logger="advbench"):
+        code, _ = cli("task=eval", f"checkpoint={trained_run}", "progress=false", "eval.n_examples=20",
+                      f"hydra.run.dir={tmp_path}/old", cwd=tmp_path)
+    assert code == 0 and results(tmp_path / "old")["job"] == "eval"
+    assert "task=eval is deprecated: write job=eval" in caplog.text
+
+
+def test_a_checkpoint_whose_config_says_task_for_the_job_evaluates(trained_run, tmp_path):
+    state = torch.load(trained_run / "model.pt", weights_only=True)
+    state["config"]["task"] = state["config"].pop("job")  # as an older advbench stored it
+    torch.save(state, tmp_path / "old.pt")
+    cli("job=eval", f"checkpoint={tmp_path}/old.pt", "progress=false", f"hydra.run.dir={tmp_path}/e", cwd=tmp_path,
+        check=True)
+    assert results(tmp_path / "e")["clean_acc"] == results(trained_run)["clean_acc"]
+
+
 def test_eval_default_directory_names_the_checkpoints_run(trained_run, tmp_path):
-    advbench("task=eval", f"checkpoint={trained_run}", "progress=false", "eval.n_examples=20", cwd=tmp_path)
+    advbench("job=eval", f"checkpoint={trained_run}", "progress=false", "eval.n_examples=20", cwd=tmp_path)
     (out,) = (tmp_path / "outputs").iterdir()
     assert out.name == f"eval_{trained_run.parent.name}_run"
 
 
 def test_autoattack_preset_with_curve_and_examples(trained_run, tmp_path):
     out = tmp_path / "aa"
-    cli("task=eval", f"checkpoint={trained_run}", "eval=autoattack", "eval.n_examples=60",
+    cli("job=eval", f"checkpoint={trained_run}", "eval=autoattack", "eval.n_examples=60",
         "eval.attacks.apgd_ce.steps=20", "eval.attacks.apgd_t.steps=20", "eval.attacks.apgd_t.n_targets=3",
         "eval.attacks.fab_t.steps=10", "eval.attacks.fab_t.n_targets=3", "eval.attacks.square.steps=200",
         "eval.eps_list=[0.1,2/255,0.05]", "eval.save_examples=6", "eps=0.05", "progress=false",
@@ -91,11 +109,11 @@ def test_bad_checkpoints_get_a_one_line_error(trained_run, tmp_path, case):
     if case == "mismatch":
         args, expected = [f"checkpoint={trained_run}", "model.hidden=7"], "do not fit model=advbench.models.mlp"
     elif case == "none":
-        args, expected = [], "task=eval needs checkpoint="
+        args, expected = [], "job=eval needs checkpoint="
     else:
         path, expected = bad_checkpoints(tmp_path)[case]
         args = [f"checkpoint={path}", "dataset=digits", "model=mlp"]
-    proc = advbench("task=eval", *args, "progress=false", f"hydra.run.dir={tmp_path}/e", cwd=tmp_path,
+    proc = advbench("job=eval", *args, "progress=false", f"hydra.run.dir={tmp_path}/e", cwd=tmp_path,
                     check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if expected in line]
@@ -111,9 +129,9 @@ def test_eval_takes_a_plain_state_dict_and_a_torchscript_file(trained_run, tmp_p
     model.load_state_dict(state["state_dict"])
     torch.jit.save(torch.jit.script(model.eval()), tmp_path / "scripted.pt")
     same = ["dataset=digits", "eval.n_examples=60", "progress=false"]
-    cli("task=eval", f"checkpoint={tmp_path}/weights.pt", "model=mlp", "model.hidden=32", *same,
+    cli("job=eval", f"checkpoint={tmp_path}/weights.pt", "model=mlp", "model.hidden=32", *same,
         f"hydra.run.dir={tmp_path}/sd", cwd=tmp_path, check=True)
-    cli("task=eval", f"checkpoint={tmp_path}/scripted.pt", *same, f"hydra.run.dir={tmp_path}/ts", cwd=tmp_path,
+    cli("job=eval", f"checkpoint={tmp_path}/scripted.pt", *same, f"hydra.run.dir={tmp_path}/ts", cwd=tmp_path,
         check=True)
     trained = results(trained_run)
     for run in ("sd", "ts"):  # the same weights: the training run's numbers, to the last digit

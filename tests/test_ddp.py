@@ -23,7 +23,7 @@ def test_two_process_ddp_run_writes_one_directory_with_gathered_results(tmp_path
     assert (run / "advbench.log").read_text().count("epoch 1:") == 1
 
     # The gathered clean flags are those of evaluating the same weights in one process.
-    advbench("task=eval", f"checkpoint={run}", "progress=false", f"hydra.run.dir={tmp_path}/single",
+    advbench("job=eval", f"checkpoint={run}", "progress=false", f"hydra.run.dir={tmp_path}/single",
              cwd=tmp_path)
     single = json.loads((tmp_path / "single" / "results.json").read_text())
     assert single["world_size"] == 1

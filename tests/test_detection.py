@@ -287,7 +287,7 @@ def test_cli_trains_and_evaluates_a_detector_writing_every_file(tmp_path):
         assert (run / name).exists(), name
     assert png_size(run / "adversarial_examples.png")[0] > 300 and png_size(run / "robustness_curve.png")[0] > 200
 
-    cli("task=saliency", f"checkpoint={run}", "saliency.n_examples=2", f"hydra.run.dir={tmp_path}/sal",
+    cli("job=saliency", f"checkpoint={run}", "saliency.n_examples=2", f"hydra.run.dir={tmp_path}/sal",
         cwd=tmp_path, check=True)
     scales = json.loads((tmp_path / "sal" / "results.json").read_text())["mean_abs_gradient"]
     assert set(scales) == {"box", "obj", "cls", "total"} and len(set(scales.values())) == 4

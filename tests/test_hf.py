@@ -234,7 +234,7 @@ def test_a_pair_data_set_trains_an_hf_model_and_its_saliency_joins_word_pieces(t
     assert results["n_examples"] == 12 and 0 <= results["clean_macro_f1"] <= 1
     assert results["robust_macro_f1_by_attack"]["fgm_embedding"] == results["robust_macro_f1"]
     assert f"- macro F1: robust {results['robust_macro_f1']:.4f}" in (tmp_path / "run" / "summary.md").read_text()
-    cli("task=saliency", f"checkpoint={tmp_path}/run", "saliency.n_examples=2", "progress=false",
+    cli("job=saliency", f"checkpoint={tmp_path}/run", "saliency.n_examples=2", "progress=false",
         f"hydra.run.dir={tmp_path}/sal", cwd=tmp_path, check=True)
     page = (tmp_path / "sal" / "saliency.html").read_text()
     assert ">w123</span>" in page and "##" not in page  # w123 is the pieces w12 and ##3, joined

@@ -61,7 +61,7 @@ def test_a_robustbench_model_loads_from_its_local_layout_only(tmp_path):
     synthetic = ["dataset=synthetic", "dataset.channels=3", "dataset.image_size=32", "dataset.n_classes=10",
                  "dataset.mean=[0.5,0.5,0.5]", "dataset.std=[0.25,0.25,0.25]", "eval.n_examples=8",
                  "eval.attacks.pgd20.steps=2", "progress=false", "threads=2"]
-    rb = ["task=eval", "model=robustbench", "model.name=Wong2020Fast", f"model.model_dir={tmp_path}/models"]
+    rb = ["job=eval", "model=robustbench", "model.name=Wong2020Fast", f"model.model_dir={tmp_path}/models"]
     code, err = cli(*rb, *synthetic, f"hydra.run.dir={tmp_path}/missing", cwd=tmp_path)
     assert code == 2 and "put RobustBench's checkpoint there" in one_line_error(err, "no weights at")
     torch.save({"state_dict": model.state_dict()}, target / "Wong2020Fast.pt")

@@ -11,13 +11,14 @@ from advbench.report import aggregate, collect, write_report
 from helpers import TINY, advbench
 
 
-def fake_run(root, name, training, eps, seed, robust=None, status=None, task="train", extra=(), labels=None):
+def fake_run(root, name, training, eps, seed, robust=None, status=None, job="train", extra=(), labels=None,
+             key="job"):
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     choices = {"dataset": "digits", "model": "mlp", "training": training, "attack": "pgd"}
     overrides = [f"training={training}", f"eps={eps}", f"seed={seed}", "progress=false", *extra]
     (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
-    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"eps": eps, "seed": seed, "task": task}))
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"eps": eps, "seed": seed, key: job}))
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     if robust is not None:
         (run / "results.json").write_text(json.dumps({"clean_acc": 0.9, "robust_acc": robust, "wall_seconds": 1.5,
@@ -55,11 +56,12 @@ def test_report_never_averages_different_settings_or_tasks(tmp_path):
     for seed, weight in ((0, "0.1"), (1, "0.9")):
         fake_run(tmp_path, f"w{weight}", "mixed", "0.1", seed, 0.5 + seed / 10, "finished",
                  extra=[f"training.adv_weight={weight}"])
-    fake_run(tmp_path, "eval", "mixed", "0.1", 0, 0.3, "finished", task="eval", extra=["checkpoint=w0.1"])
+    # written by an older advbench, whose key for the job was ``task``
+    fake_run(tmp_path, "eval", "mixed", "0.1", 0, 0.3, "finished", job="eval", extra=["checkpoint=w0.1"], key="task")
     fake_run(tmp_path, "custom", "mixed", "0.1", 0, 0.2, "finished", extra=["model._target_=my.Net"],
              labels={"dataset": "digits", "model": "Net", "training": "mixed", "attack": "pgd"})
     groups = aggregate(collect(tmp_path))
-    assert sorted((g["task"], g["setting"], g["n_seeds"]) for g in groups) == [
+    assert sorted((g["job"], g["setting"], g["n_seeds"]) for g in groups) == [
         ("eval", "checkpoint=w0.1,eps=0.1,training=mixed", 1),
         ("train", "eps=0.1,model._target_=my.Net,training=mixed", 1),
         ("train", "eps=0.1,training.adv_weight=0.1,training=mixed", 1),
@@ -125,7 +127,7 @@ def test_slurm_launcher_configs_compose():
 def test_report_plots_against_any_config_key(tmp_path):
     for lr, robust in (("0.01", 0.5), ("0.001", 0.6)):
         run = fake_run(tmp_path, f"lr{lr}", "adversarial", "0.1", 0, robust, "finished", extra=[f"lr={lr}"])
-        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"eps": "0.1", "seed": 0, "task": "train",
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"eps": "0.1", "seed": 0, "job": "train",
                                                                     "lr": float(lr)}))
     rows = write_report(tmp_path, by="lr")
     assert sorted(r["x"] for r in rows) == [0.001, 0.01]

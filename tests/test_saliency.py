@@ -1,4 +1,4 @@
-"""Saliency maps: the gradient of each loss term, and task=saliency through the CLI."""
+"""Saliency maps: the gradient of each loss term, and job=saliency through the CLI."""
 import json
 
 import pytest
@@ -55,7 +55,7 @@ def test_saliency_task_writes_one_grid_per_run(tmp_path):
     advbench("dataset=digits", "model=mlp", "model.hidden=32", "training=trades", "attack=pgd", "attack.steps=2",
              "epochs=2", "progress=false", "threads=1", "eval.n_examples=50", f"hydra.run.dir={tmp_path}/run",
              cwd=tmp_path)
-    proc = advbench("task=saliency", f"checkpoint={tmp_path}/run", "saliency.n_examples=3",
+    proc = advbench("job=saliency", f"checkpoint={tmp_path}/run", "saliency.n_examples=3",
                     "saliency.smoothgrad_samples=4", "progress=false", f"hydra.run.dir={tmp_path}/sal",
                     cwd=tmp_path)
     files = json.loads((tmp_path / "sal" / "results.json").read_text())["files"]

@@ -1,4 +1,4 @@
-"""A stored config is data: a battery of malicious checkpoints and last.pt files through task=eval, task=saliency,
+"""A stored config is data: a battery of malicious checkpoints and last.pt files through job=eval, job=saliency,
 resume= and the Python API. Nothing runs, nothing is written outside the run directory, and a permission or a
 tracker comes from the command line only."""
 import copy
@@ -110,7 +110,7 @@ def test_a_malicious_stored_config_is_refused_in_one_line_and_runs_nothing(runs,
     else:
         poisoned(source, tmp_path / "evil.pt", place, make(marker))
         before = outside(tmp_path, tmp_path / "run")
-        code, err = cli(f"task={route}", f"checkpoint={tmp_path}/evil.pt", f"hydra.run.dir={tmp_path}/run",
+        code, err = cli(f"job={route}", f"checkpoint={tmp_path}/evil.pt", f"hydra.run.dir={tmp_path}/run",
                         cwd=tmp_path)
     assert code == 2, err
     one_line_error(err, "refused" if "refused" in err else "not a key")
@@ -147,7 +147,7 @@ def test_a_stored_trust_pickle_never_unpickles_the_file_it_names(runs, tmp_path)
                                 "weights": str(tmp_path / "yolo.pt"), "trust_pickle": True}
     state["config"]["dataset"]["name"] = "digits_det"
     torch.save(state, tmp_path / "evil.pt")
-    code, err = cli("task=eval", f"checkpoint={tmp_path}/evil.pt", f"hydra.run.dir={tmp_path}/run",
+    code, err = cli("job=eval", f"checkpoint={tmp_path}/evil.pt", f"hydra.run.dir={tmp_path}/run",
                     "dataset.n_scenes=8", "dataset.n_test=8", cwd=tmp_path)
     assert code == 2 and not marker.exists()
     assert "trust_pickle" in one_line_error(err, "trust_pickle")
@@ -159,7 +159,7 @@ def test_a_stored_logger_and_hydra_section_are_ignored(runs, tmp_path):
                                  "mlflow_uri": str(tmp_path / "elsewhere"), "wandb_mode": "online"}
     state["config"]["hydra"] = {"run": {"dir": str(tmp_path / "elsewhere2")}}
     torch.save(state, tmp_path / "evil.pt")
-    code, err = cli("task=eval", f"checkpoint={tmp_path}/evil.pt", f"hydra.run.dir={tmp_path}/run",
+    code, err = cli("job=eval", f"checkpoint={tmp_path}/evil.pt", f"hydra.run.dir={tmp_path}/run",
                     "eval.n_examples=20", cwd=tmp_path)
     assert code == 0, err
     assert "logger section is ignored" in err and "hydra section is ignored" in err
@@ -173,7 +173,7 @@ def test_stored_paths_to_other_runs_are_not_followed(runs, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     state["config"] |= {"checkpoint": str(elsewhere / "x.pt"), "resume": str(elsewhere)}
     torch.save(state, tmp_path / "evil.pt")
-    code, err = cli("task=eval", f"checkpoint={tmp_path}/evil.pt", f"hydra.run.dir={tmp_path}/run",
+    code, err = cli("job=eval", f"checkpoint={tmp_path}/evil.pt", f"hydra.run.dir={tmp_path}/run",
                     "eval.n_examples=20", cwd=tmp_path)
     assert code == 0, err
     assert not elsewhere.exists()
@@ -196,7 +196,7 @@ def test_the_rest_of_a_checkpoint_is_checked_by_type(runs, tmp_path, field, valu
     state = torch.load(runs / "done" / "model.pt", weights_only=True)
     state[field] = value
     torch.save(state, tmp_path / "odd.pt")
-    code, err = cli("task=eval", f"checkpoint={tmp_path}/odd.pt", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    code, err = cli("job=eval", f"checkpoint={tmp_path}/odd.pt", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert code == 2 and field in one_line_error(err, "checkpoint=")
 
 

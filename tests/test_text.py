@@ -183,7 +183,7 @@ def test_textcnn_trains_with_fgm_through_the_cli_and_evaluates(tmp_path):
     assert results["robust_acc"] <= results["clean_acc"] and results["clean_acc"] > 1 / 6
     checkpoint = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert checkpoint["vocab"][:3] == ["<pad>", "<unk>", "the"]
-    advbench("task=eval", f"checkpoint={tmp_path}/run", "progress=false", f"hydra.run.dir={tmp_path}/eval",
+    advbench("job=eval", f"checkpoint={tmp_path}/run", "progress=false", f"hydra.run.dir={tmp_path}/eval",
              cwd=tmp_path)
     again = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert again["clean_acc"] == results["clean_acc"] and again["robust_acc"] == results["robust_acc"]
@@ -208,7 +208,7 @@ def test_text_and_image_mismatches_get_one_line_errors(tmp_path, overrides, expe
 def test_token_saliency_writes_html_and_png(tmp_path):
     advbench("dataset=synthetic_text", "model=textcnn", "training=mixed", "attack=fgm", "eps=1.0", "epochs=2",
              "progress=false", "threads=1", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
-    advbench("task=saliency", f"checkpoint={tmp_path}/run", "saliency.n_examples=4", "progress=false",
+    advbench("job=saliency", f"checkpoint={tmp_path}/run", "saliency.n_examples=4", "progress=false",
              f"hydra.run.dir={tmp_path}/sal", cwd=tmp_path)
     page = (tmp_path / "sal" / "saliency.html").read_text()
     assert page.count("<p><b>y=") == 4 and "rgba(255, 80, 0, 1.00)" in page  # each text's top token

@@ -1,4 +1,4 @@
-"""The evaluation that ends every training run and makes up ``task=eval``: the test split under attack, per-example
+"""The evaluation that ends every training run and makes up ``job=eval``: the test split under attack, per-example
 flags, sanity checks, the robustness curve and example images."""
 import csv
 import io

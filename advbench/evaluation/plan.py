@@ -70,7 +70,7 @@ class EvalPlan:
             self.attacks(eps)
         if self.save_examples and not self.task.draws_examples:
             raise AdvbenchError(f"eval.save_examples draws images; {self.task.name} has none to draw: use "
-                                "task=saliency")
+                                "job=saliency")
 
     def curve_eps(self) -> list:
         """``eval.eps_list``, smallest first."""

@@ -22,7 +22,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, config: dict, **extra) -
 def resolve(path: str) -> Path:
     """The checkpoint file: ``path`` itself, or ``model.pt`` in a run directory."""
     if path is None:
-        raise AdvbenchError("task=eval needs checkpoint=<run directory, model.pt, a state dict or a TorchScript file> "
+        raise AdvbenchError("job=eval needs checkpoint=<run directory, model.pt, a state dict or a TorchScript file> "
                             "(or a model that loads its own weights: model.weights=..., model=robustbench)")
     p = Path(path).expanduser()
     if p.is_dir():

@@ -43,7 +43,7 @@ class Task(ABC):
     evaluates_with_training_attack = False
     draws_examples = True  # eval.save_examples can draw its inputs
     scores_training = True  # the epoch log reports training accuracy (cheap for classification)
-    draws_saliency = True  # task=saliency can draw this task's gradient maps (write_saliency)
+    draws_saliency = True  # job=saliency can draw this task's gradient maps (write_saliency)
     ranks_wrong = False  # APGD-T can rank this task's wrong classes (ranked_wrong)
     crafts_goals = False  # attack.goal other than truth: targets built from the predictions (goal)
 
@@ -206,8 +206,8 @@ class Task(ABC):
         raise AdvbenchError(f"eval.save_examples: {self.name} draws no examples")
 
     def write_saliency(self, model, test, attack, mode, settings, device, out) -> tuple:
-        """task=saliency: gradient maps of the first test examples; (files, mean |gradient| per map)."""
-        raise AdvbenchError(f"task=saliency draws no maps for {self.name}")
+        """job=saliency: gradient maps of the first test examples; (files, mean |gradient| per map)."""
+        raise AdvbenchError(f"job=saliency draws no maps for {self.name}")
 
     def predict(self, model, x):
         """Outputs of ``model`` (in its view space) without grad, in eval mode; the caller's modes restored."""

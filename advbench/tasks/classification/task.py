@@ -84,7 +84,7 @@ class Classification(Task):
                       self.classes, notes, title)
 
     def write_saliency(self, model, test, attack, mode, settings, device, out) -> tuple:
-        """task=saliency: one PNG of gradient maps per test image (see evaluation/saliency.py)."""
+        """job=saliency: one PNG of gradient maps per test image (see evaluation/saliency.py)."""
         from advbench.tasks.classification.saliency import write_saliency
         return write_saliency(model, test, attack, mode, settings, device, out)
 

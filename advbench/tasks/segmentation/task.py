@@ -33,7 +33,7 @@ class Segmentation(Task):
     modes = ("standard", "adversarial", "mixed", "free")
     models = ("unet_tiny", "torchvision_segmenter")
     scores_training = True  # pixel accuracy >= threshold per image is cheap
-    draws_saliency = False  # task=saliency has no segmentation maps yet: refused before any work
+    draws_saliency = False  # job=saliency has no segmentation maps yet: refused before any work
 
     def __init__(self, n_classes: int = 0, classes: list | None = None, broken_below: float = 0.75,
                  n_examples: int | None = None):
@@ -161,7 +161,7 @@ class Segmentation(Task):
                            title)
 
     def write_saliency(self, model, test, attack, mode, settings, device, out) -> tuple:
-        raise AdvbenchError("task=saliency draws classification and detection models; segmentation has none yet")
+        raise AdvbenchError("job=saliency draws classification and detection models; segmentation has none yet")
 
 
 __all__ = ["Segmentation", "miou_of"]

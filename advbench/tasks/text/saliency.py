@@ -1,4 +1,4 @@
-"""``task=saliency`` for text: each word's gradient norm at its embeddings, as a highlighted HTML page and a PNG.
+"""``job=saliency`` for text: each word's gradient norm at its embeddings, as a highlighted HTML page and a PNG.
 
 A Hugging Face tokenizer's word pieces are joined back into words; a word's norm is the L2 norm of its pieces'
 gradients together (the gradient at the word's embeddings, as one vector).
