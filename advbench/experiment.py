@@ -12,14 +12,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from advbench.checks import check_config, check_keys, check_resume_overrides, command_line
+from advbench.checks import check_config, check_keys
 from advbench.data import load_data, model_tokenizer
 from advbench.eps import parse_eps
 from advbench.errors import AdvbenchError
 from advbench.evaluation import EvalPlan, Evaluator, final_evaluation
 from advbench.evaluation.batch import auto_batch_size
 from advbench.evaluation.summary import write_summary
-from advbench.run_config import checkpoint_config, plain, resolve_device, threads_per_job
+from advbench.run_config import (check_resume_overrides, checkpoint_config, command_line, plain, resolve_device,
+                                 threads_per_job)
 from advbench.runtime import distributed, readable
 from advbench.runtime.checkpoint import build_model, data_kwargs, load_checkpoint, save_checkpoint
 from advbench.runtime.outputs import versions, write_json, write_yaml

@@ -4,7 +4,7 @@ import os
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from advbench.config import AttackConf
@@ -79,3 +79,33 @@ def checkpoint_config(cfg, state: dict, job: str = "eval", overrides: bool = Tru
     merged.stop_after_epoch = cfg.stop_after_epoch  # an interruption is not part of the experiment
     OmegaConf.set_struct(merged, True)
     return merged
+
+
+# What a resumed run may change: how it runs, how long, and how it is evaluated; never what it trains.
+RESUMABLE = ("epochs", "device", "threads", "progress", "resume", "stop_after_epoch", "eval", "dataset.root",
+             "dataset.download")
+
+
+def command_line() -> dict:
+    """key -> value text of this command line's overrides (``+``/``~`` prefixes dropped)."""
+    pairs = (o.split("=", 1) for o in HydraConfig.get().overrides.task if "=" in o)
+    return {key.lstrip("+~"): value for key, value in pairs}
+
+
+def _plain(node):
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+
+
+def check_resume_overrides(stored, cfg, done_epochs: int) -> None:
+    """A resume continues the same experiment: refuse overrides that change it, naming the keys."""
+    changed = []
+    for key in command_line():
+        if key.startswith("hydra") or any(key == k or key.startswith(k + ".") for k in RESUMABLE):
+            continue
+        if _plain(OmegaConf.select(stored, key)) != _plain(OmegaConf.select(cfg, key)):
+            changed.append(key)
+    if changed:
+        raise AdvbenchError(f"resume: {', '.join(sorted(changed))} would change the experiment being resumed; a "
+                            f"resume may change only {', '.join(RESUMABLE)} (eval.*); start a new run instead")
+    if cfg.epochs < done_epochs:
+        raise AdvbenchError(f"epochs={cfg.epochs} is below the {done_epochs} epochs the resumed run has finished")

@@ -49,14 +49,14 @@ def sweep_config(*sweeps, sweeper="hparams_search=robust_optuna"):
     ("eps=choice(8/255,2)", "eps=choice(8/255,2): a trial would be refused: eps=2 is above 1"),
 ])
 def test_a_search_space_whose_trials_would_fail_is_refused(sweep, expected):
-    from advbench.checks import check_search_space
+    from advbench.search_space import check_search_space
     from advbench.errors import AdvbenchError
     with pytest.raises(AdvbenchError, match=re.escape(expected)):
         check_search_space(sweep_config(sweep))
 
 
 def test_the_shipped_search_space_and_a_grid_pass_the_search_space_check():
-    from advbench.checks import check_search_space
+    from advbench.search_space import check_search_space
     from advbench.errors import AdvbenchError
     check_search_space(sweep_config("model.hidden=choice(16,32)", "eps=choice(2/255,0.1)"))
     check_search_space(sweep_config("epochs=0,1", sweeper=None))  # a grid: each job is checked on its own
@@ -70,7 +70,7 @@ class SearchSpaceCheck(Callback):
     """check_search_space as a sweep's start runs it (a Hydra callback), given on the command line."""
 
     def on_multirun_start(self, config, **kwargs):
-        from advbench.checks import check_search_space
+        from advbench.search_space import check_search_space
         from advbench.errors import AdvbenchError, Refused
         try:
             check_search_space(config)

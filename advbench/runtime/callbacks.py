@@ -136,7 +136,7 @@ class RunGuard(Callback):
         if resume and resume != "auto":
             refuse(f"resume={resume} continues one run; to continue a sweep use resume=auto with "
                    "hydra.sweep.dir=<the sweep's directory>")
-        from advbench.checks import check_search_space  # imports torch: only once a sweep starts
+        from advbench.search_space import check_search_space  # imports torch: only once a sweep starts
         try:  # an Optuna space whose trials would all fail: refused before the sweep's directory exists
             check_search_space(config)
         except AdvbenchError as err:
