@@ -123,8 +123,9 @@ class Task(ABC):
 
     def objective(self, name: str = "loss", weights: dict | None = None, **kwargs):
         """What an attack ascends: ``fn(outputs, targets) -> per-example loss``; ``loss`` is the weighted sum of
-        the task's terms (all terms, weight 1, by default)."""
-        if name != "loss":
+        the task's terms (all terms, weight 1, by default). ``ce``, the schema's default attack.loss, names it too:
+        a task with no cross-entropy of its own must not fail on a default it never chose."""
+        if name not in ("loss", "ce"):
             raise AdvbenchError(f"attack.loss={name} is not defined for {self.name}: expected loss")
         weights = self.check_terms(weights)
 
