@@ -345,7 +345,9 @@ def test_a_new_task_runs_through_the_cli_with_no_edit_to_the_core(keypoints, tmp
         assert results["n_examples"] == 50 and results["classes"] == ["x", "y"]
         assert 0 <= results["robust_pck"] <= results["clean_pck"] <= 1
         assert set(results["robust_pck_by_attack"]) == {"pgd20"}
-    flags = np.load(tmp_path / "train" / "robust_flags.npz")
+    trained = json.loads((tmp_path / "train" / "results.json").read_text())
+    flags = np.load(tmp_path / "train" / "robust_flags.npz")  # the per-example flags the task summarized
     assert sorted(flags.files) == ["clean", "pgd20", "worst_case"]
     assert (flags["worst_case"] <= flags["clean"]).all()
-    assert flags["clean"].mean() == pytest.approx(results["clean_pck"])
+    assert flags["clean"].mean() == pytest.approx(trained["clean_pck"])
+    assert flags["worst_case"].mean() == pytest.approx(trained["robust_pck"])
