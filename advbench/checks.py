@@ -2,7 +2,6 @@
 task, and the task, mode, attacks and evaluation plan built once (``check_config`` returns them for the run)."""
 import dataclasses
 import typing
-from functools import lru_cache
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -144,32 +143,28 @@ def _check_numbers(cfg) -> None:
             raise AdvbenchError(f"{key}={shown}: expected a list of {accepted}, one per channel")
 
 
-@lru_cache(maxsize=1)
-def _tasks_by_target() -> dict:
-    """{model _target_: task key}: the task each model option advbench ships solves, as the tasks declare it
-    (model=module builds the user's own)."""
+def model_tasks_of(model_cfg) -> tuple:
+    """The task keys a model config builds a model for, as the tasks declare its option; () for a model advbench
+    does not ship (model=module builds the user's own)."""
+    target = str(OmegaConf.select(model_cfg, "_target_"))
+    target = LEGACY_TARGETS.get(target, target)
+    options = [option for option, shipped in shipped_targets("model").items() if shipped == target]
     by_option = model_tasks()
-    by_target = {target: by_option.get(option) for option, target in shipped_targets("model").items()}
-    return by_target | {old: by_target.get(new) for old, new in LEGACY_TARGETS.items()}
-
-
-def model_task(model_cfg) -> str | None:
-    """The task key the model config builds a model for; None for a model advbench does not ship."""
-    return _tasks_by_target().get(str(OmegaConf.select(model_cfg, "_target_")))
+    return tuple(key for option in options for key in by_option.get(option, ()))
 
 
 def _check_model_fits(cfg, task: str) -> None:
     """The model solves the task the data set poses: a detector given classification data would fail deep in the
     evaluation (or score nothing) after the data and model were built."""
-    needs = model_task(cfg.model)
-    if needs is None or needs == task:
+    needs = model_tasks_of(cfg.model)
+    if not needs or task in needs:
         return
     name = str(cfg.model._target_).rsplit(".", 1)[-1]
     whose = " (the checkpoint's)" if cfg.job != "train" and cfg.checkpoint else ""
-    fitting = ", ".join(n for n, (_, t) in sources().items() if t == needs)
-    given, wanted = task_class(task), task_class(needs)
+    fitting = ", ".join(n for n, (_, t) in sources().items() if t in needs)
+    given, wanted = task_class(task), " or ".join(task_class(k).name for k in needs)
     raise AdvbenchError(f"model={name}{whose} does not take {given.name} data (dataset={cfg.dataset.name}): it is "
-                        f"a {wanted.name} model and needs dataset={fitting}; {given.name} takes model="
+                        f"a {wanted} model and needs dataset={fitting}; {given.name} takes model="
                         f"{', '.join(given.models)}")
 
 

@@ -317,17 +317,12 @@ def centroids(cfg) -> Source:
 @pytest.fixture
 def keypoints(tmp_path):
     """The keypoints task and its data set registered, with its dataset option in a config folder of its own."""
-    from advbench import checks
     register("keypoints", Keypoints, {"keypoints": centroids})
-    # checks.py caches {model _target_: task} once per process: a task registered later is seen only once the
-    # cache is cleared (reported as a limitation of the core; the registry itself needs nothing)
-    checks._tasks_by_target.cache_clear()
     conf = tmp_path / "conf" / "dataset"
     conf.mkdir(parents=True)
     (conf / "keypoints.yaml").write_text("name: keypoints\nval_size: 100\nmean: [0.3053]\nstd: [0.3760]\n")
     yield tmp_path / "conf"
     unregister("keypoints")
-    checks._tasks_by_target.cache_clear()
 
 
 def test_a_new_task_runs_through_the_cli_with_no_edit_to_the_core(keypoints, tmp_path):

@@ -6,7 +6,7 @@ import torch
 from omegaconf import OmegaConf
 
 from advbench.attacks.spec import build_attack
-from advbench.checks import check_config, model_task
+from advbench.checks import check_config, model_tasks_of
 from advbench.errors import AdvbenchError
 from advbench.run_config import plain, typed_attack
 from advbench.runtime.checkpoint import save_checkpoint
@@ -17,7 +17,7 @@ from advbench.tasks.segmentation import Segmentation
 from advbench.tasks.segmentation.metrics import IGNORE, Records
 from conftest import CONF, compose_config, group_options
 from helpers import cli, one_line_error
-from test_config import EXTRA, KINDS, PARTNERS
+from test_config import EXTRA, PARTNERS, task_of_option
 
 DETECTOR = ["dataset=digits_det", "model=yolo_tiny", "attack=pgd", "eval=detection"]
 SEGMENTER = ["dataset=digits_seg", "model=unet_tiny", "attack=pgd", "eval=segmentation"]
@@ -121,7 +121,7 @@ def test_attacks_that_fit_their_task_still_build():
 def test_every_shipped_option_with_its_partners_passes_the_checks(group, option):
     # No false refusal: each option, composed with partners of its task, is accepted (job=eval: a training
     # mode's own choice of attacks is tested in test_config).
-    kind = KINDS.get(option, "classification")
+    kind = task_of_option(group, option)
     partners = [p for p in PARTNERS.get(kind, []) if p.split("=")[0] != group]
     check_config(plain(compose_config([*partners, f"{group}={option}", *EXTRA.get(option, []), "job=eval"])))
 
@@ -133,8 +133,8 @@ def test_every_shipped_experiment_passes_the_checks(experiment):
 
 def test_every_shipped_model_option_has_a_known_task():
     assert set(model_tasks()) == set(shipped_targets("model")) - {"module"}  # a user's module: not known
-    assert model_task(OmegaConf.create({"_target_": "advbench.models.YoloTiny"})) == "detection"
-    assert model_task(OmegaConf.create({"_target_": "mypackage.Net"})) is None
+    assert model_tasks_of(OmegaConf.create({"_target_": "advbench.models.YoloTiny"})) == ("detection",)
+    assert model_tasks_of(OmegaConf.create({"_target_": "mypackage.Net"})) == ()
 
 
 # --- 2. trackers and model names ------------------------------------------------------------------------------

@@ -82,11 +82,10 @@ def default_task():
 
 
 def model_tasks() -> dict:
-    """{model option: task key}: the shipped model options (conf/model/) each task declares it is solved by. An
-    option more than one task declares (an mlp regresses points as well as it classifies) names no single task:
-    it is left out, whatever order the tasks registered in, and the data set's task decides."""
+    """{model option: (task keys)}: the shipped model options (conf/model/) and the tasks that declare them (an mlp
+    regresses points as well as it classifies)."""
     declared: dict = {}
     for key, cls in tasks().items():
         for option in cls.models:
-            declared.setdefault(option, []).append(key)
-    return {option: keys[0] for option, keys in declared.items() if len(keys) == 1}
+            declared[option] = (*declared.get(option, ()), key)
+    return declared
