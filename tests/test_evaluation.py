@@ -137,9 +137,9 @@ def test_each_sanity_check_fires_on_a_model_built_to_trip_it(trained_mlp, digits
     assert any(words in w for w in found["warnings"]), found["warnings"]
 
 
-def test_sanity_check_fires_when_the_last_attack_is_not_the_strongest(trained_mlp, digits):
-    weak = Attack("fgsm", "linf", 0.01, 0.01)
+def test_the_order_of_the_attacks_is_no_symptom(trained_mlp, digits):
+    weak = Attack("fgsm", "linf", 0.01, 0.01)  # a weak attack listed last is no sign of masking (tests/test_sanity.py)
     assert check(trained_mlp, digits, {"weak": weak, "pgd": PGD})["warnings"] == []
     found = check(trained_mlp, digits, {"pgd": PGD, "weak": weak})
     assert found["robust_acc_alone"]["weak"] > found["robust_acc_alone"]["pgd"]
-    assert any("strongest attack (weak" in w for w in found["warnings"])
+    assert found["warnings"] == []
