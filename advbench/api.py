@@ -5,6 +5,7 @@
     x_adv = pgd(model, x, y)                      # model in any mode, inside no_grad or not
     advbench.evaluate(model, val_loader, {"pgd": pgd})
     advbench.evaluate(model, test_loader, "autoattack", eps="8/255")   # standard AutoAttack, with sanity checks
+    advbench.evaluate(text_model, loader, "pgd20", eps=0.5, task="text")  # token ids: attacks on the embeddings
 """
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def _task(task):
 
 
 def evaluate(model, loader, attacks="autoattack", eps="8/255", device=None, amp: str = "off", cascade: bool = True,
-             normalization=None, sanity: bool = True) -> dict:
+             normalization=None, sanity: bool = True, task=None) -> dict:
     """Clean and robust accuracy of ``model`` over ``loader``'s batches under ``attacks``: a dict name -> Attack, or
     an evaluation preset's name (an option of conf/eval/: autoattack, autoattack_fast, pgd20, ...) built at ``eps``.
 
@@ -58,6 +59,11 @@ def evaluate(model, loader, attacks="autoattack", eps="8/255", device=None, amp:
     (per-example booleans: clean, each attack, worst case) and, with ``sanity``, the sanity checks of a CLI
     evaluation. Works inside ``torch.no_grad()`` and ``torch.inference_mode()``, on a model in train mode; modes,
     buffers and gradients are left as they were.
+
+    ``task`` ("classification" or "text"; None: the task the given Attack objects were built for, else
+    classification): with "text" the batches hold token ids, the attacks move the embeddings (a preset is built
+    for text; its eps is in embedding units) and no [0,1] check applies. Integer inputs to an image task are
+    refused in one line naming ``task="text"``.
     """
     from advbench.evaluation.sanity import sanity_checks
     from advbench.models import Normalize
@@ -65,13 +71,13 @@ def evaluate(model, loader, attacks="autoattack", eps="8/255", device=None, amp:
     if normalization is not None:
         model = torch.nn.Sequential(Normalize(*normalization), model)
     device = torch.device(device) if device else next(model.parameters()).device
-    attacks = preset(attacks, eps) if isinstance(attacks, str) else attacks
-    task, flags, seen = default_task(), [], []
+    task = _evaluated_task(task, attacks)
+    attacks = preset(attacks, eps, task) if isinstance(attacks, str) else attacks
+    _check_attacks(attacks, task)
+    flags, seen = [], []
     for batch in loader:
         x, y = _unpack(batch)
-        if x.is_floating_point() and (x.min() < 0 or x.max() > 1):
-            raise AdvbenchError(f"evaluate: inputs range over [{x.min().item():.3g}, {x.max().item():.3g}]; advbench "
-                                "attacks [0,1] images: pass raw images and normalization=(mean, std)")
+        _check_inputs(x, task)
         x, y = x.to(device), y.to(device)
         flags.append(Evaluator(task, device, amp, len(y), cascade).local_flags(model, x, y, attacks, cascade).flags)
         if sanity and sum(len(b) for b, _ in seen) < 200:
@@ -89,14 +95,55 @@ def evaluate(model, loader, attacks="autoattack", eps="8/255", device=None, amp:
     return results
 
 
-def preset(name: str, eps="8/255") -> dict:
-    """The attacks of evaluation preset ``name`` (``conf/eval/<name>.yaml``) at budget ``eps``, by name."""
+def preset(name: str, eps="8/255", task=None) -> dict:
+    """The attacks of evaluation preset ``name`` (``conf/eval/<name>.yaml``) at budget ``eps``, by name, for
+    ``task`` (a Task or its name; classification by default)."""
     path = EVAL_CONF / f"{name}.yaml"
     if not path.is_file():
         options = sorted(p.stem for p in EVAL_CONF.glob("*.yaml"))
         raise AdvbenchError(f"attacks={name!r} is unknown: expected a dict of attacks or one of {', '.join(options)}")
-    specs = OmegaConf.load(path).attacks
-    return {key: attack(OmegaConf.to_container(spec), eps) for key, spec in specs.items()}
+    specs, task = OmegaConf.load(path).attacks, _task(task)
+    try:
+        return {key: attack(OmegaConf.to_container(spec), eps, task) for key, spec in specs.items()}
+    except AdvbenchError as err:
+        if task.perturbs == "input":
+            raise
+        raise AdvbenchError(f"attacks={name!r} on {task.name}: {err} (presets pgd20, pgd and quick fit)") from None
+
+
+def _evaluated_task(task, attacks):
+    """The task ``evaluate`` judges with: ``task`` (a Task or its name), else the one task the given Attack objects
+    share, else classification; only classifiers (their outputs logits) are evaluated here."""
+    if task is None and isinstance(attacks, dict):
+        keys = {a.task.key: a.task for a in attacks.values() if isinstance(a, Attack)}
+        task = next(iter(keys.values())) if len(keys) == 1 else None
+    task = _task(task)
+    if not task.logits:
+        raise AdvbenchError(f'evaluate: task="{task.key}" is not a classifier\'s; evaluate takes task="classification" '
+                            'or "text" (detection and segmentation: the CLI, job=eval)')
+    return task
+
+
+def _check_attacks(attacks: dict, task) -> None:
+    """Each Attack perturbs what the evaluated task's inputs allow (pixels, or the embeddings of token ids)."""
+    for name, a in attacks.items():
+        if isinstance(a, Attack) and a.task.perturbs != task.perturbs:
+            raise AdvbenchError(f"evaluate: attack {name!r} was built for {a.task.name}, the evaluation is "
+                                f'{task.name}: build it with advbench.attack(..., task="{task.key}")')
+
+
+def _check_inputs(x: torch.Tensor, task) -> None:
+    """Image tasks take float images in [0,1]; token ids (any integer range) take an embedding task."""
+    if task.perturbs != "input":
+        if x.is_floating_point():
+            raise AdvbenchError(f'evaluate: task="{task.key}" takes integer token ids; the inputs are {x.dtype}')
+        return
+    if not x.is_floating_point():
+        raise AdvbenchError(f"evaluate: the inputs are {x.dtype}, not float images in [0,1]: for token ids pass "
+                            'task="text" (the attacks then move the embeddings); for images pass x.float() / 255')
+    if x.min() < 0 or x.max() > 1:
+        raise AdvbenchError(f"evaluate: inputs range over [{x.min().item():.3g}, {x.max().item():.3g}]; advbench "
+                            "attacks [0,1] images: pass raw images and normalization=(mean, std)")
 
 
 _IMAGE_KEYS, _LABEL_KEYS = ("image", "images", "x", "input", "inputs"), ("label", "labels", "y", "target", "targets")

@@ -1,5 +1,6 @@
 """The gradient engine every attack shares: the model's modes and parameters while attacking, and the input
 gradient of a per-example objective, in fp32 and safe from fp16 underflow."""
+import copy
 from contextlib import contextmanager
 
 import torch
@@ -22,18 +23,81 @@ def preserved_modes(model: torch.nn.Module):
             m.training = mode
 
 
+def _normal_copy(t: torch.Tensor) -> torch.Tensor:
+    """A normal (autograd-usable) copy of an inference tensor."""
+    with torch.inference_mode(False):
+        return t.clone()
+
+
+_HOLDERS = (torch.Tensor, list, tuple, dict)  # what can hold a tensor that autograd would save
+
+
+def _without_inference(value, depth: int = 0):
+    """``value`` with its inference tensors replaced by normal copies (containers rebuilt, never changed in
+    place), or None when it holds none: then nothing is copied."""
+    if isinstance(value, torch.Tensor):  # a parameter is never copied: the attack must see the model's own weights
+        return _normal_copy(value) if value.is_inference() and not isinstance(value, torch.nn.Parameter) else None
+    if depth > 3 or not isinstance(value, _HOLDERS):
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    found = {k: new for k, v in items
+             if isinstance(v, _HOLDERS) and (new := _without_inference(v, depth + 1)) is not None}
+    if not found:
+        return None
+    if isinstance(value, tuple):
+        merged = [found.get(i, v) for i, v in enumerate(value)]
+        return type(value)(*merged) if hasattr(value, "_fields") else type(value)(merged)
+    fresh = copy.copy(value)  # the same list or dict type, a new object: the cached original stays untouched
+    for k, new in found.items():
+        fresh[k] = new
+    return fresh
+
+
+# What every nn.Module holds (parameters, sub-modules, hook tables): never a cache, so not walked; buffers apart.
+_MODULE_INTERNALS = frozenset(vars(torch.nn.Module())) - {"training"}
+
+
+@contextmanager
+def normal_caches(model: torch.nn.Module):
+    """Run the body with every inference tensor the model's modules hold (attributes, lists, tuples and dicts of
+    tensors, buffers; never parameters) replaced by a normal copy; the very originals are put back on exit.
+
+    A cache built by a forward under ``torch.inference_mode()`` (YOLOv5's ``Detect.grid`` and ``anchor_grid``,
+    positional tables, masks) holds inference tensors, which autograd cannot save; the attack's forwards use
+    the copies. A model holding none pays one walk over its modules' attributes, and no copy.
+    """
+    swapped = []  # (dict, key, original, copy)
+    for module in model.modules():
+        for key, value in module.__dict__.items():
+            if isinstance(value, _HOLDERS) and key not in _MODULE_INTERNALS and (
+                    new := _without_inference(value)) is not None:
+                swapped.append((module.__dict__, key, value, new))
+        for key, value in module._buffers.items():
+            if value is not None and (new := _without_inference(value)) is not None:
+                swapped.append((module._buffers, key, value, new))
+    for holder, key, _, new in swapped:
+        holder[key] = new
+    try:
+        yield
+    finally:
+        for holder, key, original, _ in swapped:
+            holder[key] = original
+
+
 @contextmanager
 def attack_mode(model: torch.nn.Module, bn_mode: str = "eval"):
     """Run the body with the model in ``bn_mode``, parameters frozen and grad enabled; restore all afterwards.
 
     Works from inside the caller's ``torch.no_grad()`` and ``torch.inference_mode()`` (YOLOv5's val.py and
-    Lightning's validation loop run under the latter, which ``enable_grad`` alone does not escape). With
-    ``bn_mode="train"`` the batch-norm running statistics the attack's forwards update are put back.
+    Lightning's validation loop run under the latter, which ``enable_grad`` alone does not escape), and on a
+    model whose caches were filled under inference mode (``normal_caches``). With ``bn_mode="train"`` the
+    batch-norm running statistics the attack's forwards update are put back.
     """
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
-    buffers = [b.detach().clone() for b in model.buffers()] if bn_mode == "train" else None
-    with preserved_modes(model), torch.inference_mode(False):
+    with preserved_modes(model), torch.inference_mode(False), normal_caches(model):
+        # Saved after the swap: the statistics restored are the ones the forwards update (copies, if swapped).
+        buffers = [b.detach().clone() for b in model.buffers()] if bn_mode == "train" else None
         model.train(bn_mode == "train")
         for p in params:
             p.requires_grad_(False)  # no parameter gradient is computed, so none is left behind

@@ -77,7 +77,11 @@ class TextClassification(Classification):
         """Classification's accuracies plus macro F1 (for imbalanced sets), clean and at each text's worst case."""
         found = super().summarize(flags)
         if records is not None:
-            f1 = lambda pred: macro_f1(pred, records.gt, self.n_classes)  # noqa: E731
+            # Classes unknown (a task made in Python, never bound): the labels seen suffice, as macro F1 averages
+            # over the classes that occur.
+            seen = records.gt + records.clean + records.worst + [p for after in records.after.values() for p in after]
+            n = self.n_classes or max(2, 1 + max(seen, default=0))
+            f1 = lambda pred: macro_f1(pred, records.gt, n)  # noqa: E731
             found |= {"clean_macro_f1": f1(records.clean),
                       "robust_macro_f1": f1(records.worst) if records.after else None,
                       "robust_macro_f1_by_attack": {name: f1(pred) for name, pred in records.after.items()}}
@@ -104,10 +108,12 @@ class TextClassification(Classification):
         return write_text_saliency(model, test, self, self.vocab, settings.n_examples, device, out)
 
     def view(self, model, ids):
-        """(the model from its embeddings, padding and special tokens pinned; the clean embeddings, constant)."""
-        with torch.no_grad():
+        """(the model from its embeddings, padding and special tokens pinned; the clean embeddings, constant).
+
+        Built outside the caller's ``torch.inference_mode()``: the attack's forwards save them for autograd."""
+        with torch.inference_mode(False), torch.no_grad():
             emb = model.embedding(ids)
-        return FromEmbeddings(model, self.pinned(ids), emb), emb
+            return FromEmbeddings(model, self.pinned(ids), emb), emb
 
     def finish(self, view_model, x_adv):
         """The attack's result with the pinned positions put back."""
