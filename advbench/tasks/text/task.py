@@ -103,7 +103,7 @@ class TextClassification(Classification):
         return pinned
 
     def write_saliency(self, model, test, attack, mode, settings, device, out) -> tuple:
-        """task=saliency: each token's gradient norm, as saliency.html and saliency_text.png."""
+        """job=saliency: each token's gradient norm, as saliency.html and saliency_text.png."""
         from advbench.tasks.text.saliency import write_text_saliency
         return write_text_saliency(model, test, self, self.vocab, settings.n_examples, device, out)
 
