@@ -30,6 +30,83 @@ def renamed(argv: list) -> list:
     return out
 
 
+HELP = ("--help", "-h")
+# With these Hydra flags --help stays Hydra's: another config (its template's $APP_CONFIG_GROUPS and $CONFIG are
+# Hydra's own lists then), or shell completion.
+HYDRAS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--shell-completion", "-sc")
+
+
+def wants_help(argv: list) -> bool:
+    """``advbench [overrides] --help``: advbench's own help, composed from the overrides."""
+    flags = {arg.split("=", 1)[0] for arg in argv if arg.startswith("-")}
+    return any(f in flags for f in HELP) and not any(f in flags for f in HYDRAS)
+
+
+def overrides_of(argv: list) -> list:
+    """The overrides on a command line (``key=value``, ``+key=value``, ``~key``), not flags nor their values."""
+    return [arg for arg in argv if not arg.startswith("-") and ("=" in arg or arg.startswith("~"))]
+
+
+def _first_of_sweeps(overrides: list) -> list:
+    """``overrides`` with each sweep (``eps=1/255,2/255``) replaced by its first value: help shows one config."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    out = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if not override.is_sweep_override():
+            out.append(override.input_line)
+        elif not override.is_interval_sweep():  # an Optuna interval has no first value: the default stands
+            out.append(f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}")
+    return out
+
+
+def help_text(overrides: list) -> str:
+    """The header and examples of hydra.help.template, the options grouped by the tasks they serve, and the keys
+    of the config composed from ``overrides`` that apply to its choices. Imports torch (the task registry)."""
+    from string import Template
+
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from advbench import options
+    from advbench.config import register_configs
+    from advbench.tasks import task_of
+    register_configs()
+    with initialize_config_module("advbench.conf", version_base="1.3"):
+        cfg = compose("config", overrides=_first_of_sweeps(overrides), return_hydra_config=True)
+    tree = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+    tree.pop("hydra")
+    choices = dict(cfg.hydra.runtime.choices)
+    keys, task, found = options.applies(OmegaConf.create(tree), choices), task_of(cfg.dataset), options.by_task()
+    lines = []
+    for key, groups in found.items():
+        chosen = f" (this config's: dataset={cfg.dataset.name})" if key == task else ""
+        lines.append(f"{key or 'every task'}{chosen}:")
+        lines += [f"  {'+' * (group == 'experiment')}{group}: {', '.join(names)}" for group, names in groups.items()]
+    # A chosen option of another task (the default model after dataset=digits_det) would be refused: say so.
+    notes = [f"# {group}={choices[group]} does not serve {task}: {task} takes {group}="
+             f"{', '.join(found[task].get(group, []) + found[None].get(group, []))}"
+             for group in ("model", "attack", "training") if any(k.startswith(f"{group}.") for k in keys)
+             if choices.get(group) in options.options(group) and task not in options.serves(group, choices[group])]
+    return Template(cfg.hydra.help.template).safe_substitute(
+        APP_CONFIG_GROUPS="\n".join(lines), CONFIG="".join(f"{n}\n" for n in notes) + OmegaConf.to_yaml(
+            options.keep(tree, keys)))
+
+
+def print_help(overrides: list) -> None:
+    """``advbench [overrides] --help`` on stdout; bad overrides: one line on stderr and exit code 2."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from advbench.errors import AdvbenchError
+    try:
+        text = help_text(overrides)
+    except (HydraException, OmegaConfBaseException, AdvbenchError) as err:  # an unknown option or key
+        log.error("advbench --help: %s", " ".join(str(err).split("Config search path")[0].split()))
+        sys.exit(2)
+    print(text)
+    sys.stdout.flush()  # here, where a reader that left early is caught, not at exit
+
+
 def _load_entry():
     from advbench import main as entry  # imports torch and Hydra: seconds
     return entry
@@ -44,6 +121,9 @@ def main() -> None:
     sys.argv[1:] = renamed(sys.argv[1:])
     started = []
     try:
+        if wants_help(sys.argv[1:]):
+            print_help(overrides_of(sys.argv[1:]))
+            return
         entry = _load_entry()
         entry.STARTED = started
         entry.main()

@@ -10,6 +10,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from advbench.attacks.spec import Attack, build_attack
 from advbench.errors import AdvbenchError
+from advbench.options import serves
 from advbench.run_config import plain
 from advbench.tasks.classification import Classification
 from advbench.tasks.detection import Detection
@@ -19,17 +20,12 @@ from advbench.training import MODES
 from conftest import CONF, compose_config, group_options
 
 
-KINDS = {  # option -> the task it belongs to; every other option is image classification
-    **dict.fromkeys(["fortunes", "text_csv", "text_json", "synthetic_text", "textcnn", "transformer", "hf", "freelb",
-                     "smart"],
-                    "text"),
-    **dict.fromkeys(["digits_det", "fashion_mnist_det", "yolo", "coco", "yolo_tiny", "torchvision_detector",
-                     "ultralytics_yolo",
-                     "tog_vanishing", "tog_fabrication", "tog_mislabeling", "tog_untargeted", "mtd_cls", "mtd_loc",
-                     "mtd", "detection"], "detection"),
-    **dict.fromkeys(["digits_seg", "fashion_mnist_seg", "seg_folder", "voc", "unet_tiny", "torchvision_segmenter",
-                     "segpgd", "cospgd", "segmentation"], "segmentation"),
-}
+def task_of_option(group, option):
+    """The first task (registry order) an option serves, as advbench.options derives it: its partners are that
+    task's."""
+    return serves(group, option)[0]
+
+
 # Options that need one more setting to build: a user's module names its class; a RobustBench model needs its
 # checkpoint on disk, so here it must fail with the one-line error (test_models_external loads a real one).
 EXTRA = {"module": ["model.module._target_=helpers.TinyNet"]}
@@ -43,7 +39,7 @@ PARTNERS = {"text": ["dataset=synthetic_text", "model=textcnn", "training=mixed"
 def test_every_option_composes_and_builds(group, option):
     # An option is composed with partners of its kind: a text model for a text data set, a detector for a
     # detection attack, and so on.
-    kind = KINDS.get(option, "classification")
+    kind = task_of_option(group, option)
     if option == "ultralytics_yolo":
         pytest.importorskip("ultralytics")
     partners = [p for p in PARTNERS.get(kind, []) if p.split("=")[0] != group]
