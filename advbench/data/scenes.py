@@ -5,7 +5,6 @@ import logging
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.model_selection import train_test_split
 
 from advbench.data import images
 
@@ -177,6 +176,7 @@ def composed(cfg, items: str, key: str) -> tuple:
     target."""
     if items == "digits":
         x, y = digits_source()
+        from sklearn.model_selection import train_test_split  # a second to import: only where digits are split
         train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=0.25, stratify=y.numpy(), random_state=0)
         splits, classes = ((x[train_idx], y[train_idx]), (x[test_idx], y[test_idx])), [str(i) for i in range(10)]
     else:

@@ -3,7 +3,6 @@
 import logging
 
 import torch
-from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_iou
 
 from advbench.tasks import records
@@ -84,6 +83,7 @@ def mean_ap(predictions: list, targets: list, classes: list) -> dict:
     """mAP@0.5, mAP@0.5:0.95 and AP@0.5 per class (by name) of ``predictions`` against ``targets``."""
     preds = [{k: p[k].detach().cpu() for k in ("boxes", "scores", "labels")} for p in predictions]
     gts = [{k: t[k].cpu() for k in ("boxes", "labels")} for t in targets]
+    from torchmetrics.detection import MeanAveragePrecision  # seconds to import: only where mAP is computed
     overall = MeanAveragePrecision(iou_type="bbox", backend="faster_coco_eval")
     overall.update(preds, gts)
     found = overall.compute()

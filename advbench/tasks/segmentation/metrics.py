@@ -1,7 +1,6 @@
 """Segmentation numbers: pixel accuracy, IoU per class from torchmetrics' confusion matrix, and the per-image
 records an evaluation keeps to find each image's worst case."""
 import torch
-from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from advbench.tasks import records
 
@@ -18,6 +17,7 @@ def pixel_accuracy(pred: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 def confusion(pred: torch.Tensor, masks: torch.Tensor, n_classes: int) -> torch.Tensor:
     """The (classes, classes) confusion matrix (rows: truth) of predicted masks, IGNORE pixels left out."""
+    from torchmetrics.functional.classification import multiclass_confusion_matrix  # seconds to import
     return multiclass_confusion_matrix(pred.flatten(), masks.flatten(), n_classes, ignore_index=IGNORE)
 
 
