@@ -12,6 +12,7 @@ from advbench.attacks.spec import Attack, build_attack
 from advbench.errors import AdvbenchError
 from advbench.options import serves
 from advbench.run_config import plain
+from advbench.tasks import task_class, task_of
 from advbench.tasks.classification import Classification
 from advbench.tasks.detection import Detection
 from advbench.tasks.segmentation import Segmentation
@@ -85,8 +86,9 @@ def test_every_option_composes_and_builds(group, option):
 def test_every_experiment_composes_and_builds(experiment):
     cfg = plain(compose_config([f"+experiment={experiment}"]))
     assert cfg.training.name in MODES
-    task = (Detection(10) if experiment.startswith("det_") else Segmentation(11) if experiment.startswith("seg_")
-            else TextClassification(6) if experiment.startswith("fortunes_") else Classification(10))
+    (key,) = serves("experiment", experiment)  # the task of the data set it selects
+    assert key == task_of(cfg.dataset)
+    task = task_class(key).configured(cfg.eval)
     accepts = MODES[cfg.training.name].accepts
     assert accepts is None or build_attack(cfg.attack, cfg.eps, task).name in accepts
     assert all(isinstance(build_attack(spec, cfg.eps, task), Attack) for spec in cfg.eval.attacks.values())
