@@ -16,7 +16,7 @@ from advbench.checks import check_config, check_keys
 from advbench.data import load_data, model_tokenizer
 from advbench.eps import parse_eps
 from advbench.errors import AdvbenchError
-from advbench.evaluation import EvalPlan, Evaluator, final_evaluation
+from advbench.evaluation import EvalPlan, Evaluator, final_evaluation, tidy
 from advbench.evaluation.batch import auto_batch_size
 from advbench.evaluation.summary import write_summary
 from advbench.run_config import (check_resume_overrides, checkpoint_config, command_line, plain, resolve_device,
@@ -232,10 +232,12 @@ def finish(run: Run, results: dict) -> float | None:
         "labels": run.labels,  # what ran: the choices, or what an override put in their place
         "classes": run.data.classes,
         "metric_names": dict(zip(("clean", "robust"), run.task.metrics)),  # what the headline numbers are
+        "task": run.task.key,  # the problem (tasks/registry.py key)
         "evaluation": {"preset": run.choices.get("eval"), "name": cfg.eval.name, "version": cfg.eval.version},
     }
     write_json(run.out / "results.json", results)
     write_summary(results, run.out / "summary.md")
+    tidy.write(run.out / "results.csv", tidy.rows(results, tidy.settings(results, run.out)))
     clean_key, robust_key = run.task.metrics
     by_attack = ", ".join(f"{name} {readable.number(robust_key, v)}"
                           for name, v in results[f"{robust_key}_by_attack"].items())

@@ -1,36 +1,35 @@
-"""``advbench-report DIR [--by KEY]``: one table of every run below DIR (finished, failed or unfinished), with mean
-and std over seeds, as report.csv, report.md (percentages, clean and robust side by side, the evaluation preset)
-and report.png (robust accuracy against eps, or against any config key with --by, one line per setting)."""
+"""``advbench-report DIR [--by KEY]``: every run below DIR (finished, failed or unfinished) in one long table,
+report_long.csv (each run's results.csv with its status; report_long.parquet too where pyarrow is installed), one
+row per run as report.csv, and from the long table, with pandas, the mean and std over seeds of each setting as
+report.md (percentages, clean and robust side by side, the evaluation preset) and report.png (robust accuracy
+against eps, or against any config key with --by, one line per setting)."""
 import argparse
 import csv
+import importlib.util
 import io
 import json
 import logging
-import statistics
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import yaml
 
 from advbench.eps import parse_eps
 from advbench.errors import AdvbenchError
+from advbench.evaluation import tidy
 from advbench.runtime.outputs import atomic_write
 
 log = logging.getLogger("advbench.report")
 COLUMNS = ["run", "status", "job", "dataset", "model", "training", "attack", "eval", "eps", "seed", "setting",
            "clean_acc", "robust_acc", "metric", "wall_seconds"]
-# Overrides that do not change what a run computes: they never split a group.
-NOT_SETTINGS = ("seed", "progress", "threads", "device", "resume", "stop_after_epoch", "dataset.root")
-LABELS = ("dataset", "model", "training", "attack")
+LONG = ("run", "status", *(c for c in tidy.COLUMNS if c != "run"))  # report_long's columns (then any newer ones)
+LABELS = tidy.LABELS
+# The setting columns a mean is taken over (every one but the seed; task and advbench version follow from them).
+GROUP = ("job", *LABELS, "eval", "eps", "setting")
+TEXT = ("run", "status", *GROUP, "task", "advbench_version", "eval_attack", "eval_eps", "metric", "headline")
 SHOWN = ("run", "status", "job", *LABELS, "eval", "eps", "seed", "setting", "clean_acc", "robust_acc")
-
-
-def _setting(overrides: list) -> str:
-    """The run's overrides that define its experiment, sorted: runs that differ only in seed share it."""
-    keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in NOT_SETTINGS
-            and not o.lstrip("+~").startswith("hydra")]
-    return ",".join(sorted(keep)) or "(defaults)"
+PANDAS = ("report.md and report.png (means over seeds, the figure) need pandas: pip install pandas (or "
+          "pip install 'advbench[report]')")
 
 
 def _load(path: Path, reader):
@@ -47,9 +46,27 @@ def _lookup(config: dict, key: str):
     return config
 
 
+def _eps_value(eps):
+    try:
+        return parse_eps(eps)
+    except AdvbenchError:
+        return None
+
+
+def _long(run: Path, row: dict, results: dict) -> list:
+    """The run's long rows: its results.csv, or for a run written before results.csv existed, its results.json
+    flattened the same way (its settings from the Hydra files)."""
+    if (run / "results.csv").exists():
+        return tidy.read(run / "results.csv")
+    settings = {k: row.get(k) for k in tidy.SETTINGS} | {
+        "advbench_version": (results.get("versions") or {}).get("advbench")}
+    return tidy.rows(results, settings)
+
+
 def read_run(run: Path, root: Path, by: str = "eps") -> dict:
-    """One row: what ran (labels, setting) from the run's Hydra files and results.json, and its status; a run
-    whose files cannot be read gets status ``unreadable: <file>`` and is left out of every mean."""
+    """One row: what ran (labels, setting) from the run's Hydra files and results.json, its status, and its long
+    rows (``long``); a run whose files cannot be read gets status ``unreadable: <file>`` and is left out of every
+    mean."""
     row = {"run": str(run.relative_to(root)) or "."}
     current = None
     try:
@@ -61,20 +78,23 @@ def read_run(run: Path, root: Path, by: str = "eps") -> dict:
         overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or [] if (
             run / ".hydra" / "overrides.yaml").exists() else []
         row |= {"job": config.get("job", config.get("task", "train")),  # task: an older advbench
-                "eps": str(config.get("eps")), "seed": config.get("seed"),
-                "setting": _setting(overrides), **{k: choices.get(k) for k in LABELS}, "eval": choices.get("eval"),
-                "x": _lookup(config, by)}
+                "eps": str(config.get("eps")), "eps_value": _eps_value(str(config.get("eps"))),
+                "seed": config.get("seed"), "setting": tidy.setting(overrides),
+                **{k: choices.get(k) for k in LABELS}, "eval": choices.get("eval"), "x": _lookup(config, by)}
         current = "results.json"
         if (run / "results.json").exists():
             results = _load(run / "results.json", json.loads)
-            names = results.get("metric_names") or {"clean": "clean_acc", "robust": "robust_acc"}
-            row |= {"clean_acc": results.get(names["clean"]), "robust_acc": results.get(names["robust"]),
-                    "metric": names["robust"], "wall_seconds": results.get("wall_seconds")}
             row |= {k: (results.get("labels") or results.get("choices") or {}).get(k, row[k]) for k in LABELS}
+            current = "results.csv"
+            row["long"] = _long(run, row, results)
+            found = tidy.headline(row["long"])
+            row |= {"clean_acc": found["clean"], "robust_acc": found["robust"], "metric": found["metric"],
+                    "wall_seconds": results.get("wall_seconds")}
             row["status"] = "finished"
             return row
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as err:
-        return row | {"status": f"unreadable: {current} ({type(err).__name__})"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, csv.Error, yaml.YAMLError) as err:
+        return {k: v for k, v in row.items() if k != "long"} | {
+            "status": f"unreadable: {current} ({type(err).__name__})"}
     status = (run / "status").read_text().strip() if (run / "status").exists() else ""
     row["status"] = status.split(":")[0] if status.startswith(("failed", "interrupted")) else "unfinished"
     return row
@@ -86,25 +106,44 @@ def collect(root: Path, by: str = "eps") -> list:
     return [read_run(run, root, by) for run in runs]
 
 
-def aggregate(rows: list) -> list:
-    """Mean and std over seeds of each finished setting: runs are grouped by task and every override except the
-    seed, so different settings are never averaged together."""
-    groups = defaultdict(list)
+def long_table(rows: list) -> str:
+    """report_long.csv's text: every run's long rows with its status (the run as its path below the report's
+    directory); a run without any (failed, unfinished, unreadable) as one row of its settings and status."""
+    found, seen = [], {}
     for row in rows:
-        if row["status"] == "finished":
-            groups[(row["job"], row["setting"])].append(row)
-    out = []
-    for (job, setting), members in sorted(groups.items(), key=lambda kv: (kv[0][0], _eps_key(kv[1][0]),
-                                                                         kv[0][1])):
-        first = members[0]
-        stats = {"job": job, **{k: first[k] for k in LABELS}, "eval": first.get("eval"), "eps": first["eps"],
-                 "setting": setting, "n_seeds": len(members), "x": first.get("x")}
-        for metric in ("clean_acc", "robust_acc"):
-            values = [m[metric] for m in members if m[metric] is not None]
-            stats[f"{metric}_mean"] = statistics.fmean(values) if values else None
-            stats[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-        out.append(stats)
-    return out
+        long = row.get("long") or ()
+        seen |= dict.fromkeys(k for r in long for k in r)
+        found += [r | {"run": row["run"], "status": row["status"]} for r in long] or [row]
+    return tidy.text(found, [*LONG, *(k for k in seen if k not in LONG)])  # a newer advbench's columns kept
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def frame(rows: list):
+    """The long table of ``rows`` as a pandas DataFrame, as pandas.read_csv reads report_long.csv, the text
+    columns kept as text (eps 0.10 stays 0.10)."""
+    import pandas as pd
+    return pd.read_csv(io.StringIO(long_table(rows)), dtype={c: str for c in TEXT})
+
+
+def aggregate(rows: list) -> list:
+    """Mean and std over seeds of each finished setting, from the long table with pandas: the runs' headline
+    rows grouped by every setting column but the seed, so different settings are never averaged together."""
+    df = frame(rows)
+    df["x"] = df["run"].map({r["run"]: r.get("x") for r in rows})
+    done = df[df["status"] == "finished"]
+    heads = done[done["headline"].notna()]  # each run's clean and robust headline numbers
+    values = heads.pivot_table(index="run", columns="headline", values="value", aggfunc="first")
+    runs = done.drop_duplicates("run")[["run", *GROUP, "x"]].merge(
+        values.reindex(columns=["clean", "robust"]), left_on="run", right_index=True, how="left")
+    stats = runs.groupby(list(GROUP), dropna=False, sort=False).agg(
+        n_seeds=("run", "size"), x=("x", "first"), clean_acc_mean=("clean", "mean"), clean_acc_std=("clean", "std"),
+        robust_acc_mean=("robust", "mean"), robust_acc_std=("robust", "std")).reset_index()
+    stats[["clean_acc_std", "robust_acc_std"]] = stats[["clean_acc_std", "robust_acc_std"]].fillna(0.0)
+    records = stats.astype(object).where(stats.notna(), None).to_dict("records")
+    return sorted(records, key=lambda g: (g["job"], _eps_key(g), g["setting"]))
 
 
 def _eps_key(row) -> float:
@@ -158,25 +197,26 @@ def markdown(rows: list, groups: list) -> str:
 def plot(groups: list, path: Path, by: str = "eps") -> None:
     """report.png: robust accuracy (mean, std bars) against ``by`` (eps by default), one line per setting; the
     y-axis fits the data."""
+    import pandas as pd
+
     from advbench.evaluation.plots import plt, save_figure
     fig, ax = plt.subplots(figsize=(6, 4))
-    lines = defaultdict(list)
-    for g in groups:
-        if g["robust_acc_mean"] is not None and g["job"] == "train" and _x(g) == _x(g):
-            # one line per setting apart from the x key: points of a line differ in it alone
-            rest = ",".join(o for o in g["setting"].split(",") if not o.lstrip("+~").startswith(f"{by}="))
-            lines[(g["training"], g["dataset"], g["model"], g["attack"], rest)].append(g)
-    several_setups = len({key[1:] for key in lines}) > 1  # then a label also names the rest of the setting
-    values = []
-    for (training, *setup), points in sorted(lines.items()):
-        points.sort(key=_x)
-        ys = [100 * p["robust_acc_mean"] for p in points]
-        errs = [100 * p["robust_acc_std"] for p in points]
-        values += [y - e for y, e in zip(ys, errs)] + [y + e for y, e in zip(ys, errs)]
-        ax.errorbar([_x(p) for p in points], ys, yerr=errs, marker="o", capsize=3,
-                    label=f"{training} ({', '.join(x for x in setup if x)})" if several_setups else training)
-    if values:
-        low, high = min(values), max(values)
+    df = pd.DataFrame(groups, columns=[*GROUP, "x", "robust_acc_mean", "robust_acc_std"])
+    df["x"] = [_x(g) for g in df.to_dict("records")]
+    df = df[df["robust_acc_mean"].notna() & (df["job"] == "train") & df["x"].notna()].copy()
+    # one line per setting apart from the x key: points of a line differ in it alone
+    df["rest"] = df["setting"].map(lambda s: ",".join(o for o in s.split(",")
+                                                      if not o.lstrip("+~").startswith(f"{by}=")))
+    df[[*LABELS, "rest"]] = df[[*LABELS, "rest"]].astype(object).fillna("")
+    lines = df.groupby(["training", "dataset", "model", "attack", "rest"], sort=True)
+    several_setups = len({key[1:] for key in lines.groups}) > 1  # then a label also names the rest of the setting
+    for (training, *setup), points in lines:
+        points = points.sort_values("x")
+        ax.errorbar(points["x"], 100 * points["robust_acc_mean"], yerr=100 * points["robust_acc_std"], marker="o",
+                    capsize=3, label=f"{training} ({', '.join(x for x in setup if x)})" if several_setups else training)
+    if len(df):
+        low = (100 * (df["robust_acc_mean"] - df["robust_acc_std"])).min()
+        high = (100 * (df["robust_acc_mean"] + df["robust_acc_std"])).max()
         pad = max(2.0, 0.1 * (high - low))
         ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad))
         ax.legend(fontsize=8)
@@ -185,20 +225,37 @@ def plot(groups: list, path: Path, by: str = "eps") -> None:
     save_figure(fig, path)
 
 
+def _parquet(root: Path, rows: list) -> bool:
+    """report_long.parquet where pyarrow is installed (the table as pandas.read_csv reads report_long.csv)."""
+    if not _installed("pyarrow"):
+        log.info("report_long.parquet not written: it needs pyarrow (pip install pyarrow)")
+        return False
+    import pandas as pd
+    df = pd.read_csv(io.StringIO(long_table(rows)))
+    atomic_write(root / "report_long.parquet", lambda f: df.to_parquet(f, index=False))
+    return True
+
+
 def write_report(root: Path, by: str = "eps") -> list:
-    """Gather every run below ``root`` into report.csv, report.md and report.png (against ``by``); return the
-    rows."""
+    """Gather every run below ``root`` into report_long.csv (and .parquet), report.csv, and with pandas report.md
+    and report.png (against ``by``); return the rows (one per run)."""
     if not root.is_dir():
         raise AdvbenchError(f"advbench-report: {root} is not a directory")
     rows = collect(root, by)
     if not rows:
         raise AdvbenchError(f"advbench-report: no run directories (with .hydra/) below {root}")
-    groups = aggregate(rows)
+    long = long_table(rows).encode()
+    atomic_write(root / "report_long.csv", lambda f: f.write(long))
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(root / "report.csv", lambda f: f.write(text.getvalue().encode()))
+    if not _installed("pandas"):
+        log.warning("%s (report.csv and report_long.csv are written)", PANDAS)
+        return rows
+    _parquet(root, rows)
+    groups = aggregate(rows)
     atomic_write(root / "report.md", lambda f: f.write(markdown(rows, groups).encode()))
     plot(groups, root / "report.png", by)
     return rows
@@ -219,7 +276,7 @@ def main(argv=None) -> None:
         sys.exit(2)
     done = sum(r["status"] == "finished" for r in rows)
     log.info("%d runs (%d finished, %d failed or unfinished): %s", len(rows), done, len(rows) - done,
-             args.dir / "report.md")
+             args.dir / ("report.md" if _installed("pandas") else "report_long.csv"))
 
 
 if __name__ == "__main__":

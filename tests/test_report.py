@@ -1,12 +1,18 @@
 """advbench-report on fixture runs (finished, failed, unfinished), and a sweep that survives a failing job."""
 import csv
+import importlib.util
 import json
+import logging
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import yaml
 
+from advbench import report
+from advbench.eps import parse_eps
+from advbench.evaluation import tidy
 from advbench.report import aggregate, collect, write_report
 from helpers import TINY, advbench
 
@@ -25,6 +31,20 @@ def fake_run(root, name, training, eps, seed, robust=None, status=None, job="tra
                                                       "choices": choices, "labels": labels or choices}))
     if status:
         (run / "status").write_text(status + "\n")
+    return run
+
+
+def tidy_run(root, name, eps, seed, clean, robust, by_attack, curve=(), extra=()):
+    """A run as this advbench writes it: results.json and results.csv (per attack, along a curve)."""
+    run = fake_run(root, name, "adversarial", eps, seed, robust, "finished", extra=extra)
+    results = json.loads((run / "results.json").read_text()) | {
+        "job": "train", "task": "classification", "n_examples": 50, "clean_acc": clean,
+        "robust_acc_by_attack": by_attack, "attacks": dict.fromkeys(by_attack, {}),
+        "eps": {"given": eps, "value": parse_eps(eps)}, "seed": seed, "versions": {"advbench": "0.1.0"},
+        "metric_names": {"clean": "clean_acc", "robust": "robust_acc"}, "evaluation": {"preset": "pgd20"},
+        "robustness_curve": list(curve)}
+    (run / "results.json").write_text(json.dumps(results))
+    tidy.write(run / "results.csv", tidy.rows(results, tidy.settings(results, run)))
     return run
 
 
@@ -100,6 +120,12 @@ def test_a_failing_job_does_not_stop_the_sweep_but_fails_it_at_the_end(tmp_path)
     assert statuses["eps=abc"].startswith("failed: eps='abc'") and statuses["eps=0.1"] == "finished\n"
     rows = write_report(tmp_path / "sweep")
     assert sorted(r["status"] for r in rows) == ["failed", "finished"]
+    long = pd.read_csv(tmp_path / "sweep" / "report_long.csv")
+    failed = long[long["status"] == "failed"]
+    assert len(failed) == 1 and failed["value"].isna().all() and failed["eps"].item() == "abc"
+    (done,) = [p for p in (tmp_path / "sweep").rglob("results.json")]
+    robust = long.loc[(long["status"] == "finished") & (long["headline"] == "robust"), "value"].item()
+    assert robust == pytest.approx(json.loads(done.read_text())["robust_acc"], abs=1e-12)
 
 
 def test_joblib_sweep_runs_jobs_in_parallel_processes_without_oversubscribing(tmp_path):
@@ -136,3 +162,78 @@ def test_report_plots_against_any_config_key(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "advbench.report", str(tmp_path), "--by", "lr"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_report_long_holds_every_run_with_its_status(sweep):
+    write_report(sweep)
+    df = pd.read_csv(sweep / "report_long.csv")
+    assert list(df.columns) == list(report.LONG)
+    assert df["value"].dtype == "float64" and df["seed"].dtype.kind == "i" and df["eps_value"].dtype == "float64"
+    # runs written before results.csv existed: their results.json flattened the same way
+    heads = df[df["headline"].notna()].set_index(["run", "headline"])["value"]
+    assert heads.to_dict() == {("a/seed=0", "clean"): 0.9, ("a/seed=0", "robust"): 0.6, ("a/seed=1", "clean"): 0.9,
+                               ("a/seed=1", "robust"): 0.7, ("b/seed=0", "clean"): 0.9, ("b/seed=0", "robust"): 0.4,
+                               ("c/seed=0", "clean"): 0.9, ("c/seed=0", "robust"): 0.1}
+    # failed and unfinished runs: one row each, their status and settings, no number
+    rest = df[~df["status"].eq("finished")].set_index("run")
+    assert rest["status"].to_dict() == {"d/seed=0": "failed", "e/seed=0": "unfinished"}
+    assert rest["metric"].isna().all() and rest["value"].isna().all()
+    assert rest.loc["d/seed=0", "training"] == "standard" and rest.loc["e/seed=0", "eps"] == "8/255"
+
+
+def test_means_come_from_the_headline_rows_of_the_long_table(tmp_path):
+    curve = [{"eps": "0.05", "eps_value": 0.05, "clean_acc": 0.9, "fgsm": 0.05, "pgd20": 0.01, "robust_acc": 0.01}]
+    tidy_run(tmp_path / "sweep/2026-01-01", "eps=0.1/seed=0", "0.1", 0, 0.9, 0.5, {"fgsm": 0.7, "pgd20": 0.5}, curve)
+    tidy_run(tmp_path / "sweep/2026-01-01", "eps=0.1/seed=1", "0.1", 1, 0.8, 0.3, {"fgsm": 0.6, "pgd20": 0.3}, curve)
+    tidy_run(tmp_path / "outputs", "single", "2/255", 0, 0.95, 0.8, {"pgd20": 0.8})
+    rows = write_report(tmp_path)
+    assert {r["run"]: (r["clean_acc"], r["robust_acc"]) for r in rows} == {
+        "outputs/single": (0.95, 0.8), "sweep/2026-01-01/eps=0.1/seed=0": (0.9, 0.5),
+        "sweep/2026-01-01/eps=0.1/seed=1": (0.8, 0.3)}
+    groups = {g["setting"]: g for g in aggregate(rows)}
+    pair = groups["eps=0.1,training=adversarial"]
+    assert pair["n_seeds"] == 2 and pair["eps"] == "0.1" and pair["eval"] == "pgd20"
+    assert (pair["clean_acc_mean"], pair["robust_acc_mean"]) == (pytest.approx(0.85), pytest.approx(0.4))
+    assert pair["robust_acc_std"] == pytest.approx(0.1414, abs=1e-4)  # per-attack and curve rows never enter
+    assert groups["eps=2/255,training=adversarial"]["robust_acc_std"] == 0.0  # one seed
+    df = pd.read_csv(tmp_path / "report_long.csv")
+    assert len(df) == 2 * 7 + 3 and set(df["status"]) == {"finished"}
+    assert set(df.loc[df["eval_eps_value"] == 0.05, "eval_attack"]) == {"fgsm", "pgd20", "worst"}
+    assert df.loc[df["run"] == "outputs/single", "task"].eq("classification").all()
+    text = (tmp_path / "report.md").read_text()
+    assert "| pgd20 | 0.1 | eps=0.1,training=adversarial | 2 | 85.00 ± 7.07% | 40.00 ± 14.14% |" in text
+
+
+def test_report_long_keeps_columns_a_newer_advbench_adds(tmp_path):
+    run = tidy_run(tmp_path, "new", "0.1", 0, 0.9, 0.5, {"pgd20": 0.5})
+    rows = [r | {"split": "test"} for r in tidy.read(run / "results.csv")]  # a column this version does not know
+    (run / "results.csv").write_text(tidy.text(rows, [*tidy.COLUMNS, "split"]))
+    write_report(tmp_path)
+    df = pd.read_csv(tmp_path / "report_long.csv")
+    assert list(df.columns) == [*report.LONG, "split"] and set(df["split"]) == {"test"}
+
+
+def test_parquet_is_skipped_without_pyarrow_and_says_so(sweep, monkeypatch, caplog):
+    monkeypatch.setattr(report, "_installed", lambda module: module != "pyarrow")  # wherever this runs
+    with caplog.at_level(logging.INFO, logger="advbench.report"):
+        write_report(sweep)
+    assert "report_long.parquet not written: it needs pyarrow (pip install pyarrow)" in caplog.text
+    assert not (sweep / "report_long.parquet").exists() and (sweep / "report_long.csv").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyarrow") is None, reason="pyarrow is not installed")
+def test_parquet_holds_the_long_table(sweep):
+    write_report(sweep)
+    pd.testing.assert_frame_equal(pd.read_parquet(sweep / "report_long.parquet"),
+                                  pd.read_csv(sweep / "report_long.csv"))
+
+
+def test_without_pandas_the_tables_are_written_and_one_line_says_what_is_missing(sweep, monkeypatch, caplog):
+    monkeypatch.setattr(report, "_installed", lambda module: module != "pandas")
+    with caplog.at_level(logging.INFO, logger="advbench.report"):
+        rows = write_report(sweep)
+    lines = [r.getMessage() for r in caplog.records if "pandas" in r.getMessage()]
+    assert len(lines) == 1 and "pip install pandas" in lines[0] and "report.md" in lines[0]
+    assert len(rows) == 6 and not (sweep / "report.md").exists() and not (sweep / "report.png").exists()
+    assert [r["robust_acc"] for r in csv.DictReader((sweep / "report.csv").open())][:3] == ["0.6", "0.7", "0.4"]
+    assert (sweep / "report_long.csv").read_text().startswith(",".join(report.LONG))

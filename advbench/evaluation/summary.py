@@ -1,13 +1,26 @@
 """summary.md: an evaluation as the field reads it (percentages with the number of examples, eps as given, norm,
-preset and version, each attack's settings, sanity warnings), beside results.json."""
+preset and version, each attack's settings with its step size, sanity warnings), beside results.json."""
 from advbench.runtime.outputs import atomic_write
 
-SETTINGS = ("norm", "eps", "steps", "restarts", "random_start", "targeted", "loss", "n_targets", "terms", "goal",
-            "descend", "eot")
+SETTINGS = ("norm", "eps", "alpha", "steps", "restarts", "random_start", "targeted", "loss", "n_targets", "terms",
+            "goal", "descend", "eot")
+# Kinds whose loop takes no fixed step: APGD adapts its own (from 2 eps, halving on stalls); FAB, Square and the
+# reference AutoAttack ignore alpha. Every other kind runs the PGD loop, which steps by alpha.
+NO_FIXED_STEP = {"apgd": "adaptive (from 2 eps)", "fab": "-", "square": "-", "autoattack_reference": "-"}
 
 
 def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _step(settings: dict) -> str:
+    """The attack's step size: alpha, and what fraction of eps it is, where its loop takes a fixed step."""
+    if settings.get("name") in NO_FIXED_STEP:
+        return NO_FIXED_STEP[settings["name"]]
+    alpha, eps = settings.get("alpha"), settings.get("eps")
+    if not isinstance(alpha, (int, float)):
+        return "" if alpha is None else str(alpha)
+    return f"{alpha:.4g} ({alpha / eps:.3g} eps)" if isinstance(eps, (int, float)) and eps > 0 else f"{alpha:.4g}"
 
 
 def _macro_f1(results: dict) -> list:
@@ -44,7 +57,7 @@ def summary_markdown(results: dict) -> str:
     ]
     by_attack = results.get(f"{robust}_by_attack") or {}
     for name, settings in attacks.items():
-        values = [str(settings.get(k, "")) for k in SETTINGS]
+        values = [_step(settings) if k == "alpha" else str(settings.get(k, "")) for k in SETTINGS]
         lines.append(f"| {name} | {_pct(by_attack.get(name))} | " + " | ".join(values) + " |")
     warnings = (results.get("sanity") or {}).get("warnings") or []
     lines += ["", "## Sanity checks", ""] + ([f"- warning: {w}" for w in warnings] or ["- no warnings"])
