@@ -1,7 +1,7 @@
 """advbench: adversarial training and robustness evaluation, driven by Hydra configs, usable from Python."""
 from advbench.version import __version__
 
-__all__ = ["Attack", "attack", "evaluate", "load_model", "__version__"]
+__all__ = ["Attack", "attack", "evaluate", "load_model", "losses", "__version__"]
 
 
 def __getattr__(name):
@@ -12,6 +12,9 @@ def __getattr__(name):
     if name == "Attack":
         from advbench.attacks.spec import Attack
         return Attack
+    if name in ("losses", "lightning"):  # the training objectives; the Lightning callback (needs lightning)
+        import importlib
+        return importlib.import_module(f"advbench.{name}")
     if name == "load_model":
         from advbench.runtime.checkpoint import load_model
         return load_model

@@ -4,6 +4,9 @@
 A step gets a ``Batch``: the model (DDP-wrapped when distributed), the bare module attacks use, the task, the
 batch, the attack (bound to the bare module, eps already warmed up), the run's autocast and ``update(loss)``.
 ``terms`` names a mode's loss terms once; the step sums them, and saliency draws each one's input gradient.
+``advbench.losses`` runs these same steps in other loops (Lightning, Accelerate) with an ``update`` that leaves a
+lone loss to the caller's backward; so a step backpropagates only through ``update``, and a recipe that needs
+more passes (FreeLB, the embedding-matrix recipe) runs them in its ``after_backward`` with ``backward``.
 """
 from dataclasses import dataclass
 from functools import reduce
