@@ -17,6 +17,7 @@ import yaml
 from advbench.eps import parse_eps
 from advbench.errors import AdvbenchError
 from advbench.evaluation import tidy
+from advbench.report_views import GROUP, eps_key, markdown, plot
 from advbench.runtime.outputs import atomic_write
 
 log = logging.getLogger("advbench.report")
@@ -24,10 +25,7 @@ COLUMNS = ["run", "status", "job", "dataset", "model", "training", "attack", "ev
            "clean_acc", "robust_acc", "metric", "wall_seconds"]
 LONG = ("run", "status", *(c for c in tidy.COLUMNS if c != "run"))  # report_long's columns (then any newer ones)
 LABELS = tidy.LABELS
-# The setting columns a mean is taken over (every one but the seed; task and advbench version follow from them).
-GROUP = ("job", *LABELS, "eval", "eps", "setting")
 TEXT = ("run", "status", *GROUP, "task", "advbench_version", "eval_attack", "eval_eps", "metric", "headline")
-SHOWN = ("run", "status", "job", *LABELS, "eval", "eps", "seed", "setting", "clean_acc", "robust_acc")
 PANDAS = ("report.md and report.png (means over seeds, the figure) need pandas: pip install pandas (or "
           "pip install 'advbench[report]')")
 
@@ -143,86 +141,7 @@ def aggregate(rows: list) -> list:
         robust_acc_mean=("robust", "mean"), robust_acc_std=("robust", "std")).reset_index()
     stats[["clean_acc_std", "robust_acc_std"]] = stats[["clean_acc_std", "robust_acc_std"]].fillna(0.0)
     records = stats.astype(object).where(stats.notna(), None).to_dict("records")
-    return sorted(records, key=lambda g: (g["job"], _eps_key(g), g["setting"]))
-
-
-def _eps_key(row) -> float:
-    try:
-        return parse_eps(row["eps"])
-    except AdvbenchError:
-        return float("inf")
-
-
-def _x(row) -> float:
-    """The plot's x of a group: its ``by`` value as a number (a fraction such as 8/255 too)."""
-    try:
-        return parse_eps(str(row["x"]))
-    except (AdvbenchError, KeyError):
-        return float("nan")
-
-
-def _fmt(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else "" if value is None else str(value)
-
-
-def _pct(value, std=None) -> str:
-    if value is None:
-        return ""
-    return f"{100 * value:.2f}%" if std is None else f"{100 * value:.2f} ± {100 * std:.2f}%"
-
-
-def markdown(rows: list, groups: list) -> str:
-    """report.md: mean ± std per combination (percentages), every run, and the runs that did not finish."""
-    def table(records, columns, cell):
-        lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-        return lines + ["| " + " | ".join(cell(r, c) for c in columns) + " |" for r in records]
-
-    def mean_cell(g, column):
-        if column in ("clean", "robust"):
-            return _pct(g[f"{column}_acc_mean"], g[f"{column}_acc_std"])
-        return _fmt(g.get("n_seeds" if column == "seeds" else column))
-
-    def run_cell(r, column):
-        return _pct(r.get(column)) if column in ("clean_acc", "robust_acc") else _fmt(r.get(column))
-    text = ["# advbench report", "", "## Mean ± std over seeds (finished runs, grouped by every override but the "
-            "seed)", ""]
-    text += table(groups, ["job", *LABELS, "eval", "eps", "setting", "seeds", "clean", "robust"], mean_cell)
-    text += ["", "## Runs", ""] + table(rows, list(SHOWN), run_cell)
-    missing = [r for r in rows if r["status"] != "finished"]
-    text += ["", "## Failed, unfinished or unreadable", ""]
-    text += [f"- `{r['run']}`: {r['status']}" for r in missing] or ["none"]
-    return "\n".join(text) + "\n"
-
-
-def plot(groups: list, path: Path, by: str = "eps") -> None:
-    """report.png: robust accuracy (mean, std bars) against ``by`` (eps by default), one line per setting; the
-    y-axis fits the data."""
-    import pandas as pd
-
-    from advbench.evaluation.plots import plt, save_figure
-    fig, ax = plt.subplots(figsize=(6, 4))
-    df = pd.DataFrame(groups, columns=[*GROUP, "x", "robust_acc_mean", "robust_acc_std"])
-    df["x"] = [_x(g) for g in df.to_dict("records")]
-    df = df[df["robust_acc_mean"].notna() & (df["job"] == "train") & df["x"].notna()].copy()
-    # one line per setting apart from the x key: points of a line differ in it alone
-    df["rest"] = df["setting"].map(lambda s: ",".join(o for o in s.split(",")
-                                                      if not o.lstrip("+~").startswith(f"{by}=")))
-    df[[*LABELS, "rest"]] = df[[*LABELS, "rest"]].astype(object).fillna("")
-    lines = df.groupby(["training", "dataset", "model", "attack", "rest"], sort=True)
-    several_setups = len({key[1:] for key in lines.groups}) > 1  # then a label also names the rest of the setting
-    for (training, *setup), points in lines:
-        points = points.sort_values("x")
-        ax.errorbar(points["x"], 100 * points["robust_acc_mean"], yerr=100 * points["robust_acc_std"], marker="o",
-                    capsize=3, label=f"{training} ({', '.join(x for x in setup if x)})" if several_setups else training)
-    if len(df):
-        low = (100 * (df["robust_acc_mean"] - df["robust_acc_std"])).min()
-        high = (100 * (df["robust_acc_mean"] + df["robust_acc_std"])).max()
-        pad = max(2.0, 0.1 * (high - low))
-        ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad))
-        ax.legend(fontsize=8)
-    ax.set(xlabel=by, ylabel="robust accuracy (%)", title=f"robust accuracy vs {by}")
-    ax.grid(alpha=0.3)
-    save_figure(fig, path)
+    return sorted(records, key=lambda g: (g["job"], eps_key(g), g["setting"]))
 
 
 def _parquet(root: Path, rows: list) -> bool:
