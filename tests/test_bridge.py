@@ -218,7 +218,6 @@ def test_lightning_callback_refusals(monkeypatch):
     monkeypatch.delitem(sys.modules, "advbench.lightning")
     with pytest.raises(AdvbenchError, match=r"pip install 'advbench\[bridge\]'"):
         importlib.import_module("advbench.lightning")
-    monkeypatch.delitem(sys.modules, "advbench.lightning", raising=False)
 
 
 # --- Accelerate ----------------------------------------------------------------------------------------------------
