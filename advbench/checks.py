@@ -16,7 +16,7 @@ from advbench.models.external import check_model_config
 from advbench.run_config import LEGACY_TARGETS
 from advbench.runtime.rundir import shipped_targets
 from advbench.runtime.trackers import check_trackers
-from advbench.tasks import model_tasks, sources, task_class, task_of
+from advbench.tasks import model_tasks, sources, task_class, task_of, tasks
 from advbench.training.modes import MODES, build_mode
 
 # key -> (test, what is accepted); None values pass (null means "off" or "all" where the schema allows it)
@@ -51,6 +51,8 @@ _RANGES = {
     "eval.sanity.max_pgd_gap": (lambda v: 0 <= v <= 1, "an accuracy gap in [0, 1]"),
     "training.init_mag": (lambda v: v >= 0, "a non-negative magnitude"),
     "saliency.smoothgrad_sigma": (lambda v: v >= 0, "a non-negative noise level"),
+    "saliency.layer": (lambda v: isinstance(v, str) and bool(v.strip()),
+                       "a module name as model.named_modules() gives it, or null (the model's default)"),
     "dataset.val_size": (lambda v: v >= 0, "0 (none) or a positive number of examples"),
     "dataset.n_classes": (lambda v: v >= 1, "a positive integer"),
     "dataset.channels": (lambda v: v >= 1, "a positive integer"),
@@ -191,6 +193,18 @@ def _check_registered(cfg) -> None:
         raise AdvbenchError(f"training.name={cfg.training.name}: expected one of {', '.join(MODES)}")
 
 
+def _check_saliency(cfg, task) -> None:
+    """job=saliency: the task draws maps (the registry's tasks say which do), Grad-CAM only of input models."""
+    if not task.draws_saliency:
+        drawing = sorted(cls.name for cls in tasks().values() if cls.draws_saliency)
+        raise AdvbenchError(f"job=saliency draws {', '.join(drawing) or 'no'} models; dataset={cfg.dataset.name} "
+                            f"poses {task.name}, which has no saliency maps")
+    if str(getattr(cfg.saliency.method, "value", cfg.saliency.method)) == "gradcam" and task.perturbs != "input":
+        raise AdvbenchError(f"saliency.method=gradcam maps the feature maps of image models; dataset="
+                            f"{cfg.dataset.name} poses {task.name}, whose attacks move {task.perturbs}s: use "
+                            "saliency.method=gradient")
+
+
 def check_config(cfg) -> Checked:
     """Everything the schema cannot check, before any work: numbers and their ranges, eps, registered names, the
     model's task, trackers, and every attack at every eps fitting the data set's task. Returns the objects it
@@ -212,9 +226,7 @@ def check_config(cfg) -> Checked:
                     cfg.eval.save_examples, cfg.eval.sanity, cfg.eval.cascade, cfg.seed)
     plan.check()
     if cfg.job == "saliency":
-        if not task.draws_saliency:
-            raise AdvbenchError(f"job=saliency draws classification, text and detection models; dataset="
-                                f"{cfg.dataset.name} poses {task.name}, which has no saliency maps yet")
+        _check_saliency(cfg, task)
         if not plan.attacks():
             raise AdvbenchError("job=saliency maps the gradient of the first of eval.attacks, and eval.attacks is "
                                 "empty: give one, e.g. eval=pgd20")

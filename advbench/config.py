@@ -173,12 +173,19 @@ class Job(Enum):
     saliency = "saliency"
 
 
+class SaliencyMethod(Enum):
+    gradient = "gradient"  # input gradients: |dL/dx|, SmoothGrad, each loss term's
+    gradcam = "gradcam"  # the input-gradient maps and, beside them, Grad-CAM of each loss term at saliency.layer
+
+
 @dataclass
 class SaliencyConf:
     n_examples: int = 8  # test images, one PNG each
     smoothgrad: bool = True
     smoothgrad_samples: int = 16
     smoothgrad_sigma: float = 0.15
+    method: SaliencyMethod = SaliencyMethod.gradient
+    layer: Optional[str] = None  # gradcam: a module name (model.named_modules()); null: the model's default
 
 
 @dataclass

@@ -82,11 +82,13 @@ def test_a_model_of_another_task_is_refused_for_training(tmp_path, no_work):
     assert "it is a segmentation model" in line and "classification takes model=mlp, small_cnn" in line
 
 
-def test_saliency_of_a_segmenter_is_refused_before_any_work(tmp_path, no_work):
+def test_saliency_of_a_task_without_maps_is_refused_before_any_work(tmp_path, no_work, monkeypatch):
+    # The tasks that draw are the registry's (draws_saliency): here segmentation, made one that does not.
+    monkeypatch.setattr(Segmentation, "draws_saliency", False)
     torch.save({"weight": torch.zeros(1)}, tmp_path / "plain.pt")
     refused(tmp_path, *SEGMENTER, "job=saliency", f"checkpoint={tmp_path / 'plain.pt'}",
-            expected="job=saliency draws classification, text and detection models; dataset=digits_seg poses "
-                     "segmentation")
+            expected="job=saliency draws classification, detection, text classification models; dataset=digits_seg "
+                     "poses segmentation, which has no saliency maps")
 
 
 def test_saliency_without_an_evaluation_attack_is_refused():

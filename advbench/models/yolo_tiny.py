@@ -70,6 +70,7 @@ class SPPF(nn.Module):
 
 class YoloTiny(nn.Module):
     """Single-stage detector: C3 backbone to stride 16, FPN+PAN neck, 1x1 anchor heads at strides 8 and 16."""
+    saliency_layer = "td8"  # Grad-CAM's default: the stride-8 neck, which feeds both heads (every loss term)
 
     def __init__(self, in_shape, n_classes, mean, std, width: int = 16, anchors=DEFAULT_ANCHORS):
         super().__init__()

@@ -1,10 +1,11 @@
-"""``job=saliency`` for images: |dL/dx|, SmoothGrad, the adversarial example and its perturbation, and each
-training loss term's own input gradient, in one grid."""
+"""``job=saliency`` for images: |dL/dx|, SmoothGrad, the adversarial example and its perturbation, each training
+loss term's own input gradient and, with saliency.method=gradcam, the loss's Grad-CAM, in one grid."""
 import logging
 
 import torch
 
 from advbench.data.loaders import to_unit
+from advbench.evaluation.gradcam import gradcam_maps
 from advbench.evaluation.plots import plt, save_figure
 from advbench.evaluation.saliency import input_gradient, smoothgrad, term_gradients
 
@@ -19,12 +20,14 @@ def _magnitude(grad: torch.Tensor) -> torch.Tensor:
 def write_saliency(model, test: tuple, attack, mode, s, device, out) -> tuple:
     """saliency.png, one grid for the run (settings ``s``: the saliency config): a row per test image (image,
     adversarial example, amplified perturbation, then the maps), the maps of a row on one shared colour scale
-    with its colorbar, so that |dL/dx|, SmoothGrad and each loss term compare. Returns the file and each map's
-    mean |gradient|."""
+    with its colorbar, so that |dL/dx|, SmoothGrad and each loss term compare; Grad-CAM (saliency.method=gradcam)
+    last, over the image, on a scale of its own. Returns the file and each map's mean (|gradient|, Grad-CAM)."""
     task = attack.task
     x, y = to_unit(test[0][:s.n_examples]).to(device), task.to(test[1][:s.n_examples], device)
     objective = task.objective()
     loss_fn = lambda outputs: objective(outputs, y)  # noqa: E731
+    # First, so that a bad saliency.layer fails before the rest; it draws no random number.
+    cams = gradcam_maps(model, x, {"Grad-CAM (loss)": loss_fn}, s)  # {} unless saliency.method=gradcam
     grads = {"|dL/dx|": input_gradient(model, x, loss_fn)}
     if s.smoothgrad:
         grads["SmoothGrad"] = smoothgrad(model, x, loss_fn, s.smoothgrad_samples, s.smoothgrad_sigma)
@@ -32,7 +35,7 @@ def write_saliency(model, test: tuple, attack, mode, s, device, out) -> tuple:
     grads |= term_gradients(model, x, x_adv, y, mode, task)
     pred, pred_adv = task.labels(task.predict(model, x)), task.labels(task.predict(model, x_adv))
     delta = x_adv - x
-    columns = 3 + len(grads)
+    columns = 3 + len(grads) + len(cams)
     fig, axes = plt.subplots(len(y), columns, figsize=(2.0 * columns + 0.6, 2.1 * len(y)), squeeze=False)
     for i, row in enumerate(axes):
         images = [(x[i], f"y={y[i].item()} pred={pred[i]}"), (x_adv[i], f"adversarial: pred={pred_adv[i]}"),
@@ -42,15 +45,23 @@ def write_saliency(model, test: tuple, attack, mode, s, device, out) -> tuple:
             ax.set_title(title, fontsize=7)
         maps = {name: _magnitude(g[i]).detach().cpu() for name, g in grads.items()}
         top = max(m.max().item() for m in maps.values()) or 1.0
-        for ax, (name, heat) in zip(row[3:], maps.items()):
+        gradient_axes = row[3:3 + len(grads)]
+        for ax, (name, heat) in zip(gradient_axes, maps.items()):
             shown = ax.imshow(heat.numpy(), cmap="inferno", vmin=0, vmax=top)
             ax.set_title(name, fontsize=7)
-        fig.colorbar(shown, ax=list(row[3:]), fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+        fig.colorbar(shown, ax=list(gradient_axes), fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+        if cams:  # Grad-CAM over the image, on a scale of its own (a map of activations, not of |dL/dx|)
+            cam_top = max(c[i].max().item() for c in cams.values()) or 1.0
+            for ax, (name, cam) in zip(row[3 + len(grads):], cams.items()):
+                ax.imshow(_hwc(x[i]).clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+                shown = ax.imshow(cam[i].cpu().numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=cam_top)
+                ax.set_title(name, fontsize=7)
+            fig.colorbar(shown, ax=list(row[3 + len(grads):]), fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
         for ax in row:
             ax.axis("off")
     save_figure(fig, out / "saliency.png")
-    log.info("saliency grid of %d test images (%s) in %s", len(y), ", ".join(grads), out / "saliency.png")
-    return ["saliency.png"], {name: g.abs().mean().item() for name, g in grads.items()}
+    log.info("saliency grid of %d test images (%s) in %s", len(y), ", ".join([*grads, *cams]), out / "saliency.png")
+    return ["saliency.png"], {name: g.abs().mean().item() for name, g in (grads | cams).items()}
 
 
 def _hwc(image: torch.Tensor) -> torch.Tensor:

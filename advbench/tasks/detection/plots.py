@@ -1,5 +1,5 @@
 """Detection figures: clean and adversarial images with true and predicted boxes; the input gradient of each loss
-term side by side on one colour scale."""
+term side by side on one colour scale, and each term's Grad-CAM (saliency.method=gradcam)."""
 import logging
 
 import torch
@@ -7,6 +7,7 @@ from matplotlib.patches import Rectangle
 
 from advbench.data.loaders import to_unit
 from advbench.errors import AdvbenchError
+from advbench.evaluation.gradcam import gradcam_maps
 from advbench.evaluation.plots import plt, save_figure
 from advbench.evaluation.saliency import input_gradient
 from advbench.tasks.detection.metrics import confident
@@ -48,24 +49,30 @@ def plot_detections(x, x_adv, targets, clean, adv, classes, score: float, path) 
     save_figure(fig, path)
 
 
-def write_term_saliency(model, test: tuple, attack, task, n_examples: int, device, out) -> tuple:
+def write_term_saliency(model, test: tuple, attack, task, settings, device, out) -> tuple:
     """saliency.png: per test image a row: the image, |d term / dx| of each loss term and of their sum, all on one
-    colour scale (with a colorbar) so their sizes compare, and the adversarial example. Returns the files and each
-    map's mean |gradient|."""
-    x = to_unit(test[0][:n_examples]).to(device)
-    targets = task.to(test[1][:n_examples], device)
+    colour scale (with a colorbar) so their sizes compare, with saliency.method=gradcam each term's Grad-CAM over
+    the image (one scale of their own), and the adversarial example. ``settings``: the saliency config. Returns
+    the files and each map's mean (|gradient|, Grad-CAM)."""
+    x = to_unit(test[0][:settings.n_examples]).to(device)
+    targets = task.to(test[1][:settings.n_examples], device)
     weights = {name: {name: 1.0} for name in task.terms}
-    grads = {}
+    grads, objectives = {}, {}
     for name, weight in [*weights.items(), ("total", None)]:
         objective = task.objective(weights=weight)
+        loss_fn = lambda out, f=objective: f(out, targets)  # noqa: E731
         try:
-            grads[name] = input_gradient(model, x, lambda out, f=objective: f(out, targets))
+            grads[name] = input_gradient(model, x, loss_fn)
+            objectives[name] = loss_fn
         except AdvbenchError as err:  # a detector without this term (SSD has no objectness)
             log.info("saliency: no %s map (%s)", name, " ".join(str(err).split())[:120])
+    cams = gradcam_maps(model, x, {name: fn for name, fn in objectives.items() if name != "total"}, settings,
+                        objectives.get("total"))
     x_adv = attack(model, x, targets)
     heat = {name: g.abs().amax(1) for name, g in grads.items()}  # (N, H, W): largest over channels
     top = max(h.max().item() for h in heat.values()) or 1.0
-    columns = 2 + len(heat)
+    cam_top = max((c.max().item() for c in cams.values()), default=0.0) or 1.0
+    columns = 2 + len(heat) + len(cams)
     fig, axes = plt.subplots(len(x), columns, figsize=(2.1 * columns, 2.1 * len(x) + 0.4), squeeze=False)
     for i in range(len(x)):
         _image(axes[i, 0], x[i])
@@ -74,9 +81,19 @@ def write_term_saliency(model, test: tuple, attack, task, n_examples: int, devic
             shown = axes[i, j].imshow(h[i].cpu().numpy(), cmap="inferno", vmin=0, vmax=top)
             axes[i, j].set_title(f"|d {name} / dx|", fontsize=7)
             axes[i, j].axis("off")
+        for j, (name, cam) in enumerate(cams.items(), start=1 + len(heat)):
+            _image(axes[i, j], x[i])
+            cam_shown = axes[i, j].imshow(cam[i].cpu().numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=cam_top)
+            axes[i, j].set_title(f"Grad-CAM {name}", fontsize=7)
         _image(axes[i, -1], x_adv[i])
         axes[i, -1].set_title(f"adversarial ({attack.name})", fontsize=7)
-    fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.6, label="|input gradient| (one scale for all maps)")
+    gradient_axes = axes[:, 1:1 + len(heat)].ravel().tolist() if cams else axes.ravel().tolist()
+    fig.colorbar(shown, ax=gradient_axes, shrink=0.6, label="|input gradient| (one scale for all maps)")
+    if cams:
+        fig.colorbar(cam_shown, ax=axes[:, 1 + len(heat):-1].ravel().tolist(), shrink=0.6,
+                     label="Grad-CAM (one scale for all terms)")
     save_figure(fig, out / "saliency.png")
-    log.info("saliency of %d images per loss term (%s) in %s", len(x), ", ".join(heat), out)
-    return ["saliency.png"], {name: g.abs().mean().item() for name, g in grads.items()}
+    names = [*heat, *(f"Grad-CAM {name}" for name in cams)]
+    log.info("saliency of %d images per loss term (%s) in %s", len(x), ", ".join(names), out)
+    return ["saliency.png"], {name: g.abs().mean().item() for name, g in grads.items()} | {
+        f"Grad-CAM {name}": c.mean().item() for name, c in cams.items()}

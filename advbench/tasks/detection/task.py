@@ -182,4 +182,4 @@ class Detection(Task):
     def write_saliency(self, model, test, attack, mode, settings, device, out) -> tuple:
         """job=saliency: the input gradient of each loss term and of their sum, on one colour scale."""
         from advbench.tasks.detection.plots import write_term_saliency
-        return write_term_saliency(model, test, attack, self, settings.n_examples, device, out)
+        return write_term_saliency(model, test, attack, self, settings, device, out)

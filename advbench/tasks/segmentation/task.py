@@ -33,7 +33,6 @@ class Segmentation(Task):
     modes = ("standard", "adversarial", "mixed", "free")
     models = ("unet_tiny", "torchvision_segmenter")
     scores_training = True  # pixel accuracy >= threshold per image is cheap
-    draws_saliency = False  # job=saliency has no segmentation maps yet: refused before any work
 
     def __init__(self, n_classes: int = 0, classes: list | None = None, broken_below: float = 0.75,
                  n_examples: int | None = None):
@@ -161,7 +160,9 @@ class Segmentation(Task):
                            title)
 
     def write_saliency(self, model, test, attack, mode, settings, device, out) -> tuple:
-        raise AdvbenchError("job=saliency draws classification and detection models; segmentation has none yet")
+        """job=saliency: masks and predictions beside |dL/dx|, SmoothGrad and Grad-CAM (saliency.method=gradcam)."""
+        from advbench.tasks.segmentation.saliency import write_segmentation_saliency
+        return write_segmentation_saliency(model, test, attack, self, mode, settings, device, out)
 
 
 __all__ = ["Segmentation", "miou_of"]
