@@ -32,7 +32,7 @@ $(BIN)/advbench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[test,docs,yolo,timm,robustbench,tensorboard,mlflow,wandb,optuna,nlp,bridge]'  # CI tests the optional adapters and trackers too
+	$(BIN)/pip install -q -e '.[test,docs,yolo,yolov5,timm,robustbench,tensorboard,mlflow,wandb,optuna,nlp,bridge]'  # CI tests the optional adapters and trackers too
 	touch $@
 
 # Debian's dataset-fashion-mnist and fortunes where apt-get runs as root; otherwise Fashion-MNIST comes from

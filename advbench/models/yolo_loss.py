@@ -1,4 +1,5 @@
-"""YOLOv5's loss recipe (target assignment, CIoU, balanced BCE terms), kept per image for attacks."""
+"""YOLOv5's loss recipe (target assignment, CIoU, balanced BCE terms: its ComputeLoss), kept per image for
+attacks: an image's terms are ComputeLoss's for a batch of that image alone."""
 import math
 
 import torch
@@ -67,9 +68,26 @@ def build_targets(t: torch.Tensor, anchors: torch.Tensor, stride: float, hs: int
     return gt[:, 0].long(), gt[:, 6].long(), gj, gi, tbox, gt[:, 1].long()
 
 
+def _bce(logits: torch.Tensor, target: torch.Tensor, pos_weight: float, gamma: float) -> torch.Tensor:
+    """Element-wise BCE with YOLOv5's positive weight (``*_pw``), focal (its FocalLoss) when ``gamma`` > 0."""
+    weight = None if pos_weight == 1 else logits.new_tensor([pos_weight])
+    loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight, reduction="none")
+    if gamma > 0:
+        p = logits.sigmoid()
+        p_t = target * p + (1 - target) * (1 - p)
+        loss = loss * (target * 0.25 + (1 - target) * 0.75) * (1 - p_t) ** gamma
+    return loss
+
+
 def yolo_loss(raw, targets, anchors, strides, n_classes: int, hyp: dict, balance):
-    """Per-image YOLOv5 loss terms: dict(box=(N,), obj=(N,), cls=(N,)), already multiplied by the gains."""
+    """Per-image YOLOv5 loss terms: dict(box=(N,), obj=(N,), cls=(N,)), already multiplied by the gains.
+
+    ``anchors``: per scale (A, 2) px; ``hyp``: the gains box, obj, cls and anchor_t, and optionally YOLOv5's
+    cls_pw, obj_pw (BCE positive weights), fl_gamma (focal loss) and label_smoothing."""
     n, dev = raw[0].shape[0], raw[0].device
+    cls_pw, obj_pw, gamma = hyp.get("cls_pw", 1.0), hyp.get("obj_pw", 1.0), hyp.get("fl_gamma", 0.0)
+    smooth = hyp.get("label_smoothing", 0.0)
+    cp, cn = 1.0 - 0.5 * smooth, 0.5 * smooth  # YOLOv5's smooth_BCE targets
     t = targets_to_tensor(targets, dev)
     lbox, lobj, lcls = (torch.zeros(n, device=dev) for _ in range(3))
     for i, p in enumerate(raw):
@@ -91,9 +109,9 @@ def yolo_loss(raw, targets, anchors, strides, n_classes: int, hyp: dict, balance
             # amax makes the target deterministic when two GTs claim the same prediction.
             flat = ((b * na + a) * hs + gj) * ws + gi
             tobj = tobj.scatter_reduce(0, flat, iou.detach().clamp(min=0), "amax")
-            onehot = F.one_hot(tcls, n_classes).float()
-            bce = F.binary_cross_entropy_with_logits(ps[:, 5:], onehot, reduction="none").mean(1)
+            onehot = F.one_hot(tcls, n_classes).float() * (cp - cn) + cn
+            bce = _bce(ps[:, 5:], onehot, cls_pw, gamma).mean(1)
             lcls = lcls + torch.zeros(n, device=dev).index_add(0, b, bce) / cnt
-        obj = F.binary_cross_entropy_with_logits(p[..., 4], tobj.view(n, na, hs, ws), reduction="none")
+        obj = _bce(p[..., 4], tobj.view(n, na, hs, ws), obj_pw, gamma)
         lobj = lobj + obj.flatten(1).mean(1) * balance[i]
     return dict(box=lbox * hyp["box"], obj=lobj * hyp["obj"], cls=lcls * hyp["cls"])

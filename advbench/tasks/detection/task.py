@@ -27,7 +27,7 @@ class Detection(Task):
     terms = ("box", "obj", "cls", "dfl")
     metrics = ("clean_map50", "robust_map50")
     modes = ("standard", "adversarial", "mixed", "free", "mtd")
-    models = ("yolo_tiny", "torchvision_detector", "ultralytics_yolo")
+    models = ("yolo_tiny", "torchvision_detector", "ultralytics_yolo", "yolov5")
     scores_training = False  # per-step NMS to count found images would cost more than the step: the loss terms say
 
     def __init__(self, n_classes: int = 0, classes: list | None = None, score: float = 0.25,
