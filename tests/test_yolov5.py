@@ -376,6 +376,46 @@ def test_yolov5_val_loop_with_advbench_adding_the_adversarial_pass(setup):
     assert all(p.grad is None for p in val_model.parameters())
 
 
+
+def test_lightning_validation_step_with_an_adversarial_pass(setup, tmp_path):
+    """The same in a Lightning validation_step, which trainer.validate runs in eval mode under inference_mode."""
+    pl = pytest.importorskip("lightning.pytorch")  # the bridge extra; `make test` installs it
+    model, x, y = setup
+
+    class Validated(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.detector = YoloV5(copy.deepcopy(model.model))
+            self.attack = advbench.attack("pgd", eps="8/255", steps=2, task="detection", terms="obj")
+            self.truth, self.found = [], {"clean": [], "obj": []}
+
+        def validation_step(self, batch, batch_idx):
+            images, targets = batch
+            assert torch.is_inference_mode_enabled() and not self.training
+            before = self.detector(images)
+            adv = self.attack(self.detector, images, targets)
+            after = self.detector(adv)
+            self.truth += targets
+            self.found["clean"] += before.predictions()
+            self.found["obj"] += after.predictions()
+            self.log("val_obj_raised", (after.loss(targets)["obj"] - before.loss(targets)["obj"]).sum(),
+                     batch_size=len(images), reduce_fx="sum")
+
+    module = Validated().train()
+    modes = [m.training for m in module.modules()]
+    stats = [b.clone() for b in module.buffers()]
+    loader = torch.utils.data.DataLoader(list(zip(x, y)), batch_size=3,
+                                         collate_fn=lambda b: (torch.stack([i for i, _ in b]), [t for _, t in b]))
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path)
+    (logged,) = trainer.validate(module, loader, verbose=False)
+    assert logged["val_obj_raised"] > 0 and len(module.found["obj"]) == len(module.truth) == 6
+    names = [str(c) for c in range(10)]
+    assert all(0 <= mean_ap(p, module.truth, names)["map50"] <= 1 for p in module.found.values())
+    assert [m.training for m in module.modules()] == modes  # Lightning's eval mode undone, the attack's too
+    assert all(torch.equal(a, b) for a, b in zip(stats, module.buffers()))
+    assert all(p.requires_grad and p.grad is None for p in module.parameters())
+
 YOLOV5 = ["model=yolov5", "epochs=1", "batch_size=8", "eps=0.05", "val.attack.steps=1", "progress=false",
           "threads=1"]
 DETECTION = ["eval=detection", "eval.eps_list=null", "eval.attacks.pgd10.steps=1", "eval.attacks.tog_vanishing.steps=1"]
