@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import nn
 
 from advbench.errors import AdvbenchError
@@ -93,18 +94,53 @@ def torchvision_classifier(in_shape, n_classes: int, mean, std, name: str = "res
     return nn.Sequential(Normalize(mean, std), model)
 
 
+# timm.create_model's own arguments: advbench sets them (weights come from model.weights, a local file, never a
+# download or a pickle), so model.kwargs may not
+_TIMM_OWN = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir", "num_classes",
+             "in_chans")
+
+
 def timm_classifier(in_shape, n_classes: int, mean, std, name: str = "resnet18", weights: str | None = None,
-                    **kwargs) -> nn.Module:
+                    kwargs: dict | None = None, **extra) -> nn.Module:
     """Any timm model by ``name`` (pip install 'advbench[timm]'), built offline with ``n_classes`` outputs and the
-    data's input channels (timm's in_chans), ``weights`` a local state dict; Normalize(mean, std) in front."""
+    data's input channels (timm's in_chans), ``kwargs`` the model's own arguments (a ViT's ``img_size``,
+    ``patch_size``...), ``weights`` a local state dict; Normalize(mean, std) in front. A model that does not take
+    the data's image size is refused in one line naming ``model.kwargs``."""
     try:
         import timm
     except ImportError:
         raise AdvbenchError("model=timm needs the timm package: pip install 'advbench[timm]'") from None
     if not timm.is_model(name):
         raise AdvbenchError(f"model.name={name} is not a timm model (timm.list_models() lists them)")
-    model = timm.create_model(name, pretrained=False, num_classes=n_classes, in_chans=in_shape[0], **kwargs)
+    given = {**(OmegaConf.to_container(kwargs) if OmegaConf.is_config(kwargs) else dict(kwargs or {})), **extra}
+    own = [key for key in given if key in _TIMM_OWN]
+    if own:
+        raise AdvbenchError(f"model.kwargs.{own[0]}: advbench sets it (classes and channels from the data, weights "
+                            "from model.weights=<local state dict>); model.kwargs holds the model's own arguments")
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=n_classes, in_chans=in_shape[0], **given)
+    except TypeError as err:  # an argument this architecture does not take
+        raise AdvbenchError(f"model.kwargs={given}: timm's {name} does not take them "
+                            f"({' '.join(str(err).split())[:160]})") from None
+    _takes(model, in_shape, f"model=timm model.name={name}")
     return nn.Sequential(Normalize(mean, std), _load_weights(model, weights, f"timm {name}"))
+
+
+def _takes(model: nn.Module, in_shape, what: str) -> None:
+    """One forward of a single blank image: a model built for another input size (a ViT's position table, patch
+    grid) fails here in one line naming the key to set, not in a traceback mid-attack."""
+    size = "x".join(str(s) for s in in_shape)
+    was = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *in_shape))
+    except (AssertionError, RuntimeError, ValueError) as err:
+        reason = " ".join(str(err).split())[:160]
+        raise AdvbenchError(f"{what} does not take the data's {size} images ({reason}): set its size arguments "
+                            f"with model.kwargs, e.g. +model.kwargs.img_size={in_shape[-1]} (a ViT's; and "
+                            "+model.kwargs.patch_size= no larger than the image)") from None
+    finally:
+        model.train(was)
 
 
 def module(in_shape, n_classes: int, mean, std, module, normalize: bool = True) -> nn.Module:

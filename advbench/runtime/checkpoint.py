@@ -1,5 +1,6 @@
 """Checkpoints: the model's state dict with the run's plain config, saved and loaded with ``weights_only=True``."""
 import inspect
+import logging
 import pickle
 import re
 import zipfile
@@ -11,6 +12,8 @@ from hydra.utils import instantiate
 
 from advbench.errors import AdvbenchError, unimportable
 from advbench.runtime.outputs import atomic_write
+
+log = logging.getLogger(__name__)
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, config: dict, **extra) -> None:
@@ -102,13 +105,40 @@ def build_model(model_cfg, data, dataset_cfg, task, state_dict=None, inputs: dic
         raise AdvbenchError(f"model={target.rsplit('.', 1)[-1]} does not take {task.name} data "
                             f"(dataset={dataset_cfg.name}): use model={', '.join(task.models)}") from None
     if state_dict is not None:
-        try:
-            model.load_state_dict(state_dict)
-        except RuntimeError as err:
-            detail = " ".join(str(err).split())[:300]
-            raise AdvbenchError(f"checkpoint: its weights do not fit model={target} built from its "
-                                f"config on dataset={dataset_cfg.name}: {detail}") from None
+        load_weights(model, state_dict, f"model={target} built for dataset={dataset_cfg.name}")
     return model
+
+
+def _shapes(module: torch.nn.Module, state: dict) -> list:
+    """'name (file shape) vs (model shape)' of each tensor whose shape differs."""
+    own = module.state_dict()
+    return [f"{k} {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model" for k in own
+            if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+
+
+def load_weights(model: torch.nn.Module, state: dict, what: str) -> None:
+    """Load ``state`` into ``model``, or into the module inside it that holds every parameter and whose names the
+    state holds exactly (a plain state dict of the network advbench wraps as ``Sequential(Normalize, net)``: the
+    wrapper adds buffers only); else one line saying why not."""
+    names, size = set(state), sum(p.numel() for p in model.parameters())
+    inner = [(name, m) for name, m in model.named_modules()
+             if set(m.state_dict()) == names and sum(p.numel() for p in m.parameters()) == size]
+    if not inner:
+        own = set(model.state_dict())
+        missing, unexpected = sorted(own - names), sorted(names - own)
+        listed = lambda keys: ", ".join(keys[:3]) + (f" (+{len(keys) - 3})" if len(keys) > 3 else "")  # noqa: E731
+        raise AdvbenchError(f"checkpoint: its weights do not fit {what}: missing {listed(missing) or 'none'}; "
+                            f"unexpected {listed(unexpected) or 'none'} (nor do they fit the network inside it)")
+    name, target = inner[0]
+    shapes = _shapes(target, state)
+    if shapes:
+        raise AdvbenchError(f"checkpoint: its weights do not fit {what}: {shapes[0]}"
+                            f"{f' (and {len(shapes) - 1} more)' if len(shapes) > 1 else ''}; the model is built "
+                            "with the data set's classes and channels (a model option's arguments set the rest)")
+    target.load_state_dict(state)
+    if name:
+        log.info("checkpoint: a state dict of the network alone, loaded into module %s of the model (the data set's "
+                 "normalization in front is advbench's)", name)
 
 
 def _parameters(target: str) -> list:
