@@ -131,7 +131,8 @@ def prepare(cfg, out: Path, choices: dict, state: dict | None) -> Run:
     batch = (auto_batch_size(model, data.shape, device) if cfg.eval.batch_size == "auto" else cfg.eval.batch_size)
     evaluator = Evaluator(task, device, cfg.amp, batch, cfg.eval.cascade, cfg.progress)
     # Last: a tracker opens its run (an MLflow run, a wandb process) only once everything else was accepted.
-    trackers = Trackers(list(cfg.logger.trackers) if distributed.is_main() else [], out, cfg.logger)
+    resumed = state.get("epoch") if state and cfg.job == "train" else None  # their runs continue the interrupted ones
+    trackers = Trackers(list(cfg.logger.trackers) if distributed.is_main() else [], out, cfg.logger, resumed)
     return Run(cfg, out, device, data, task, model, evaluator, checked.plan, checked.mode, checked.attack,
                checked.val_attack, choices,
                labels(cfg.dataset.name, cfg.model._target_, cfg.training.name, cfg.attack.name, choices,
@@ -211,6 +212,9 @@ def run(cfg, out: Path | None = None, on_start=lambda: None) -> float | None:
         headline = finish(the_run, results)
         the_run.trackers.results(results)
         return headline
+    except BaseException as err:
+        the_run.trackers.close(err)  # each tracker's run marked interrupted (resumable) or failed
+        raise
     finally:
         the_run.trackers.close()
 
