@@ -13,9 +13,9 @@ from omegaconf import OmegaConf
 
 from advbench.config import register_configs
 from advbench.errors import AdvbenchError, Interrupted
-from advbench.runtime.callbacks import NOT_RUN
+from advbench.runtime.callbacks import CLAIMED, NOT_RUN
 from advbench.runtime.outputs import DeferredLog, NoSpace, no_space, write_hydra_files, write_status
-from advbench.runtime.lock import DirectoryTaken, InUse, hold, holder, own, release, status_of
+from advbench.runtime.lock import LOCK, OWNER, DirectoryTaken, InUse, hold, holder, own, release, status_of
 from advbench.runtime.rundir import holds_run
 from advbench.runtime.signals import install_signal_handlers
 
@@ -101,11 +101,45 @@ def job(cfg, out: Path, owned: list, logs) -> float | None:
     def on_start():  # once the config has passed every check: a refused resume leaves the run as it was
         if resumed:
             accepted(".hydra_resume")
+        owned.append("started")  # a new run refused before this point is taken back (withdraw)
         write_status(out, "running")
     from advbench.experiment import run
     result = run(cfg, out, on_start)
     write_status(out, "finished")
     return result
+
+
+def withdraw(out: Path, why: str) -> None:
+    """Take back what a new run refused before it began wrote: its directory where it was made for it (with the
+    folders made with it, while empty), else only the files it added. Where anything else appeared there, nothing
+    is removed and the status says ``refused: <why>`` (advbench-report lists such runs apart, never as failed)."""
+    root, claimed = logging.getLogger(), CLAIMED.get(os.path.realpath(out))
+    logs = [h for h in root.handlers
+            if isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve().parent == out.resolve()]
+    before, made = claimed or (frozenset(), [])
+    added = set(os.listdir(out)) - (before or frozenset())
+    if claimed is None or added - {LOCK, OWNER, ".hydra", "status", *(Path(h.baseFilename).name for h in logs)}:
+        record(out, f"refused: {why}")
+        return
+    for handler in logs:  # the log file goes too: its lines, the error included, are on the console
+        root.removeHandler(handler)
+        handler.close()
+    try:
+        if before is None:  # made for this run and holding only its files: the lock file goes with it
+            shutil.rmtree(out)
+        else:  # the user's folder: the empty lock file stays, as after any command held it
+            for path in (out / name for name in added - {LOCK, OWNER}):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    except OSError as err:
+        log.warning("%s: could not remove what the refused run wrote (%s)", out, err)
+        if out.is_dir():
+            record(out, f"refused: {why}")
+        return
+    for folder in made[1:]:  # the folders made with it (outputs/<name>/), while nothing else is in them
+        try:
+            os.rmdir(folder)
+        except OSError:
+            break
 
 
 def stopped(out: Path, err: Interrupted, owned: list) -> None:
@@ -158,7 +192,9 @@ def main(cfg) -> float | None:
                 log.exception("job failed; the sweep goes on")
                 return None
             raise
-        if owned:  # never another run's status
+        if owned and "started" not in owned and err.exit_code == 2 and not sweeping and distributed.is_main():
+            withdraw(out, str(err))  # refused before it began: no run directory left behind
+        elif owned:  # never another run's status
             record(out, f"failed: {err}")
         elif sweeping:
             NOT_RUN.append((out, str(err).removeprefix(f"{out}: ")))

@@ -94,7 +94,8 @@ def read_run(run: Path, root: Path, by: str = "eps") -> dict:
         return {k: v for k, v in row.items() if k != "long"} | {
             "status": f"unreadable: {current} ({type(err).__name__})"}
     status = (run / "status").read_text().strip() if (run / "status").exists() else ""
-    row["status"] = status.split(":")[0] if status.startswith(("failed", "interrupted")) else "unfinished"
+    # refused: a command advbench refused before the run began (where it could not take its files back)
+    row["status"] = status.split(":")[0] if status.startswith(("failed", "interrupted", "refused")) else "unfinished"
     return row
 
 
@@ -193,9 +194,10 @@ def main(argv=None) -> None:
     except AdvbenchError as err:
         log.error("%s", err)
         sys.exit(2)
-    done = sum(r["status"] == "finished" for r in rows)
-    log.info("%d runs (%d finished, %d failed or unfinished): %s", len(rows), done, len(rows) - done,
-             args.dir / ("report.md" if _installed("pandas") else "report_long.csv"))
+    done, refused = (sum(r["status"] == s for r in rows) for s in ("finished", "refused"))
+    apart = f", {refused} refused before they began" if refused else ""  # never counted as failed
+    log.info("%d runs (%d finished, %d failed or unfinished%s): %s", len(rows), done, len(rows) - done - refused,
+             apart, args.dir / ("report.md" if _installed("pandas") else "report_long.csv"))
 
 
 if __name__ == "__main__":

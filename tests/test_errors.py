@@ -16,7 +16,7 @@ import torch
 from advbench.training import modes as training
 from advbench.eps import parse_eps
 from advbench.errors import AdvbenchError
-from helpers import TINY, cli, one_line_error
+from helpers import DIGITS, TINY, cli, one_line_error
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -47,6 +47,72 @@ def test_bad_values_get_one_line_naming_the_key_and_exit_2(tmp_path, overrides, 
 def test_hydras_own_errors_exit_2_as_well(tmp_path, override):
     code, err = cli(*TINY, override, cwd=tmp_path)
     assert code == 2 and "Traceback" not in err and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["hparams_search=robust_optuna", "hydra.mode=RUN"], "hparams_search=robust_optuna"),
+    (["hydra/sweeper=optuna"], "hydra/sweeper=optuna"),
+])
+def test_a_search_in_a_single_run_is_refused_not_run_plain(tmp_path, overrides, key):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    code, err = cli(*TINY, *overrides, cwd=tmp_path)
+    assert code == 2 and f"add -m (advbench -m {key}" in one_line_error(err, f"{key} is a sweep")
+    assert not list(tmp_path.iterdir())  # no run directory, no sweep directory
+
+
+def test_sweep_params_in_a_single_run_are_refused(caplog):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from advbench.runtime.callbacks import check_single
+    from conftest import CONF
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose(config_name="config", overrides=list(TINY), return_hydra_config=True)
+    check_single(cfg)  # the default basic sweeper without params: a plain run
+    OmegaConf.set_struct(cfg, False)
+    cfg.hydra.sweeper.params = {"lr": "0.1,0.2"}
+    with pytest.raises(SystemExit) as refused:
+        check_single(cfg)
+    assert refused.value.code == 2 and "hydra.sweeper.params is a sweep" in caplog.text and "add -m" in caplog.text
+
+
+def test_hparams_search_without_m_runs_the_search(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    cli("hparams_search=robust_optuna", *DIGITS, "epochs=1", "hydra.sweeper.n_trials=1",
+        f"hydra.sweep.dir={tmp_path}/s", cwd=tmp_path, check=True)
+    assert (tmp_path / "s" / "optimization_results.yaml").is_file()
+    assert len(list((tmp_path / "s").glob("*/seed=0/results.json"))) == 1 and not (tmp_path / "outputs").exists()
+
+
+FAKE = ["dataset=torchvision", "dataset.class_name=FakeData", "+dataset.kwargs={size: 60, image_size: [3, 8, 8], "
+        "num_classes: 3}", "dataset.mean=[0.5,0.5,0.5]", "dataset.std=[0.25,0.25,0.25]", "dataset.val_size=10",
+        "dataset.workers=0", "model=mlp", "model.hidden=16", "epochs=1", "progress=false", "threads=1",
+        "eval.n_examples=100", "eval.attacks.pgd20.steps=2"]
+
+
+def test_a_torchvision_set_without_splits_is_evaluated_on_held_out_examples(tmp_path):
+    code, err = cli(*FAKE, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, check=True)
+    line = one_line_error(err, "dataset.class_name=FakeData has no train/test split")
+    assert "15 of its 60 examples are held out as the test split" in line and "dataset.split_seed=0" in line
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["n_examples"] == 15
+
+
+def test_the_held_out_test_split_is_disjoint_and_fixed_by_split_seed():
+    from omegaconf import OmegaConf
+
+    from advbench.data.external import torchvision_sets
+    cfg = OmegaConf.create({"class_name": "FakeData", "kwargs": {"size": 40, "image_size": [1, 4, 4]},
+                            "root": "data", "download": False, "train_split": "train", "test_split": "test",
+                            "test_size": 0.25, "split_seed": 0})
+    first, again = torchvision_sets(cfg), torchvision_sets(cfg)
+    assert (len(first.train), len(first.test)) == (30, 10)
+    assert sorted(first.train.indices + first.test.indices) == list(range(40))  # no test example is trained on
+    assert first.test.indices == again.test.indices
+    cfg.split_seed = 1
+    assert torchvision_sets(cfg).test.indices != first.test.indices
+    cfg.kwargs.size, cfg.test_size = 3, 0.1
+    with pytest.raises(AdvbenchError, match=r"dataset.test_size=0.1: holds out 0 of the 3 examples"):
+        torchvision_sets(cfg)
 
 
 def test_the_eps_parser_is_bounded():

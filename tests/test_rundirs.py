@@ -1,6 +1,8 @@
 """Nothing lost: run directories are never shared or overwritten, and resume continues only the same experiment."""
 import datetime as real_datetime
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -131,3 +133,48 @@ def test_a_model_target_override_names_the_run(tmp_path):
     results = json.loads(run.read_text())
     assert results["labels"]["model"] == "tiny_cnn" and results["choices"]["model"] == "small_cnn"
     assert torch.load(run.parent / "model.pt", weights_only=True)["classes"] == ["0", "1", "2", "3"]
+
+
+def test_a_refused_run_leaves_no_run_directory(tmp_path):
+    code, err = cli(*TINY, "lr=nan", cwd=tmp_path)
+    assert code == 2 and "lr=nan" in one_line_error(err, "expected a finite number")
+    assert not list(tmp_path.iterdir())  # its directory gone, and the outputs/<name>/ made for it
+    code, _ = cli(*TINY, "lr=nan", f"hydra.run.dir={tmp_path}/new/run", cwd=tmp_path)
+    assert code == 2 and not list(tmp_path.iterdir())
+    cli(*TINY, "epochs=1", cwd=tmp_path, check=True)
+    (done,) = (tmp_path / "outputs").iterdir()
+    code, _ = cli(*TINY, "epochs=1", "lr=nan", cwd=tmp_path)
+    assert code == 2 and len(list(done.iterdir())) == 1  # the finished run and its outputs/<name>/ stay
+    assert (next(done.iterdir()) / "status").read_text() == "finished\n"
+
+
+def test_a_refused_run_leaves_the_users_directory_as_it_was(tmp_path):
+    run = tmp_path / "mine"
+    run.mkdir()
+    (run / "notes.txt").write_text("my notes\n")
+    code, err = cli(*TINY, "lr=nan", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert code == 2 and "lr=nan" in one_line_error(err, "expected a finite number")
+    assert sorted(p.name for p in run.iterdir()) == [".advbench.lock", "notes.txt"]  # the empty lock file stays
+    assert (run / "notes.txt").read_text() == "my notes\n"
+    cli(*TINY, "epochs=1", f"hydra.run.dir={run}", cwd=tmp_path, check=True)  # the corrected command runs there
+    assert (run / "status").read_text() == "finished\n" and (run / "notes.txt").read_text() == "my notes\n"
+
+
+def test_a_refused_run_that_cannot_be_taken_back_is_marked_refused_never_failed(tmp_path, monkeypatch):
+    from advbench import experiment
+    from advbench.errors import AdvbenchError
+
+    def prepare(cfg, out, *args):  # something not advbench's own appears in the directory before the refusal
+        (out / "theirs.txt").write_text("not advbench's\n")
+        raise AdvbenchError("model.width=0: expected a positive integer")
+    monkeypatch.setattr(experiment, "prepare", prepare)
+    run = tmp_path / "runs" / "run"
+    code, err = cli(*TINY, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert code == 2 and "model.width=0" in one_line_error(err, "expected a positive integer")
+    assert (run / "status").read_text() == "refused: model.width=0: expected a positive integer\n"
+    assert (run / "theirs.txt").read_text() == "not advbench's\n" and (run / ".hydra").is_dir()
+    proc = subprocess.run([sys.executable, "-m", "advbench.report", str(tmp_path / "runs")], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and "1 runs (0 finished, 0 failed or unfinished, 1 refused before they began)" in \
+        proc.stderr
+    assert "run,refused," in (tmp_path / "runs" / "report.csv").read_text()

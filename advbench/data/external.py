@@ -76,9 +76,27 @@ def _check_headers(splits: dict, resize) -> None:
     log.info("image headers checked: %d files", sum(len(s.samples) for s in splits.values() if s is not None))
 
 
+def held_out(full, cfg) -> tuple:
+    """(train, test) of a data set without splits: a fixed permutation (dataset.split_seed) holds out
+    dataset.test_size of its examples as the test split, never trained on; logged as a warning."""
+    n = len(full)
+    n_test = round(cfg.test_size * n)
+    if not 0 < n_test < n:
+        raise AdvbenchError(f"dataset.test_size={cfg.test_size}: holds out {n_test} of the {n} examples of "
+                            f"dataset.class_name={cfg.class_name}, which has no test split; give a share that "
+                            "leaves examples for both splits")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed)).tolist()
+    log.warning("dataset.class_name=%s has no train/test split (it takes neither train= nor split=): %d of its %d "
+                "examples are held out as the test split (dataset.test_size=%s, drawn with dataset.split_seed=%d), "
+                "the other %d make the training set", cfg.class_name, n_test, n, cfg.test_size, cfg.split_seed,
+                n - n_test)
+    return Subset(full, perm[n_test:]), Subset(full, perm[:n_test])
+
+
 def torchvision_sets(cfg) -> RawSets:
     """``torchvision.datasets.<dataset.class_name>`` from dataset.root with dataset.kwargs; its train and test
-    splits by ``train=`` or ``split=`` (dataset.train_split / test_split), whichever the class takes."""
+    splits by ``train=`` or ``split=`` (dataset.train_split / test_split), whichever the class takes; a class that
+    takes neither gets a test split held out of its examples (``held_out``), never the training set again."""
     import torchvision
     cls = getattr(torchvision.datasets, str(cfg.class_name), None)
     if not (inspect.isclass(cls) and issubclass(cls, torch.utils.data.Dataset)):
@@ -94,15 +112,18 @@ def torchvision_sets(cfg) -> RawSets:
     def split(name: str):
         if "train" in params:
             return cls(train=name == "train", **kwargs)
-        if "split" in params:
-            return cls(split=name, **kwargs)
-        return cls(**kwargs)
+        return cls(split=name, **kwargs)
     try:
-        train, test = split(cfg.train_split), split(cfg.test_split)
+        if "train" in params or "split" in params:
+            full, train, test = None, split(cfg.train_split), split(cfg.test_split)
+        else:
+            full = cls(**kwargs)
     except (RuntimeError, FileNotFoundError, ValueError, TypeError) as err:
         raise AdvbenchError(f"dataset.class_name={cfg.class_name}: {' '.join(str(err).split())[:200]} (root "
                             f"{cfg.root}; download={cfg.download})") from None
-    return RawSets(train, test, None, list(getattr(train, "classes", None) or []) or None)
+    if full is not None:
+        train, test = held_out(full, cfg)
+    return RawSets(train, test, None, list(getattr(full or train, "classes", None) or []) or None)
 
 
 def custom(cfg) -> RawSets:

@@ -23,6 +23,9 @@ from advbench.runtime.rundir import holds_run
 log = logging.getLogger("advbench")
 MIN_FREE_BYTES = 50 * 2**20  # below this, Hydra's own config files could be left empty
 NOT_RUN: list = []  # (directory, why) of the sweep jobs refused before they began: no status file says so
+# A new run's directory (real path) -> (its entries before the run, None where it was made for the run; the folders
+# made for it, deepest first): what a run refused before it began may take back (main.withdraw), and nothing else.
+CLAIMED: dict = {}
 
 
 def refuse(message: str, code: int = 2) -> None:
@@ -95,6 +98,32 @@ def claim_new(out: Path, key: str) -> None:
     keep(out)
 
 
+def new_run_dir(config) -> Path:
+    """Resolve hydra.run.dir for a new run, noting in CLAIMED what was there before it and what is made for it."""
+    raw = str(OmegaConf.to_container(config.hydra.run, resolve=False).get("dir"))
+    out = Path(str(OmegaConf.select(config, "hydra.run.dir")))  # run_dir's resolver makes it here
+    where = out.absolute()
+    if "${run_dir:" in raw:  # made exclusively (rundir.claim), with outputs/<name>/ below the launch directory
+        made = [where, *(p for p in where.parents if Path.cwd().absolute() in p.parents)]
+        CLAIMED[os.path.realpath(where)] = (None, made)
+    else:
+        before = frozenset(os.listdir(where)) if where.is_dir() else None
+        CLAIMED[os.path.realpath(where)] = (before, [p for p in [where, *where.parents] if not p.exists()])
+    return out
+
+
+def check_single(config) -> None:
+    """A sweeper (hparams_search=..., hydra/sweeper=...) or sweep params in a single run: one plain run would
+    ignore them, so it is refused (hparams_search files set hydra.mode: MULTIRUN, so they sweep without -m)."""
+    choices = config.hydra.runtime.choices
+    sweeper, search = choices.get("hydra/sweeper"), choices.get("hparams_search")
+    if sweeper in (None, "basic") and not OmegaConf.select(config, "hydra.sweeper.params"):
+        return
+    key = (f"hparams_search={search}" if search else f"hydra/sweeper={sweeper}" if sweeper not in (None, "basic")
+           else "hydra.sweeper.params")
+    refuse(f"{key} is a sweep, and without -m it would be one plain run: add -m (advbench -m {key} ...)")
+
+
 def _explicit(config, key: str) -> bool:
     return any(o.split("=", 1)[0].lstrip("+~") == key for o in config.hydra.overrides.hydra)
 
@@ -115,6 +144,8 @@ class RunGuard(Callback):
         if int(os.environ.get("RANK", 0)) > 0:  # torchrun: rank 0 holds it; the others write nothing there
             return
         HydraConfig.instance().set_config(config)  # the run directory's resolvers read it
+        CLAIMED.clear()
+        check_single(config)
         given = next((o.split("=", 1)[1] for o in config.hydra.overrides.hydra if o.startswith("hydra.run.dir=")),
                      None)
         check_free_space(Path(given) if given else Path.cwd())  # before anything, even a directory, is made
@@ -125,7 +156,7 @@ class RunGuard(Callback):
         if resume:
             claim_resumed(Path(resume))
         else:
-            claim_new(Path(str(OmegaConf.select(config, "hydra.run.dir"))), "hydra.run.dir")
+            claim_new(new_run_dir(config), "hydra.run.dir")
 
     def on_multirun_start(self, config, **kwargs) -> None:
         """Hold the sweep's directory for the sweep's life; a sweep reuses one only with resume=auto."""
