@@ -12,9 +12,12 @@ def __getattr__(name):
     if name == "Attack":
         from advbench.attacks.spec import Attack
         return Attack
-    if name in ("losses", "lightning"):  # the training objectives; the Lightning callback (needs lightning)
-        import importlib
-        return importlib.import_module(f"advbench.{name}")
+    if name == "losses":  # the training objectives, for your own loop
+        import advbench.losses as losses  # binds the submodule: no second call of this function
+        return losses
+    if name == "lightning":  # the Lightning callback (needs lightning)
+        import advbench.lightning as lightning
+        return lightning
     if name == "load_model":
         from advbench.runtime.checkpoint import load_model
         return load_model

@@ -92,7 +92,7 @@ class DatasetConf:
     min_freq: int = 1
     categories: List[str] = field(default_factory=list)  # fortunes: one class per category file
     fortunes_dir: str = "/usr/share/games/fortunes"
-    test_size: float = 0.25  # fortunes: share of each class held out for the test split
+    test_size: float = 0.25  # fortunes, and torchvision sets without a split: share held out for the test split
     # detection: composed scenes (digits_det, fashion_mnist_det) and the user's YOLO / COCO data
     n_scenes: int = 2000  # training scenes composed (the test split has n_test)
     objects: List[int] = field(default_factory=lambda: [1, 4])  # objects per scene, min and max
