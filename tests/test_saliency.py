@@ -86,3 +86,15 @@ def test_saliency_maps_of_a_row_share_one_colour_scale(trained_mlp, digits, tmp_
         assert len(limits) == 1 and next(iter(limits))[1] > 0  # four maps, one scale
     assert rows[0][3].images[0].get_clim() != rows[1][3].images[0].get_clim()  # each row its own
     assert sum(ax.get_label() == "<colorbar>" for ax in fig.axes) == 2
+
+
+def test_a_sparse_gradient_is_not_drawn_empty_beside_smoothgrad():
+    """One scale per row, ending at the 99th percentile of the row's values: a plain gradient whose few pixels
+    tower over the rest (as input gradients do) still shows beside SmoothGrad's smooth map."""
+    from advbench.tasks.classification.saliency import shared_top
+    plain = torch.full((28, 28), 0.01)
+    plain[0, 0] = 100.0  # one spike, 10,000x the rest
+    smooth = torch.full((28, 28), 0.02)
+    top = shared_top([plain, smooth])
+    assert top == pytest.approx(0.02) and (plain > 0.25 * top).float().mean() > 0.99  # not black: 50% of the scale
+    assert shared_top([torch.zeros(4, 4)]) == 1.0  # nothing to show: a valid scale all the same

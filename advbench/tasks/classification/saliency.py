@@ -17,10 +17,21 @@ def _magnitude(grad: torch.Tensor) -> torch.Tensor:
     return grad.abs().amax(0)
 
 
+CLIP = 99.0  # percentile of a row's map values where its shared colour scale ends
+
+
+def shared_top(maps: list) -> float:
+    """The top of one colour scale for ``maps``: the 99th percentile of all their values, not the maximum. An input
+    gradient is sparse, a few pixels far above the rest: scaled to its maximum, it looks empty beside SmoothGrad's
+    smoother map, although the two are compared on one scale (Smilkov et al. 2017 clip at the 99th percentile)."""
+    values = torch.cat([m.flatten().float() for m in maps])
+    return torch.quantile(values, CLIP / 100).item() or values.max().item() or 1.0
+
+
 def write_saliency(model, test: tuple, attack, mode, s, device, out) -> tuple:
     """saliency.png, one grid for the run (settings ``s``: the saliency config): a row per test image (image,
     adversarial example, amplified perturbation, then the maps), the maps of a row on one shared colour scale
-    with its colorbar, so that |dL/dx|, SmoothGrad and each loss term compare; Grad-CAM (saliency.method=gradcam)
+    (clipped at the 99th percentile of their values) with its colorbar, so that |dL/dx|, SmoothGrad and each loss term compare; Grad-CAM (saliency.method=gradcam)
     last, over the image, on a scale of its own. Returns the file and each map's mean (|gradient|, Grad-CAM)."""
     task = attack.task
     x, y = to_unit(test[0][:s.n_examples]).to(device), task.to(test[1][:s.n_examples], device)
@@ -44,12 +55,14 @@ def write_saliency(model, test: tuple, attack, mode, s, device, out) -> tuple:
             ax.imshow(_hwc(image).clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_title(title, fontsize=7)
         maps = {name: _magnitude(g[i]).detach().cpu() for name, g in grads.items()}
-        top = max(m.max().item() for m in maps.values()) or 1.0
+        top = shared_top(list(maps.values()))
         gradient_axes = row[3:3 + len(grads)]
         for ax, (name, heat) in zip(gradient_axes, maps.items()):
             shown = ax.imshow(heat.numpy(), cmap="inferno", vmin=0, vmax=top)
             ax.set_title(name, fontsize=7)
-        fig.colorbar(shown, ax=list(gradient_axes), fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+        bar = fig.colorbar(shown, ax=list(gradient_axes), fraction=0.046, pad=0.02, extend="max")
+        bar.ax.tick_params(labelsize=6)
+        bar.set_label(f"|gradient|, clipped at the {CLIP:g}th percentile", fontsize=6)
         if cams:  # Grad-CAM over the image, on a scale of its own (a map of activations, not of |dL/dx|)
             cam_top = max(c[i].max().item() for c in cams.values()) or 1.0
             for ax, (name, cam) in zip(row[3 + len(grads):], cams.items()):
