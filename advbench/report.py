@@ -177,7 +177,7 @@ def write_report(root: Path, by: str = "eps") -> list:
     _parquet(root, rows)
     groups = aggregate(rows)
     atomic_write(root / "report.md", lambda f: f.write(markdown(rows, groups).encode()))
-    plot(groups, root / "report.png", by)
+    plot(groups, root / "report.png", by, rows)
     return rows
 
 

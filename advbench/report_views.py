@@ -29,9 +29,12 @@ def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "" if value is None else str(value)
 
 
-def _pct(value, std=None) -> str:
+def _pct(value, std=None, n: int | None = None) -> str:
+    """A percentage; with ``std``, mean ± std over ``n`` seeds, but one seed has no spread: ``40.00% (n=1)``."""
     if value is None:
         return ""
+    if n == 1:
+        return f"{100 * value:.2f}% (n=1)"
     return f"{100 * value:.2f}%" if std is None else f"{100 * value:.2f} ± {100 * std:.2f}%"
 
 
@@ -43,7 +46,7 @@ def markdown(rows: list, groups: list) -> str:
 
     def mean_cell(g, column):
         if column in ("clean", "robust"):
-            return _pct(g[f"{column}_acc_mean"], g[f"{column}_acc_std"])
+            return _pct(g[f"{column}_acc_mean"], g[f"{column}_acc_std"], g.get("n_seeds"))
         return _fmt(g.get("n_seeds" if column == "seeds" else column))
 
     def run_cell(r, column):
@@ -58,14 +61,22 @@ def markdown(rows: list, groups: list) -> str:
     return "\n".join(text) + "\n"
 
 
-def plot(groups: list, path: Path, by: str = "eps") -> None:
-    """report.png: robust accuracy (mean, std bars) against ``by`` (eps by default), one line per setting; the
-    y-axis fits the data."""
+def _metric(rows) -> str:
+    """The robust metric the finished runs report (robust_acc, robust_map50...); robust_acc if none or several."""
+    found = {r.get("metric") for r in rows or () if r.get("status") == "finished" and r.get("metric")}
+    return found.pop() if len(found) == 1 else "robust_acc"
+
+
+def plot(groups: list, path: Path, by: str = "eps", rows: list | None = None) -> None:
+    """report.png: the robust metric (mean, std bars over seeds) against ``by`` (eps by default), one line per
+    setting; named after ``rows``' metric; a log x axis where ``by`` spans decades (lr); the y-axis fits the data."""
     import pandas as pd
 
-    from advbench.evaluation.plots import plt, save_figure
-    fig, ax = plt.subplots(figsize=(6, 4))
+    from advbench.evaluation.plots import figure, legend_below, save_figure, sweep_axis
+    from advbench.runtime.readable import label
+    fig, ax = figure(figsize=(6.5, 4.6))
     df = pd.DataFrame(groups, columns=[*GROUP, "x", "robust_acc_mean", "robust_acc_std"])
+    df["given"] = df["x"].astype(str)  # the tick labels: values as the runs gave them (8/255)
     df["x"] = [_x(g) for g in df.to_dict("records")]
     df = df[df["robust_acc_mean"].notna() & (df["job"] == "train") & df["x"].notna()].copy()
     # one line per setting apart from the x key: points of a line differ in it alone
@@ -78,12 +89,15 @@ def plot(groups: list, path: Path, by: str = "eps") -> None:
         points = points.sort_values("x")
         ax.errorbar(points["x"], 100 * points["robust_acc_mean"], yerr=100 * points["robust_acc_std"], marker="o",
                     capsize=3, label=f"{training} ({', '.join(x for x in setup if x)})" if several_setups else training)
+    metric = _metric(rows)
+    ax.set(xlabel=by, ylabel=label(metric), title=f"{label(metric, percent=False)} against {by} (mean ± std over "
+                                                   "seeds)")
+    ax.grid(alpha=0.3)
     if len(df):
         low = (100 * (df["robust_acc_mean"] - df["robust_acc_std"])).min()
         high = (100 * (df["robust_acc_mean"] + df["robust_acc_std"])).max()
         pad = max(2.0, 0.1 * (high - low))
         ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad))
-        ax.legend(fontsize=8)
-    ax.set(xlabel=by, ylabel="robust accuracy (%)", title=f"robust accuracy vs {by}")
-    ax.grid(alpha=0.3)
+        legend_below(fig, ax, ncol=2)
+        sweep_axis(ax, df["x"].tolist(), df["given"].tolist())
     save_figure(fig, path)

@@ -1,25 +1,25 @@
 """eval.save_examples for classifiers: a grid of clean / adversarial / perturbation images."""
-from advbench.evaluation.plots import plt, save_figure
+from advbench.evaluation.plots import figure, perturbations, save_figure
 
 
 def plot_examples(x, x_adv, y, pred, pred_adv, path, classes=None, notes=None, title: str = "") -> None:
     """Columns: examples. Rows: the clean image (true and predicted class), the adversarial one (its predicted
-    class; red where the attack broke it), the perturbation amplified to the full range. An example misclassified
-    clean is marked so in orange: it was never attacked, so it is not drawn as an attack's success."""
+    class; red where the attack broke it), the perturbation amplified on one scale for the grid ("no perturbation"
+    where nothing moved). An example misclassified clean is marked so in orange: it was never attacked, so it is not
+    drawn as an attack's success."""
     n = len(x)
 
     def name(c):
         return classes[c] if classes and c < len(classes) else str(c)
-    fig, axes = plt.subplots(3, n, figsize=(1.5 * n + 0.4, 5.0), squeeze=False)
-    delta = x_adv - x
-    scale = delta.abs().amax().clamp_min(1e-12)
+    fig, axes = figure(3, n, figsize=(1.5 * n + 0.4, 5.0), squeeze=False)
+    shown, amplified = perturbations(x_adv - x)
     for i in range(n):
         wrong_clean = pred[i] != y[i]
         note = (notes[i] if notes else "") or ("wrong clean" if wrong_clean else "")
-        rows = [(x[i], f"{name(y[i])}\npred {name(pred[i])}", "darkorange" if wrong_clean else "black"),
-                (x_adv[i], "not attacked" if wrong_clean else f"adv: {name(pred_adv[i])}\n{note}",
+        rows = [(x[i], f"true {name(y[i])}\npredicted {name(pred[i])}", "darkorange" if wrong_clean else "black"),
+                (x_adv[i], "not attacked" if wrong_clean else f"adversarial: {name(pred_adv[i])}\n{note}",
                  "darkorange" if wrong_clean else ("red" if pred_adv[i] != y[i] else "black")),
-                (0.5 + 0.5 * delta[i] / scale, f"delta x{1 / (2 * scale.item()):.0f}", "black")]
+                (shown[i], amplified[i], "black")]
         for ax, (image, label, colour) in zip(axes[:, i], rows):
             image = image.permute(1, 2, 0).clamp(0, 1).numpy()
             ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)

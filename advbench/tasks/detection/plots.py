@@ -3,12 +3,13 @@ term side by side on one colour scale, and each term's Grad-CAM (saliency.method
 import logging
 
 import torch
+from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from advbench.data.loaders import to_unit
 from advbench.errors import AdvbenchError
 from advbench.evaluation.gradcam import gradcam_maps
-from advbench.evaluation.plots import plt, save_figure
+from advbench.evaluation.plots import FONT, figure, perturbations, plt, save_figure
 from advbench.evaluation.saliency import input_gradient
 from advbench.tasks.detection.metrics import confident
 
@@ -30,11 +31,11 @@ def _boxes(ax, boxes, labels, classes, colour, scores=None) -> None:
 
 def plot_detections(x, x_adv, targets, clean, adv, classes, score: float, path) -> None:
     """Rows: the image with its true boxes (green) and clean predictions (yellow); the adversarial image with its
-    predictions (red); the amplified perturbation. Predictions scoring below ``score`` are not drawn."""
+    predictions (red); the perturbation amplified on one scale ("no perturbation" where nothing moved). Predictions
+    scoring below ``score`` are not drawn; a legend below names the colours."""
     n = len(x)
-    fig, axes = plt.subplots(3, n, figsize=(1.8 * n, 5.6), squeeze=False)
-    delta = (x_adv - x).cpu()
-    scale = delta.abs().amax().clamp_min(1e-12)
+    fig, axes = figure(3, n, figsize=(max(1.8 * n + 0.4, 3.0), 6.0), squeeze=False)
+    amplified, titles = perturbations((x_adv - x).detach().cpu())
     for i in range(n):
         c, a = confident(clean[i], score), confident(adv[i], score)
         _image(axes[0, i], x[i])
@@ -44,8 +45,12 @@ def plot_detections(x, x_adv, targets, clean, adv, classes, score: float, path) 
         _image(axes[1, i], x_adv[i])
         _boxes(axes[1, i], a["boxes"], a["labels"], classes, "red", a["scores"].tolist())
         axes[1, i].set_title(f"adversarial: {len(a['labels'])} found", fontsize=7)
-        _image(axes[2, i], 0.5 + 0.5 * delta[i] / scale)
-        axes[2, i].set_title(f"delta x{1 / (2 * scale.item()):.0f}", fontsize=7)
+        _image(axes[2, i], amplified[i])
+        axes[2, i].set_title(titles[i], fontsize=7)
+    fig.legend(handles=[Line2D([], [], color=colour, lw=2, label=text) for colour, text in (
+        ("lime", "true box"), ("yellow", "clean prediction"), ("red", "adversarial prediction"))],
+        loc="outside lower center", ncol=3 if n > 2 else 1, fontsize=FONT, frameon=False, title_fontsize=FONT,
+        title=f"predictions scoring ≥ {score:g}")
     save_figure(fig, path)
 
 
