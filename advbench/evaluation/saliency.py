@@ -3,6 +3,7 @@ terms (mixed, TRADES, MART) each term's own input gradient."""
 import torch
 
 from advbench.attacks.gradients import attack_mode, loss_and_grad
+from advbench.evaluation.gradcam import gradcam_maps
 
 
 def input_gradient(model, x, loss_fn) -> torch.Tensor:
@@ -27,3 +28,17 @@ def term_gradients(model, x, x_adv, y, mode, task) -> dict:
     return {name: (input_gradient(model, x, lambda out, t=term: t.fn(out, adv, False)) if term.at == "clean"
                    else input_gradient(model, x_adv, lambda out, t=term: t.fn(clean, out, False)))
             for name, term in terms.items()}
+
+
+def saliency_maps(model, x, targets, attack, mode, task, s) -> tuple:
+    """(Grad-CAM maps, input-gradient maps, x_adv) of a saliency grid (settings ``s``): Grad-CAM first, so that a
+    bad saliency.layer fails before the rest (it draws no random number); |dL/dx|, SmoothGrad, the attack, and each
+    training term's gradient."""
+    objective = task.objective()
+    loss_fn = lambda outputs: objective(outputs, targets)  # noqa: E731
+    cams = gradcam_maps(model, x, {"Grad-CAM (loss)": loss_fn}, s)  # {} unless saliency.method=gradcam
+    grads = {"|dL/dx|": input_gradient(model, x, loss_fn)}
+    if s.smoothgrad:
+        grads["SmoothGrad"] = smoothgrad(model, x, loss_fn, s.smoothgrad_samples, s.smoothgrad_sigma)
+    x_adv = attack(model, x, targets)
+    return cams, grads | term_gradients(model, x, x_adv, targets, mode, task), x_adv

@@ -65,3 +65,18 @@ class InputDetections:
     def halves(self) -> tuple:
         first, second = self.x.chunk(2)
         return InputDetections(first, self.model, self.train_bn), InputDetections(second, self.model, self.train_bn)
+
+
+def head_inputs(model, x) -> list:
+    """The feature maps an Ultralytics-style model (YOLOv5, YOLOv8/11: ``model.model`` a list of layers, each with
+    ``f`` its inputs and ``i`` its index, ``model.save`` the outputs kept) gives its head, one per head input: the
+    layers run here, not by ``model(x)``, whose head also decodes in eval mode, with grids or anchors it caches (a
+    forward under inference_mode makes them inference tensors). The raw maps are the same in either mode, and no
+    module's mode is changed."""
+    outputs = []
+    for layer in model.model[:-1]:
+        if layer.f != -1:
+            x = outputs[layer.f] if isinstance(layer.f, int) else [x if j == -1 else outputs[j] for j in layer.f]
+        x = layer(x)
+        outputs.append(x if layer.i in model.save else None)
+    return [x if j == -1 else outputs[j] for j in model.model[-1].f]

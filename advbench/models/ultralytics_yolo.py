@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from advbench.errors import AdvbenchError
-from advbench.models.detector import Detections
+from advbench.models.detector import Detections, head_inputs
 
 log = logging.getLogger(__name__)
 
@@ -127,17 +127,7 @@ class UltralyticsYolo(nn.Module):
 
     def forward(self, x) -> Detections:
         """Raw head outputs [boxes (N, 4 reg_max, A), scores (N, nc, A), then one (N, 0, H/s, W/s) per stride]."""
-        # The layers are run here, not by model(x): in eval mode the head's forward also decodes, with anchors it
-        # caches, and anchors cached under inference_mode break a later attack's backward. Either mode gives the
-        # raw maps, and no module's mode is changed.
-        m, y = self.model, []
-        for layer in m.model[:-1]:
-            if layer.f != -1:
-                x = y[layer.f] if isinstance(layer.f, int) else [x if j == -1 else y[j] for j in layer.f]
-            x = layer(x)
-            y.append(x if layer.i in m.save else None)
-        head = m.model[-1]
-        feats = [x if j == -1 else y[j] for j in head.f]
+        head, feats = self.model.model[-1], head_inputs(self.model, x)
         raw = head.forward_head(feats, **head.one2many)
         # empty stand-ins for the feature maps: the loss and decode need their shapes only (make_anchors)
         shapes = [f.new_empty(f.shape[0], 0, *f.shape[2:]) for f in feats]

@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 from advbench.errors import AdvbenchError
-from advbench.models.detector import Detections
+from advbench.models.detector import Detections, head_inputs
 from advbench.models.yolo_loss import yolo_loss
 from advbench.models.yolov5_load import cfg_path, import_yolov5, load_weights
 
@@ -95,18 +95,9 @@ class YoloV5(nn.Module):
 
     def forward(self, x) -> Detections:
         """Raw head outputs, a list over strides of (N, A, H/s, W/s, 5 + n_classes) logits."""
-        # The layers are run here, not by model(x): in eval mode Detect also decodes with the grids it caches,
-        # which a forward under inference_mode makes of inference tensors. The raw maps are the same in either
-        # mode, and no module's mode is changed.
-        m, y = self.model, []
-        for layer in m.model[:-1]:
-            if layer.f != -1:
-                x = y[layer.f] if isinstance(layer.f, int) else [x if j == -1 else y[j] for j in layer.f]
-            x = layer(x)
-            y.append(x if layer.i in m.save else None)
-        head, raw = m.model[-1], []
-        for conv, j in zip(head.m, head.f):
-            p = conv(x if j == -1 else y[j])
+        head, raw = self.model.model[-1], []
+        for conv, features in zip(head.m, head_inputs(self.model, x)):
+            p = conv(features)
             n, _, hs, ws = p.shape
             raw.append(p.view(n, head.na, head.no, hs, ws).permute(0, 1, 3, 4, 2))
         return Detections(raw, self)

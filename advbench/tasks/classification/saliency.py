@@ -5,9 +5,8 @@ import logging
 import torch
 
 from advbench.data.loaders import to_unit
-from advbench.evaluation.gradcam import gradcam_maps
 from advbench.evaluation.plots import plt, save_figure
-from advbench.evaluation.saliency import input_gradient, smoothgrad, term_gradients
+from advbench.evaluation.saliency import saliency_maps
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +30,11 @@ def shared_top(maps: list) -> float:
 def write_saliency(model, test: tuple, attack, mode, s, device, out) -> tuple:
     """saliency.png, one grid for the run (settings ``s``: the saliency config): a row per test image (image,
     adversarial example, amplified perturbation, then the maps), the maps of a row on one shared colour scale
-    (clipped at the 99th percentile of their values) with its colorbar, so that |dL/dx|, SmoothGrad and each loss term compare; Grad-CAM (saliency.method=gradcam)
-    last, over the image, on a scale of its own. Returns the file and each map's mean (|gradient|, Grad-CAM)."""
+    (clipped at the 99th percentile of their values) with its colorbar, so that |dL/dx|, SmoothGrad and each loss
+    term compare; Grad-CAM (saliency.method=gradcam) last, over the image, on a scale of its own. Returns the file and each map's mean (|gradient|, Grad-CAM)."""
     task = attack.task
     x, y = to_unit(test[0][:s.n_examples]).to(device), task.to(test[1][:s.n_examples], device)
-    objective = task.objective()
-    loss_fn = lambda outputs: objective(outputs, y)  # noqa: E731
-    # First, so that a bad saliency.layer fails before the rest; it draws no random number.
-    cams = gradcam_maps(model, x, {"Grad-CAM (loss)": loss_fn}, s)  # {} unless saliency.method=gradcam
-    grads = {"|dL/dx|": input_gradient(model, x, loss_fn)}
-    if s.smoothgrad:
-        grads["SmoothGrad"] = smoothgrad(model, x, loss_fn, s.smoothgrad_samples, s.smoothgrad_sigma)
-    x_adv = attack(model, x, y)
-    grads |= term_gradients(model, x, x_adv, y, mode, task)
+    cams, grads, x_adv = saliency_maps(model, x, y, attack, mode, task, s)
     pred, pred_adv = task.labels(task.predict(model, x)), task.labels(task.predict(model, x_adv))
     delta = x_adv - x
     columns = 3 + len(grads) + len(cams)

@@ -7,32 +7,22 @@ import numpy as np
 import torch
 
 from advbench.data.loaders import to_unit
-from advbench.evaluation.gradcam import gradcam_maps
 from advbench.evaluation.plots import plt, save_figure
-from advbench.evaluation.saliency import input_gradient, smoothgrad, term_gradients
+from advbench.evaluation.saliency import saliency_maps
 from advbench.tasks.segmentation.metrics import IGNORE
 from advbench.tasks.segmentation.plots import _colours
 
 log = logging.getLogger(__name__)
 
-
 def _gray(image: torch.Tensor) -> np.ndarray:
     return image.detach().cpu().permute(1, 2, 0).squeeze(-1).clamp(0, 1).numpy()
-
 
 def write_segmentation_saliency(model, test: tuple, attack, task, mode, s, device, out) -> tuple:
     """saliency.png, a row per test image: image, true mask, clean and adversarial predictions, then the input
     gradient maps on one colour scale per row (largest |gradient| over channels) and Grad-CAM over the image on a
     scale of its own. Returns the file and each map's mean (|gradient|, Grad-CAM)."""
     x, masks = to_unit(test[0][:s.n_examples]).to(device), task.to(test[1][:s.n_examples], device)
-    objective = task.objective()
-    loss_fn = lambda outputs: objective(outputs, masks)  # noqa: E731
-    cams = gradcam_maps(model, x, {"Grad-CAM (loss)": loss_fn}, s)  # {} unless saliency.method=gradcam
-    grads = {"|dL/dx|": input_gradient(model, x, loss_fn)}
-    if s.smoothgrad:
-        grads["SmoothGrad"] = smoothgrad(model, x, loss_fn, s.smoothgrad_samples, s.smoothgrad_sigma)
-    x_adv = attack(model, x, masks)
-    grads |= term_gradients(model, x, x_adv, masks, mode, task)
+    cams, grads, x_adv = saliency_maps(model, x, masks, attack, mode, task, s)
     with torch.no_grad():
         pred, pred_adv = (task.labels(task.predict(model, v)).cpu() for v in (x, x_adv))
     k = len(task.classes)
