@@ -48,6 +48,7 @@ _RANGES = {
     "eval.det_score": (lambda v: 0 <= v <= 1, "a score in [0, 1]"),
     "eval.det_recall": (lambda v: 0 < v <= 1, "a recall in (0, 1]"),
     "eval.seg_threshold": (lambda v: 0 < v <= 1, "a pixel accuracy in (0, 1]"),
+    "eval.own_attack_steps": (lambda v: v >= 0, "0 (the run's own attack alone) or a number of PGD steps"),
     "eval.sanity.max_pgd_gap": (lambda v: 0 <= v <= 1, "an accuracy gap in [0, 1]"),
     "training.init_mag": (lambda v: v >= 0, "a non-negative magnitude"),
     "saliency.smoothgrad_sigma": (lambda v: v >= 0, "a non-negative noise level"),

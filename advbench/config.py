@@ -211,6 +211,9 @@ class EvalConf:
     det_score: float = 0.25  # detection: predictions scoring at least this count as detections (recall)
     det_recall: float = 0.5  # detection: an image counts as broken when its recall falls below this
     seg_threshold: float = 0.75  # segmentation: an image counts as broken when its pixel accuracy falls below this
+    # tasks that evaluate with the run's own attack (text): also that attack as PGD with this many steps at the
+    # same eps and norm; null: the task's default (text: 10), 0: the one-step attack alone
+    own_attack_steps: Optional[int] = None
 
 
 @dataclass

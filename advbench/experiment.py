@@ -237,7 +237,10 @@ def finish(run: Run, results: dict) -> float | None:
         "classes": run.data.classes,
         "metric_names": dict(zip(("clean", "robust"), run.task.metrics)),  # what the headline numbers are
         "task": run.task.key,  # the problem (tasks/registry.py key)
-        "evaluation": {"preset": run.choices.get("eval"), "name": cfg.eval.name, "version": cfg.eval.version},
+        # the preset asked for; what ran (and, where the task skipped the preset's attacks, which and why)
+        "evaluation": {"preset": run.choices.get("eval"), "name": cfg.eval.name, "version": cfg.eval.version,
+                       **run.plan.record()},
+        "metric_definitions": run.task.metric_definitions(),  # how each reported number is computed
     }
     write_json(run.out / "results.json", results)
     write_summary(results, run.out / "summary.md")

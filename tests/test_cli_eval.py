@@ -68,7 +68,8 @@ def test_autoattack_preset_with_curve_and_examples(trained_run, tmp_path):
     assert list(res["robust_acc_by_attack"]) == ["apgd_ce", "apgd_t", "fab_t", "square"] and res["cascade"] is True
     by = res["robust_acc_by_attack"]
     assert res["robust_acc"] == by["square"] <= by["fab_t"] <= by["apgd_t"] <= by["apgd_ce"]  # cumulative
-    assert res["evaluation"] == {"preset": "autoattack", "name": "autoattack", "version": "standard"}
+    assert res["evaluation"] == {"preset": "autoattack", "name": "autoattack", "version": "standard",
+                                 "ran": ["apgd_ce", "apgd_t", "fab_t", "square"]}
     assert res["eps"]["value"] == 0.05 and res["attacks"]["apgd_t"]["loss"] == "dlr"
     assert res["attacks"]["square"]["steps"] == 200 and res["attacks"]["fab_t"]["targeted"] is True
     assert set(res["sanity"]) >= {"random_forward", "outputs_probabilities", "zero_grad_frac", "pgd20_gap",

@@ -21,6 +21,8 @@ BASE = ["dataset=digits", "model=mlp", "model.hidden=32", "epochs=2", "progress=
         "val.attack.steps=2", "eval.n_examples=120", "eval.attacks.pgd20.steps=5", "seed=1"]
 TEXT = ["dataset=synthetic_text", "model=textcnn", "training=mixed", "eps=1.0", "epochs=2", "progress=false",
         "threads=1", "seed=1"]
+# recorded before text evaluated also under the multi-step (PGD-10) embedding attack: the old evaluation
+OLD_TEXT_EVAL = ["eval.own_attack_steps=0"]
 CASES = {
     "standard": [*BASE, "training=standard"],
     "adversarial_pgd": [*BASE, "training=adversarial", "attack=pgd", "attack.steps=2"],
@@ -32,9 +34,10 @@ CASES = {
     "mart": [*BASE, "training=mart", "attack=pgd", "attack.steps=2", "schedule=cosine"],
     "bf16_warmup_clip": [*BASE, "attack=pgd", "attack.steps=2", "attack.norm=l2", "eps=0.5", "amp=bf16",
                          "eps_warmup_epochs=1", "grad_clip=1.0", "optimizer=sgd", "lr=0.05"],
-    "text_fgm": [*TEXT, "attack=fgm"],
-    "text_pgd_transformer": [*TEXT, "model=transformer", "attack=pgd", "attack.norm=l2", "attack.steps=2"],
-    "text_embedding_weights": [*TEXT, "attack=fgm", "attack.target=embedding_weights"],
+    "text_fgm": [*TEXT, "attack=fgm", *OLD_TEXT_EVAL],
+    "text_pgd_transformer": [*TEXT, "model=transformer", "attack=pgd", "attack.norm=l2", "attack.steps=2",
+                             *OLD_TEXT_EVAL],
+    "text_embedding_weights": [*TEXT, "attack=fgm", "attack.target=embedding_weights", *OLD_TEXT_EVAL],
 }
 DERIVED = {  # name -> (the training run it reads, its overrides)
     "eval_autoattack": ("adversarial_pgd", ["job=eval", "eval=autoattack_fast", "eval.attacks.apgd_ce.steps=10",

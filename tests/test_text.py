@@ -178,7 +178,7 @@ def test_textcnn_trains_with_fgm_through_the_cli_and_evaluates(tmp_path):
     advbench("dataset=fortunes", "model=textcnn", "training=mixed", "attack=fgm", "eps=1.0", "epochs=1",
              "progress=false", "threads=2", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert list(results["robust_acc_by_attack"]) == ["fgm_embedding"]
+    assert list(results["robust_acc_by_attack"]) == ["fgm_embedding", "pgd10_embedding"]  # and PGD-10 by default
     assert results["attacks"]["fgm_embedding"]["target"] == "embedding"
     assert results["robust_acc"] <= results["clean_acc"] and results["clean_acc"] > 1 / 6
     checkpoint = torch.load(tmp_path / "run" / "model.pt", weights_only=True)

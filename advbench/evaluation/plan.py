@@ -1,5 +1,6 @@
 """Which attacks an evaluation runs, at any eps: ``eval.attacks``, or for tasks whose attacks only make sense as
-the training recipe defines them (text embeddings), the run's own attack plus the entries that set a target."""
+the training recipe defines them (text embeddings), the run's own attack, that attack as a multi-step PGD
+(``Task.own_attack_steps``, eval.own_attack_steps) and the entries that set a target."""
 from dataclasses import dataclass, field
 
 from omegaconf import OmegaConf
@@ -14,6 +15,21 @@ def own_attack(task, run_attack, eps):
     if run_attack is None or run_attack.name == "none":
         return None
     spec = OmegaConf.merge(run_attack, {"target": task.perturbs, "restarts": 1})
+    return build_attack(spec, eps, task)
+
+
+def multi_step_attack(task, run_attack, eps):
+    """The run's training attack as PGD with the task's ``own_attack_steps`` at the same eps and norm, from the
+    clean point (so it refines the one-step attack's direction); None where the run's attack already takes as
+    many steps, or the task asks for none."""
+    steps = task.own_attack_steps
+    if run_attack is None or run_attack.name == "none" or steps < 2:
+        return None
+    if run_attack.name == "pgd" and int(run_attack.steps) >= steps:
+        return None
+    norm = "l2" if run_attack.name == "fgm" else "linf" if run_attack.name == "fgsm" else run_attack.norm
+    spec = OmegaConf.merge(run_attack, {"name": "pgd", "norm": norm, "steps": steps, "alpha": None,
+                                        "random_start": False, "target": task.perturbs, "restarts": 1})
     return build_attack(spec, eps, task)
 
 
@@ -57,12 +73,27 @@ class EvalPlan:
             specs = {name: spec for name, spec in specs.items() if spec.target is not None}
             if self.run_attack is not None and self.run_attack.name != "none":
                 attacks[f"{self.run_attack.name}_{self.task.perturbs}"] = own_attack(self.task, self.run_attack, eps)
+                attacks[f"pgd{self.task.own_attack_steps}_{self.task.perturbs}"] = multi_step_attack(
+                    self.task, self.run_attack, eps)
         for name, spec in specs.items():
             try:
                 attacks[name] = build_attack(spec, eps, self.task)
             except AdvbenchError as err:  # which entry: a preset's attack may not fit the data's task
                 raise AdvbenchError(f"eval.attacks.{name}: {err}") from None
         return {name: a for name, a in attacks.items() if a is not None}
+
+    def record(self) -> dict:
+        """What the evaluation ran, for results.json: the attacks by name and, where the task skipped some of the
+        preset's (text evaluates with the run's own attack on its embeddings), which and why."""
+        ran = list(self.attacks())
+        skipped = [name for name in self.specs if name not in ran] if self.task.evaluates_with_training_attack else []
+        if not skipped:
+            return {"ran": ran}
+        also = f" (and it as PGD-{self.task.own_attack_steps})" if self.task.own_attack_steps >= 2 else ""
+        why = (f"{self.task.name} evaluates with the run's own attack{also} on the {self.task.perturbs}: the "
+               "preset's attacks on [0,1] inputs do not apply")
+        why += "" if ran else "; the run's attack is none, so none ran"
+        return {"ran": ran, "preset_skipped": {"attacks": skipped, "why": why}}
 
     def check(self) -> None:
         """Build every attack at every eps, so a bad value stops the run before any work."""

@@ -40,13 +40,20 @@ def overrides(out: Path) -> list:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
+def evaluated(evaluation: dict) -> str | None:
+    """The eval column: the preset, or where the task skipped its attacks (text), the attacks that ran, joined by +."""
+    if evaluation.get("preset_skipped"):
+        return "+".join(evaluation.get("ran") or []) or None
+    return evaluation.get("preset")
+
+
 def settings(results: dict, out: Path) -> dict:
     """The settings columns of the run in ``out`` whose results.json content is ``results``."""
     labels = results.get("labels") or results.get("choices") or {}
     eps = results.get("eps") or {}
     return {"run": Path(out).name, "advbench_version": (results.get("versions") or {}).get("advbench"),
             "job": results.get("job"), "task": results.get("task"), **{k: labels.get(k) for k in LABELS},
-            "eval": (results.get("evaluation") or {}).get("preset"), "eps": eps.get("given"),
+            "eval": evaluated(results.get("evaluation") or {}), "eps": eps.get("given"),
             "eps_value": eps.get("value"), "seed": results.get("seed"), "setting": setting(overrides(out))}
 
 

@@ -41,6 +41,8 @@ class Task(ABC):
     # Embedding-space attacks exist only as the training recipe defines them (their eps is in embedding units):
     # such tasks validate and evaluate under the run's own attack.
     evaluates_with_training_attack = False
+    # Such tasks also evaluate under the run's attack as PGD with this many steps, same eps and norm (0: not).
+    own_attack_steps = 0
     draws_examples = True  # eval.save_examples can draw its inputs
     scores_training = True  # the epoch log reports training accuracy (cheap for classification)
     draws_saliency = True  # job=saliency can draw this task's gradient maps (write_saliency)
@@ -159,6 +161,10 @@ class Task(ABC):
     @abstractmethod
     def summarize(self, flags: dict, records=None) -> dict:
         """The evaluation's numbers from per-example flags (``clean`` and one entry per attack) and records."""
+
+    def metric_definitions(self) -> dict:
+        """How summarize's numbers are computed, where a name alone does not say (results.json, summary.md)."""
+        return {}
 
     # --- what an attack sees ----------------------------------------------------------------------------------
     def view(self, model, x):

@@ -173,6 +173,24 @@ class Detection(Task):
             "rates": rates(records, names),
         }
 
+    def metric_definitions(self) -> dict:
+        """What robust_map50 is (no paper defines a minimum over prediction sets) beside the standard per-attack mAP,
+        and the thresholds of "still found"."""
+        return {
+            "clean_map50": "mAP@0.5 (COCO-style, torchmetrics) of the clean predictions over the test images",
+            "robust_map50_by_attack": "per attack, mAP@0.5 computed the standard way over all test images from one "
+                                      "prediction per image: with eval.cascade=true the worst so far after that "
+                                      "attack and those before it (cumulative), with false the attack's own",
+            "robust_map50": "the lowest mAP@0.5 (ties: mAP@0.5:0.95) of these prediction sets: the clean one, each "
+                            "image's worst case over the attacks (lowest recall, then lowest confidence), and each "
+                            "attack's own (robust_map50_by_attack); mAP does not split over images, so the set of "
+                            "per-image worst cases can score above one attack's, and robust never exceeds clean",
+            "images_still_found": "share of images whose recall (objects matched at IoU >= 0.5 with the right "
+                                  "class by a prediction scoring >= det_score) stays >= det_recall after every "
+                                  "attack",
+            "det_score": self.score, "det_recall": self.broken_below,
+        }
+
     def plot_examples(self, x, x_adv, targets, clean_outputs, adv_outputs, path, notes=None, title: str = "") -> None:
         """adversarial_examples.png: true boxes, clean and adversarial predictions with class names."""
         from advbench.tasks.detection.plots import plot_detections

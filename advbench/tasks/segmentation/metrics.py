@@ -5,6 +5,13 @@ import torch
 from advbench.tasks import records
 
 IGNORE = 255  # unlabelled pixels (VOC's boundaries, crop padding): in no loss and no metric
+# Names of a class 0 that is background (the composed sets and VOC name it so): *_miou_no_background leaves it out.
+BACKGROUND = ("background", "bg", "_background_")
+
+
+def has_background(classes) -> bool:
+    """Whether the data set's class 0 is background, by its name (the first of ``classes``)."""
+    return bool(classes) and str(classes[0]).strip().lower() in BACKGROUND
 
 
 def pixel_accuracy(pred: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -61,5 +68,7 @@ class Records(records.Records):
         matrix = sum(confusion(p.long(), t.long(), self.n_classes) for p, t in zip(predictions, self.gt))
         miou, iou = miou_of(matrix)
         total = matrix.sum().item()
+        rest = iou[1:][~iou[1:].isnan()]  # the classes after class 0 that occur (in truth or prediction)
         return {"miou": miou, "pixel_acc": matrix.diag().sum().item() / total if total else None,
+                "miou_no_background": rest.mean().item() if has_background(classes) and len(rest) else None,
                 "per_class": {name: (None if v != v else v) for name, v in zip(classes, iou.tolist())}}

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from advbench.errors import AdvbenchError
 from advbench.tasks.base import Task, worst_case
-from advbench.tasks.segmentation.metrics import IGNORE, Records, miou_of, pixel_accuracy
+from advbench.tasks.segmentation.metrics import IGNORE, Records, has_background, miou_of, pixel_accuracy
 
 
 def _per_pixel_ce(logits, masks) -> torch.Tensor:
@@ -130,7 +130,9 @@ class Segmentation(Task):
         of every image's worst case; the share of images still at least ``broken_below`` pixel-accurate."""
         names = [name for name in flags if name != "clean"]
         clean = records.scores(records.clean, self.classes)
+        background = has_background(self.classes)  # class 0 is background: also each mIoU without it
         out = {"n_examples": len(records.gt), "clean_miou": clean["miou"], "clean_pixel_acc": clean["pixel_acc"]}
+        out |= {"clean_miou_no_background": clean["miou_no_background"]} if background else {}
         if not names:
             return out | {"robust_miou": None, "robust_miou_by_attack": {}, "iou_per_class": {
                 "clean": clean["per_class"]}}
@@ -145,6 +147,9 @@ class Segmentation(Task):
         # the robust number is the lowest of them.
         robust = min([records.scores(records.worst, self.classes), *by_attack.values(), clean],
                      key=lambda m: m["miou"])
+        # without background: of the same prediction set as robust_miou, so that the two differ by class 0 alone
+        out |= {"robust_miou_no_background": robust["miou_no_background"], "robust_miou_no_background_by_attack": {
+            name: m["miou_no_background"] for name, m in by_attack.items()}} if background else {}
         return out | {
             "robust_miou": robust["miou"], "robust_pixel_acc": robust["pixel_acc"],
             "robust_miou_by_attack": {name: m["miou"] for name, m in by_attack.items()},
@@ -152,6 +157,27 @@ class Segmentation(Task):
             # over the images with a labelled pixel: one without is neither right nor wrong
             "images_still_correct": worst_case(flags)[scored].float().mean().item(),
         }
+
+    def metric_definitions(self) -> dict:
+        """How mIoU averages (over classes, over the whole split), with and without background."""
+        found = {
+            "clean_miou": "mean over classes of IoU = TP / (TP + FP + FN), from one confusion matrix summed over "
+                          "every labelled pixel of the test images (not a mean of per-image mIoUs); the mean takes "
+                          "the classes present in the ground truth or the prediction, class 0 included; pixels "
+                          "labelled 255 are left out",
+            "robust_miou": "the lowest mIoU of these prediction sets: each image's worst case (lowest per-image "
+                           "mIoU) over the attacks, each attack's own (robust_miou_by_attack: with "
+                           "eval.cascade=true cumulative over the attacks before it), and the clean one",
+            "images_still_correct": "share of images with a labelled pixel whose pixel accuracy stays >= "
+                                    "seg_threshold after every attack",
+            "seg_threshold": self.broken_below,
+        }
+        if has_background(self.classes):
+            found["clean_miou_no_background"] = ("clean_miou over the classes after class 0 (background, by the "
+                                                 "data set's first class name): the same matrix, class 0 left out "
+                                                 "of the mean only (its pixels still count as other classes' FP/FN)")
+            found["robust_miou_no_background"] = "robust_miou's prediction set, class 0 left out of the mean"
+        return found
 
     def plot_examples(self, x, x_adv, targets, clean_outputs, adv_outputs, path, notes=None, title: str = "") -> None:
         """adversarial_examples.png: image, true mask, clean and adversarial predictions, the perturbation."""

@@ -2,6 +2,7 @@
 import torch
 import torch.nn as nn
 
+from advbench.errors import AdvbenchError
 from advbench.runtime.distributed import bare
 from advbench.tasks import records
 from advbench.tasks.classification.task import Classification
@@ -55,6 +56,9 @@ class TextClassification(Classification):
     models = ("textcnn", "transformer", "hf")
     perturbs = "embedding"
     evaluates_with_training_attack = True
+    # The one-step training attack (FGM) is a weak evaluation: it also runs as PGD-10 from the clean embeddings,
+    # on the texts that survived it (cascade), so this costs at most ten more passes over the survivors.
+    own_attack_steps = 10
     draws_examples = False
 
     def __init__(self, n_classes: int = 0, classes: list | None = None, vocab: list | None = None,
@@ -62,6 +66,18 @@ class TextClassification(Classification):
         super().__init__(n_classes, classes)
         self.vocab, self.special = vocab, tuple(special)
         self._special_on = {}  # device -> the special ids there: copied once, not at every attack (a GPU sync)
+
+    @classmethod
+    def configured(cls, evaluation=None) -> "TextClassification":
+        """eval.own_attack_steps: the steps of the multi-step evaluation attack (null: 10; 0: none)."""
+        task = cls()
+        steps = None if evaluation is None else evaluation.get("own_attack_steps")
+        if steps is not None:
+            if int(steps) < 0:
+                raise AdvbenchError(f"eval.own_attack_steps={steps}: expected a number of steps >= 0 (0: only the "
+                                    "run's own attack), or null (10)")
+            task.own_attack_steps = int(steps)
+        return task
 
     def bind(self, data) -> "TextClassification":
         """The classes, and the vocabulary and special ids the saliency maps and pinned positions read."""
