@@ -48,3 +48,12 @@ def trained_mlp(digits):
     optimizer.zero_grad(set_to_none=True)
     model.eval()
     return model
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the tests of a module that asks for it (pytestmark), then the count it found."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
