@@ -133,11 +133,11 @@ def prepare(cfg, out: Path, choices: dict, state: dict | None) -> Run:
     # Last: a tracker opens its run (an MLflow run, a wandb process) only once everything else was accepted.
     resumed = state.get("epoch") if state and cfg.job == "train" else None  # their runs continue the interrupted ones
     trackers = Trackers(list(cfg.logger.trackers) if distributed.is_main() else [], out, cfg.logger, resumed)
+    run_labels = labels(cfg.dataset.name, cfg.model._target_, cfg.training.name, cfg.attack.name, choices,
+                        cfg.model.get("name"), OmegaConf.select(cfg.model, "module._target_"))
+    checked.plan.subject = f"{run_labels['model']} on {run_labels['dataset']}"  # what the figures' titles name
     return Run(cfg, out, device, data, task, model, evaluator, checked.plan, checked.mode, checked.attack,
-               checked.val_attack, choices,
-               labels(cfg.dataset.name, cfg.model._target_, cfg.training.name, cfg.attack.name, choices,
-                      cfg.model.get("name"), OmegaConf.select(cfg.model, "module._target_")), state,
-               started, trackers)
+               checked.val_attack, choices, run_labels, state, started, trackers)
 
 
 def recipe(run: Run) -> Recipe:

@@ -103,6 +103,16 @@ def test_robustness_curve_names_its_metric_keeps_fractions_and_keeps_its_legend_
     assert_legends_clear(fig)
 
 
+def test_robustness_curve_names_the_model_and_data_it_measured(figures, tmp_path):
+    figures.watch(plots)
+    metrics = ("clean_acc", "robust_acc")
+    plots.plot_robustness_curve(curve_rows(metrics), ["pgd", "apgd"], metrics, tmp_path / "c.png", True,
+                                parse_eps("8/255"), "small_cnn on fashion_mnist")
+    (ax,) = figures[0].axes
+    assert ax.get_title() == "Robust accuracy against eps\nsmall_cnn on fashion_mnist"
+    assert_legends_clear(figures[0])
+
+
 def test_crowded_eps_ticks_are_thinned_not_overlapped(figures, tmp_path):
     eps = [f"{k}/255" for k in range(41)]  # more than MAX_TICKS, but fractions: still labelled as given
     rows = [{"eps": e, "eps_value": parse_eps(e), "clean_acc": 0.9, "pgd": 0.5, "robust_acc": 0.5} for e in eps]

@@ -55,7 +55,7 @@ def robustness_curve(model, x, targets, plan, evaluator, out, main: dict) -> lis
     writer.writerows(rows)
     atomic_write(out / "robustness_curve.csv", lambda f: f.write(text.getvalue().encode()))
     plot_robustness_curve(rows, list(plan.attacks(plan.eps_list[0])), plan.task.metrics, out / "robustness_curve.png",
-                          evaluator.cascade, parse_eps(plan.eps))
+                          evaluator.cascade, parse_eps(plan.eps), plan.subject)
     return rows
 
 
@@ -71,7 +71,8 @@ def final_evaluation(model, test: tuple, plan, evaluator, out) -> dict:
         clean = to_unit(x[:keep]).to(evaluator.device)
         plan.task.plot_examples(clean, x_adv, targets[:keep], evaluator.predict(model, clean),
                                 evaluator.predict(model, x_adv), out / "adversarial_examples.png",
-                                broken_by(flags, keep), f"{', '.join(attacks)} at eps={plan.eps}")
+                                broken_by(flags, keep),
+                                f"{plan.subject + ': ' if plan.subject else ''}{', '.join(attacks)} at eps={plan.eps}")
     save_flags(out / "robust_flags.npz", flags)
     results = plan.task.summarize(flags, outcome.records) | {
         "cascade": evaluator.cascade,

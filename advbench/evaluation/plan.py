@@ -57,6 +57,7 @@ class EvalPlan:
     sanity: object = None
     cascade: bool = True
     seed: int = 0  # every evaluation at another eps of the curve starts from it, as the main one did
+    subject: str = ""  # "<model> on <data set>": what the evaluation's figures name in their titles
     built: dict = field(default_factory=dict, repr=False)  # eps -> its attacks, built once (by check, or first use)
 
     def attacks(self, eps=None) -> dict:

@@ -118,7 +118,7 @@ def perturbations(delta) -> tuple:
 
 
 def plot_robustness_curve(rows: list, attacks: list, metrics: tuple, path, cascade: bool = True,
-                          run_eps: float | None = None) -> None:
+                          run_eps: float | None = None, subject: str = "") -> None:
     """The task's metric against eps: clean, one line per attack (cumulative under the cascade: after it and the
     attacks before it; else on its own), the per-example worst case in bold, the run's own eps marked."""
     clean_key, robust_key = metrics
@@ -136,7 +136,7 @@ def plot_robustness_curve(rows: list, attacks: list, metrics: tuple, path, casca
     values = [v for r in rows for k, v in r.items() if k not in ("eps", "eps_value") and isinstance(v, float)]
     percent_limits(ax, percent(values))
     ax.set(xlabel="eps (attack budget, as given)", ylabel=f"{capital(metric_name(robust_key))} (%)",
-           title=f"{label(robust_key, percent=False)} against eps")
+           title=f"{label(robust_key, percent=False)} against eps" + (f"\n{subject}" if subject else ""))
     ax.grid(alpha=0.3)
     legend_below(fig, ax, ncol=2)
     sweep_axis(ax, eps, [r["eps"] for r in rows], keep=run_eps)

@@ -29,7 +29,7 @@ def _boxes(ax, boxes, labels, classes, colour, scores=None) -> None:
         ax.text(x1, y1 - 1, text, color=colour, fontsize=5, va="bottom")
 
 
-def plot_detections(x, x_adv, targets, clean, adv, classes, score: float, path) -> None:
+def plot_detections(x, x_adv, targets, clean, adv, classes, score: float, path, title: str = "") -> None:
     """Rows: the image with its true boxes (green) and clean predictions (yellow); the adversarial image with its
     predictions (red); the perturbation amplified on one scale ("no perturbation" where nothing moved). Predictions
     scoring below ``score`` are not drawn; a legend below names the colours."""
@@ -51,6 +51,8 @@ def plot_detections(x, x_adv, targets, clean, adv, classes, score: float, path) 
         ("lime", "true box"), ("yellow", "clean prediction"), ("red", "adversarial prediction"))],
         loc="outside lower center", ncol=3 if n > 2 else 1, fontsize=FONT, frameon=False, title_fontsize=FONT,
         title=f"predictions scoring ≥ {score:g}")
+    if title:
+        fig.suptitle(title, fontsize=FONT + 2)
     save_figure(fig, path)
 
 

@@ -195,7 +195,7 @@ class Detection(Task):
         """adversarial_examples.png: true boxes, clean and adversarial predictions with class names."""
         from advbench.tasks.detection.plots import plot_detections
         plot_detections(x, x_adv, targets, clean_outputs.predictions(), adv_outputs.predictions(), self.classes,
-                        self.score, path)
+                        self.score, path, title)
 
     def write_saliency(self, model, test, attack, mode, settings, device, out) -> tuple:
         """job=saliency: the input gradient of each loss term and of their sum, on one colour scale."""
