@@ -73,8 +73,7 @@ def read_run(run: Path, root: Path, by: str = "eps") -> dict:
         current = ".hydra/config.yaml"
         config = _load(run / ".hydra" / "config.yaml", yaml.safe_load)
         current = ".hydra/overrides.yaml"
-        overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or [] if (
-            run / ".hydra" / "overrides.yaml").exists() else []
+        overrides = tidy.recorded_overrides(run) or []  # never this process's: the report reads other runs
         row |= {"job": config.get("job", config.get("task", "train")),  # task: an older advbench
                 "eps": str(config.get("eps")), "eps_value": _eps_value(str(config.get("eps"))),
                 "seed": config.get("seed"), "setting": tidy.setting(overrides),

@@ -30,12 +30,19 @@ def setting(overrides: list) -> str:
     return ",".join(sorted(keep)) or "(defaults)"
 
 
-def overrides(out: Path) -> list:
-    """The command line's overrides of the run in ``out``: its .hydra/overrides.yaml (the run as first started),
-    else Hydra's own record of this command line, else none."""
+def recorded_overrides(out: Path) -> list | None:
+    """The overrides the run in ``out`` recorded in .hydra/overrides.yaml (the run as first started); None if it
+    recorded none."""
     path = Path(out) / ".hydra" / "overrides.yaml"
-    if path.is_file():
-        return yaml.safe_load(path.read_text()) or []
+    return (yaml.safe_load(path.read_text()) or []) if path.is_file() else None
+
+
+def overrides(out: Path) -> list:
+    """The command line's overrides of the run in ``out``: those it recorded, else Hydra's own record of this
+    command line, else none."""
+    recorded = recorded_overrides(out)
+    if recorded is not None:
+        return recorded
     from hydra.core.hydra_config import HydraConfig
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
