@@ -201,6 +201,7 @@ def run(cfg, out: Path | None = None, on_start=lambda: None) -> float | None:
     out = Path(out or HydraConfig.get().runtime.output_dir)
     cfg, choices, state, _ = load_config(cfg, out)
     the_run = prepare(cfg, out, choices, state)
+    failed = None
     try:
         on_start()
         the_run.trackers.hyperparams(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
@@ -213,10 +214,10 @@ def run(cfg, out: Path | None = None, on_start=lambda: None) -> float | None:
         the_run.trackers.results(results)
         return headline
     except BaseException as err:
-        the_run.trackers.close(err)  # each tracker's run marked interrupted (resumable) or failed
+        failed = err  # each tracker's run is marked interrupted (resumable) or failed
         raise
     finally:
-        the_run.trackers.close()
+        the_run.trackers.close(failed)
 
 
 def finish(run: Run, results: dict) -> float | None:
