@@ -14,6 +14,7 @@ from advbench.errors import AdvbenchError
 from advbench.evaluation.plan import EvalPlan, validation_attack
 from advbench.models.external import check_model_config
 from advbench.run_config import LEGACY_TARGETS
+from advbench.runtime.compiled import ACCEPTED as COMPILE_ACCEPTED
 from advbench.runtime.rundir import shipped_targets
 from advbench.runtime.trackers import check_trackers
 from advbench.tasks import model_tasks, sources, task_class, task_of, tasks
@@ -22,6 +23,7 @@ from advbench.training.modes import MODES, build_mode
 # key -> (test, what is accepted); None values pass (null means "off" or "all" where the schema allows it)
 _RANGES = {
     "epochs": (lambda v: v >= 1, "a positive integer"),
+    "compile": (lambda v: v == "auto" or v is True or v is False, COMPILE_ACCEPTED),
     "batch_size": (lambda v: v >= 1, "a positive integer"),
     "eval.batch_size": (lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
                         "a positive integer or auto"),

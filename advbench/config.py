@@ -249,7 +249,9 @@ class Config:
     eps_warmup_epochs: float = 0.0  # ramp eps linearly from 0 over this many epochs
     device: Device = Device.auto
     amp: Amp = Amp.off
-    compile: bool = False  # torch.compile the model for training (attack and update)
+    # torch.compile the attacks' and the training step's forwards (runtime/compiled.py): auto (or null) on CUDA
+    # only, as on the CPU compiled steps measured slower; true (any device) or false. Checked in checks.py.
+    compile: Any = "auto"
     progress: bool = True
     threads: Optional[int] = None  # torch CPU threads; null: torch's default
     val: ValConf = field(default_factory=ValConf)

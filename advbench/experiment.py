@@ -23,6 +23,7 @@ from advbench.run_config import (check_resume_overrides, checkpoint_config, comm
                                  threads_per_job)
 from advbench.runtime import distributed, readable
 from advbench.runtime.checkpoint import build_model, data_kwargs, load_checkpoint, save_checkpoint
+from advbench.runtime.compiled import resolve_compile
 from advbench.runtime.outputs import versions, write_json, write_yaml
 from advbench.runtime.rundir import labels
 from advbench.runtime.stored import StoredConfigRefused, check_state, check_stored, complete
@@ -126,10 +127,12 @@ def prepare(cfg, out: Path, choices: dict, state: dict | None) -> Run:
                             "now: the token ids would not mean the same words")
     # channels_last lets oneDNN (CPU) and cuDNN pick their faster NHWC kernels: ~1.4x for small_cnn on CPU.
     model = model.to(device, memory_format=torch.channels_last) if len(data.shape) == 3 else model.to(device)
-    log.info("%s: %d train / %d val / %d test examples; %s on %s", cfg.dataset.name, len(data.train[0]),
-             len(data.val[0]), len(data.test[0]), cfg.model._target_.rsplit(".", 1)[-1], device)
+    compiled = resolve_compile(cfg.compile, device, task.pads_batches)  # the one place the setting is read
+    log.info("%s: %d train / %d val / %d test examples; %s on %s%s", cfg.dataset.name, len(data.train[0]),
+             len(data.val[0]), len(data.test[0]), cfg.model._target_.rsplit(".", 1)[-1], device,
+             ", compiled" if compiled else "")
     batch = (auto_batch_size(model, data.shape, device) if cfg.eval.batch_size == "auto" else cfg.eval.batch_size)
-    evaluator = Evaluator(task, device, cfg.amp, batch, cfg.eval.cascade, cfg.progress)
+    evaluator = Evaluator(task, device, cfg.amp, batch, cfg.eval.cascade, cfg.progress, compiled)
     # Last: a tracker opens its run (an MLflow run, a wandb process) only once everything else was accepted.
     resumed = state.get("epoch") if state and cfg.job == "train" else None  # their runs continue the interrupted ones
     trackers = Trackers(list(cfg.logger.trackers) if distributed.is_main() else [], out, cfg.logger, resumed)
@@ -145,7 +148,7 @@ def recipe(run: Run) -> Recipe:
     cfg = run.cfg
     return Recipe(run.mode, run.attack, run.val_attack,
                   partial(instantiate(cfg.optimizer)), cfg.schedule, cfg.epochs, cfg.batch_size, cfg.seed,
-                  Plan(cfg.amp, cfg.grad_clip, cfg.eps_warmup_epochs, cfg.progress, cfg.compile),
+                  Plan(cfg.amp, cfg.grad_clip, cfg.eps_warmup_epochs, cfg.progress, run.evaluator.compile),
                   cfg.dataset.augment,
                   cfg.training.guard if cfg.training.guard.enabled else None, cfg.val.n_examples,
                   cfg.stop_after_epoch)

@@ -82,8 +82,8 @@ def checkpoint_config(cfg, state: dict, job: str = "eval", overrides: bool = Tru
 
 
 # What a resumed run may change: how it runs, how long, and how it is evaluated; never what it trains.
-RESUMABLE = ("epochs", "device", "threads", "progress", "resume", "stop_after_epoch", "eval", "dataset.root",
-             "dataset.download")
+RESUMABLE = ("epochs", "device", "compile", "threads", "progress", "resume", "stop_after_epoch", "eval",
+             "dataset.root", "dataset.download")
 
 
 def command_line() -> dict:

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from advbench.data.loaders import TensorLoader
 from advbench.runtime.amp import autocast
+from advbench.runtime.compiled import Bucketed
 from advbench.runtime.distributed import gather_flags, shard, world
 
 
@@ -27,12 +28,30 @@ log = logging.getLogger(__name__)
 
 class Evaluator:
     """How an evaluation runs: the task that judges outputs, the device, autocast, batch size and cascade; with
-    ``progress`` a bar per evaluation (on a terminal) and a log line per attack."""
+    ``progress`` a bar per evaluation (on a terminal) and a log line per attack; with ``compile`` (the resolved
+    ``compile`` setting) the attacks run through the model compiled in batch-size buckets."""
 
     def __init__(self, task, device, amp: str = "off", batch_size: int = 500, cascade: bool = True,
-                 progress: bool = False):
+                 progress: bool = False, compile: bool = False):
         self.task, self.device, self.amp = task, torch.device(device), amp
         self.batch_size, self.cascade, self.progress = batch_size, cascade, progress
+        self.compile, self._compiled = compile, {}
+
+    def compiled(self, model, *sizes):
+        """``model`` compiled, one wrapper per model shared by training and evaluation (so that its graphs are
+        built once): in batch-size buckets around ``sizes`` and this evaluator's batch size where the task pads
+        batches (runtime/compiled.py), else ``torch.compile`` as it is."""
+        if isinstance(model, Bucketed):
+            model.add_sizes(sizes)
+            return model
+        kept = self._compiled.get(id(model))  # the entry holds the model: its id stays its own
+        if kept is None:
+            runner = (Bucketed(model, (self.batch_size, *sizes)) if self.task.pads_batches
+                      else torch.compile(model))
+            kept = self._compiled[id(model)] = (model, runner)
+        elif isinstance(kept[1], Bucketed):
+            kept[1].add_sizes(sizes)
+        return kept[1]
 
     def predict(self, model, x):
         """The model's outputs on ``x`` in eval mode, without grad, under the evaluation's autocast."""
@@ -73,6 +92,8 @@ class Evaluator:
         broken and are never attacked. The kept adversarial of an example is the one that broke it, if any.
         """
         task, n = self.task, self.task.count(targets)
+        if self.compile and task.pads_batches:  # an evaluation in one batch compiles that batch's size exactly
+            model = self.compiled(model, min(n, self.batch_size))
         flags, kept = {"clean": []} | {name: [] for name in attacks}, []
         seconds, attacked = dict.fromkeys(attacks, 0.0), dict.fromkeys(attacks, 0)
         batches = TensorLoader(x, targets, self.batch_size, index=task.index, trim=task.trim)

@@ -38,6 +38,9 @@ class Task(ABC):
     modes: tuple = ()  # the training modes this task supports
     perturbs = "input"  # what attacks move: "input" (pixels in [0,1]) or "embedding"
     logits = False  # outputs are a classifier's logits (what FAB and Square read)
+    # The model maps a batch tensor to outputs with one row per example, whatever the batch's other rows: with
+    # ``compile`` on, a batch is padded to a fixed size and its outputs cut back (runtime/compiled.py).
+    pads_batches = True
     # Embedding-space attacks exist only as the training recipe defines them (their eps is in embedding units):
     # such tasks validate and evaluate under the run's own attack.
     evaluates_with_training_attack = False

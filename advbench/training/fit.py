@@ -89,9 +89,11 @@ def fit(model, data, task, recipe: Recipe, evaluator, out: Path, config: dict, c
         loader = TensorLoader(*data.train, recipe.batch_size, shuffle=True, generator=generator, rank=rank,
                               world_size=world_size, index=task.index, trim=task.trim, device=evaluator.device,
                               augment=task.augment if recipe.augment else None)
-    # The attack and the update run through the compiled graph; ``model`` stays the bare module checkpoints save.
-    compiled = torch.compile(model) if recipe.plan.compile else model
-    trained = wrap(compiled, evaluator.device)  # DDP under torchrun
+    # The attack and the update run through the compiled graphs (the evaluator's wrapper, whose graphs validation
+    # reuses; full batches and their clean + adversarial pairs compile exactly); ``model`` stays the bare module
+    # checkpoints save.
+    runner = evaluator.compiled(model, recipe.batch_size, 2 * recipe.batch_size) if recipe.plan.compile else model
+    trained = wrap(runner, evaluator.device)  # DDP under torchrun
     passes = mode.passes(recipe.epochs)
     scheduler = make_scheduler(optimizer, recipe.schedule, passes * len(loader) * mode.updates_per_batch)
     scaler = torch.amp.GradScaler(evaluator.device.type, enabled=recipe.plan.amp == "fp16")

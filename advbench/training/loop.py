@@ -27,7 +27,7 @@ class Plan:
     grad_clip: float | None = None
     eps_warmup_epochs: float = 0.0
     progress: bool = False
-    compile: bool = False
+    compile: bool = False  # the resolved ``compile`` setting: the step runs through the compiled model
 
 
 class Totals:

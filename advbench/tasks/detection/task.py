@@ -28,6 +28,7 @@ class Detection(Task):
     metrics = ("clean_map50", "robust_map50")
     modes = ("standard", "adversarial", "mixed", "free", "mtd")
     models = ("yolo_tiny", "torchvision_detector", "ultralytics_yolo", "yolov5")
+    pads_batches = False  # outputs are per-image predictions, not rows: compile=auto leaves detectors eager
     scores_training = False  # per-step NMS to count found images would cost more than the step: the loss terms say
 
     def __init__(self, n_classes: int = 0, classes: list | None = None, score: float = 0.25,

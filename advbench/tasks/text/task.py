@@ -60,6 +60,8 @@ class TextClassification(Classification):
     # on the texts that survived it (cascade), so this costs at most ten more passes over the survivors.
     own_attack_steps = 10
     draws_examples = False
+    # Batches vary in length and attacks run through ``embedding`` and ``classify``: compile=auto leaves it eager.
+    pads_batches = False
 
     def __init__(self, n_classes: int = 0, classes: list | None = None, vocab: list | None = None,
                  special: tuple = ()):
