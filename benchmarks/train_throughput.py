@@ -2,11 +2,13 @@
 
 In one process, on the same model, data, batch size, mixed precision and memory format: images/s of
 ``advbench.training.train_epoch`` (the loop every run uses: Fast-AT FGSM-RS, and PGD-7) against a 40-line loop
-written the way fast_adversarial's train_fgsm.py is, with the data already on the device. The two alternate
-epoch by epoch so that clock and thermal drift fall on both. CPU: small_cnn on Fashion-MNIST shapes; CUDA:
-PreActResNet18 on CIFAR shapes in bf16.
+written the way fast_adversarial's train_fgsm.py is, with the data already on the device. advbench runs as a run
+does with ``compile`` (default auto: compiled in batch-size buckets on CUDA, eager on the CPU); the hand-written
+loop runs eagerly and, where advbench compiles, also under a plain ``torch.compile``. The loops alternate epoch by
+epoch so that clock and thermal drift fall on all. CPU: small_cnn on Fashion-MNIST shapes; CUDA: PreActResNet18 on
+CIFAR shapes in bf16.
 
-    python benchmarks/train_throughput.py [--epochs 2] [--n 10000] [--compile]
+    python benchmarks/train_throughput.py [--epochs 2] [--n 10000] [--compile auto|true|false]
 """
 import argparse
 import logging
@@ -19,8 +21,10 @@ from timing import timed  # benchmarks/timing.py
 from advbench.attacks import Attack
 from advbench.config import TrainingConf
 from advbench.data.loaders import TensorLoader
+from advbench.evaluation import Evaluator
 from advbench.models import PreActResNet18, small_cnn
 from advbench.runtime.amp import autocast
+from advbench.runtime.compiled import resolve_compile
 from advbench.tasks.classification import Classification
 from advbench.training import MODES, Plan, train_epoch
 from advbench.training.schedules import make_scheduler
@@ -61,7 +65,9 @@ def main():
     parser.add_argument("--n", type=int, default=None, help="training images (default 10000 CPU, 50000 CUDA)")
     parser.add_argument("--batch-size", type=int, default=None, help="default 256 CPU, 512 CUDA")
     parser.add_argument("--amp", default=None, help="off | bf16 | fp16 (default off CPU, bf16 CUDA)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--compile", nargs="?", const="true", default="auto", choices=("auto", "true", "false"),
+                        help="advbench's compile setting (default auto: on with CUDA); when on, the hand-written "
+                             "loop also runs compiled")
     parser.add_argument("--recipes", default="fast,pgd7")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -76,33 +82,42 @@ def main():
     y = torch.randint(0, 10, (n,))
     x_dev, y_dev = x.to(device), y.to(device)
     task, eps = Classification(10), 8 / 255
-    log.info("%s, %d images %s, batch %d, amp %s, %s%s", build.__name__, n, shape, batch_size, amp,
-             torch.cuda.get_device_name() if cuda else "CPU", ", compiled" if args.compile else "")
+    compiled = resolve_compile({"true": True, "false": False}.get(args.compile, "auto"), device)
+    log.info("%s, %d images %s, batch %d, amp %s, %s, advbench %s", build.__name__, n, shape, batch_size, amp,
+             torch.cuda.get_device_name() if cuda else "CPU", "compiled" if compiled else "eager")
     recipes = {"fast": ("fast", Attack("fgsm", "linf", eps, 1.25 * eps, steps=1, random_start=True), 1),
                "pgd7": ("adversarial", Attack("pgd", "linf", eps, eps / 4, steps=7, random_start=True), 7)}
     for key in args.recipes.split(","):
         mode_name, attack, steps = recipes[key]
-        models = [build(shape, 10, mean, std).to(device, memory_format=torch.channels_last) for _ in range(2)]
-        models[1].load_state_dict(models[0].state_dict())
-        runs = [torch.compile(m) if args.compile else m for m in models]
+        models = [build(shape, 10, mean, std).to(device, memory_format=torch.channels_last)
+                  for _ in range(3 if compiled else 2)]
+        for model in models[1:]:
+            model.load_state_dict(models[0].state_dict())
+        # advbench's model as fit() runs it; the hand-written loop's as its author would: eager, torch.compile
+        runs = [Evaluator(task, device, amp, batch_size).compiled(models[0], batch_size, 2 * batch_size)
+                if compiled else models[0], models[1], *(torch.compile(m) for m in models[2:])]
         optimizers = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4) for m in models]
         mode = MODES[mode_name](OmegaConf.structured(TrainingConf(name=mode_name)))
         loader = TensorLoader(x_dev, y_dev, batch_size, shuffle=True, generator=torch.Generator().manual_seed(0),
                               device=device)
         scheduler = make_scheduler(optimizers[0], "constant", 10 ** 9)
         scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-        ours = lambda: train_epoch(runs[0], loader, mode, task, attack, optimizers[0], scheduler, scaler,  # noqa
-                                   Plan(amp=amp), device)
-        theirs = lambda: hand_written_epoch(runs[1], x_dev, y_dev, batch_size, eps, attack.alpha, steps,  # noqa
-                                            optimizers[1], device, amp)
-        ours(), theirs()  # warm-up: kernels chosen, compiled graphs built
-        seconds = [0.0, 0.0]
+        loops = [lambda: train_epoch(runs[0], loader, mode, task, attack, optimizers[0], scheduler, scaler,
+                                     Plan(amp=amp, compile=compiled), device)]
+        loops += [lambda i=i: hand_written_epoch(runs[i], x_dev, y_dev, batch_size, eps, attack.alpha, steps,
+                                                 optimizers[i], device, amp) for i in range(1, len(runs))]
+        for loop in loops:  # warm-up: kernels chosen, compiled graphs built (the partial last batch's too)
+            loop()
+        seconds = [0.0] * len(loops)
         for _ in range(args.epochs):
-            seconds[0] += timed(ours, device)[1]
-            seconds[1] += timed(theirs, device)[1]
-        rate_ours, rate_theirs = (args.epochs * n / s for s in seconds)
-        log.info("%-5s advbench %9.0f images/s   hand-written %9.0f images/s   ratio %.2f", key, rate_ours,
-                 rate_theirs, rate_ours / rate_theirs)
+            for i, loop in enumerate(loops):
+                seconds[i] += timed(loop, device)[1]
+        rates = [args.epochs * n / s for s in seconds]
+        line = f"{key:<5} advbench{' compiled' if compiled else ''} {rates[0]:9.0f} images/s   hand-written eager " \
+               f"{rates[1]:9.0f} images/s   ratio {rates[0] / rates[1]:.2f}"
+        if compiled:
+            line += f"   hand-written compiled {rates[2]:9.0f} images/s   ratio {rates[0] / rates[2]:.2f}"
+        log.info("%s", line)
 
 
 if __name__ == "__main__":
