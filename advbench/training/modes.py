@@ -3,11 +3,11 @@ import math
 
 import torch
 
-from advbench.attacks.embedding import ascend_embedding_weights, perturb_embedding_weights, restore_embedding_weights
+from advbench.attacks.embedding import ascend_embedding_weights
 from advbench.attacks.gradients import FP16_LOSS_SCALE
 from advbench.errors import AdvbenchError
 from advbench.training.losses import mart_boosted_ce, mart_weighted_kl, trades_attack_loss, trades_kl
-from advbench.training.embedding_modes import FreeLB, Smart
+from advbench.training.embedding_modes import FreeLB, Smart, move_embedding_weights, put_back_embedding_weights
 from advbench.training.mode import Batch, Mode, Step, Term, mean_of, total
 
 
@@ -76,18 +76,20 @@ class Mixed(Mode):
 
         def add_adversarial_gradient():
             embedding = b.net.embedding
-            backup = perturb_embedding_weights(embedding, b.eps, alpha)  # the first step, along the clean gradient
-            for step in range(steps):
-                last = step == steps - 1
-                with b.autocast():  # a direction only comes from the bare module: no DDP gradient hooks
-                    found["adv"] = (b.model if last else b.net)(b.x)
-                found["loss"] = w * b.task.mean_loss(found["adv"], b.y)
-                if last:
-                    b.backward(found["loss"])
-                else:  # no parameter gradient accumulates; scaled against fp16 underflow (normalized away)
-                    grad = torch.autograd.grad(found["loss"] * FP16_LOSS_SCALE, embedding.weight)[0]
-                    ascend_embedding_weights(embedding, grad, alpha, b.eps, backup)
-            restore_embedding_weights(embedding, backup)
+            clean_weights = move_embedding_weights(embedding, b.eps, alpha)  # the first step, along the clean gradient
+            try:
+                for step in range(steps):
+                    last = step == steps - 1
+                    with b.autocast():  # a direction only comes from the bare module: no DDP gradient hooks
+                        found["adv"] = (b.model if last else b.net)(b.x)
+                    found["loss"] = w * b.task.mean_loss(found["adv"], b.y)
+                    if last:
+                        b.backward(found["loss"])
+                    else:  # no parameter gradient accumulates; scaled against fp16 underflow (normalized away)
+                        grad = torch.autograd.grad(found["loss"] * FP16_LOSS_SCALE, embedding.weight)[0]
+                        ascend_embedding_weights(embedding, grad, alpha, b.eps, clean_weights)
+            finally:  # whatever stopped the pass, the clean matrix is what the optimizer and a checkpoint see
+                put_back_embedding_weights(embedding, clean_weights)
 
         b.update(loss, add_adversarial_gradient)
         return Step((loss + found["loss"]).detach(), clean.detach(), found["adv"].detach())
