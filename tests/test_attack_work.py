@@ -1,0 +1,133 @@
+"""Work that cannot change an attack's result is not done: APGD drops an example at the step that fools the model,
+Square does not query a candidate equal to its current point, and a one-channel convolution's input gradient takes
+the fast route with the same values."""
+# ruff: noqa: F811  (the fixtures imported from aa_fixtures are parameters of the tests)
+import pytest
+import torch
+
+import advbench.attacks.square as square_module
+from advbench.attacks.apgd import apgd
+from advbench.attacks.gradients import attack_mode
+from advbench.attacks.grayscale_conv import fast_input_grad
+from advbench.attacks.square import square
+from advbench.attacks.threats import LinfThreat
+from advbench.tasks.classification import Classification
+from aa_fixtures import digits, mlp  # noqa: F401
+
+
+class Counting(torch.nn.Module):
+    """Records how many inputs each forward pass sees."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.sizes = model, []
+
+    def forward(self, x):
+        self.sizes.append(len(x))
+        return self.model(x)
+
+
+def test_apgd_stops_attacking_an_example_at_the_step_that_fools_the_model(mlp, digits):
+    x, y = digits[1][0][:64], digits[1][1][:64]
+    model, eps, steps = Counting(mlp), 0.12, 20  # a budget that breaks most examples within a few steps
+    torch.manual_seed(0)
+    x_adv = apgd(model, x, y, LinfThreat(eps, 2 * eps), Classification(10), steps=steps)
+    sizes = model.sizes  # the random start, then one pass per step
+    with torch.no_grad():
+        broken = mlp(x_adv).argmax(1) != y
+    assert (x_adv - x).abs().amax() <= eps + 1e-6
+    assert all(a >= b for a, b in zip(sizes, sizes[1:]))  # never more rows than the step before
+    # Rows still attacked at the last step: those no earlier step fooled; most were dropped long before.
+    assert len(sizes) == steps + 1 and int((~broken).sum()) <= sizes[-1] < len(x) // 2
+    assert sum(sizes) < 0.5 * len(x) * len(sizes)  # where the reference attacks all 64 rows at every step
+
+
+def test_apgd_targeted_result_does_not_depend_on_the_examples_beside_it(mlp, digits):
+    # Each example's run is its own (per-example steps, losses and checkpoints); dropping the fooled ones must
+    # not move the others: attacking a robust example alone or in a batch that loses rows gives the same point.
+    x, y = digits[1][0][:48], digits[1][1][:48]
+    task, threat = Classification(10), LinfThreat(0.05, 0.1)
+    torch.manual_seed(0)
+    start = torch.get_rng_state()
+    batch = apgd(mlp, x, y, threat, task, steps=30, loss="dlr", targeted=True, n_targets=1)
+    with torch.no_grad():
+        robust = (mlp(batch).argmax(1) == y) & (mlp(x).argmax(1) == y)
+    assert 0 < robust.sum() < len(x)
+    # Replaying the same random start on the robust examples alone: the same points, up to float rounding.
+    threat_init = threat.init
+    torch.set_rng_state(start)
+    full_init = threat_init(x)
+    threat.init = lambda xr: full_init[robust]
+    alone = apgd(mlp, x[robust], y[robust], threat, task, steps=30, loss="dlr", targeted=True, n_targets=1)
+    assert torch.allclose(alone, batch[robust], atol=1e-5)
+
+
+def test_square_does_not_query_a_candidate_equal_to_its_current_point(mlp, digits, monkeypatch):
+    x, y = digits[1][0][:32], digits[1][1][:32]
+    real = square_module._linf_candidate
+    model = Counting(mlp)
+    # Candidates that change only every other live example: the rest cannot lower the margin.
+    def half_moved(xa, x_best, eps, p, draws):
+        new = real(xa, x_best, eps, p, draws)
+        new[1::2] = x_best[1::2]
+        return new
+    monkeypatch.setattr(square_module, "_linf_candidate", half_moved)
+    square(model, x, y, "linf", 0.1, n_queries=30, generator=torch.Generator().manual_seed(0))
+    search = model.sizes[2:-1]  # after the clean check and the start; before the final check
+    assert len(search) == 30 and all(0 < s <= 16 for s in search)
+    model.sizes.clear()
+    monkeypatch.setattr(square_module, "_linf_candidate", lambda xa, x_best, eps, p, draws: x_best.clone())
+    square(model, x, y, "linf", 0.1, n_queries=30, generator=torch.Generator().manual_seed(0))
+    assert len(model.sizes) == 3  # the clean check, the start, the final check: no candidate was queried
+
+
+@pytest.mark.parametrize("kernel, padding", [(5, 2), (3, 1), (3, 0), (4, 3)])
+def test_one_channel_conv_input_gradient_equals_autograd(kernel, padding):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 6, kernel, padding=padding)
+    model = torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    x = torch.rand(5, 1, 9, 9)
+    model(x)
+    model.requires_grad_(False)
+
+    def input_grad():
+        xg = x.clone().requires_grad_(True)
+        return torch.autograd.grad(model(xg).square().sum(), xg)[0]
+
+    expected = input_grad()
+    with fast_input_grad(model):
+        assert "forward" in conv.__dict__
+        fast = input_grad()
+    assert "forward" not in conv.__dict__  # the module's own forward again
+    assert torch.allclose(fast, expected, rtol=1e-5, atol=1e-6) and fast.abs().max() > 0
+
+
+def test_fast_route_is_taken_only_where_it_is_exact():
+    three = torch.nn.Conv2d(3, 4, 3)
+    strided = torch.nn.Conv2d(1, 4, 3, stride=2)
+    one = torch.nn.Conv2d(1, 4, 3, padding=1)
+    model = torch.nn.Sequential(one, torch.nn.Conv2d(4, 3, 1), three, strided)
+    with fast_input_grad(model):
+        assert "forward" in one.__dict__
+        assert not any("forward" in m.__dict__ for m in (three, strided, model[1]))
+        x = torch.rand(2, 1, 6, 6)
+        # Parameters that take gradients (training) go the usual way: the weight gradient is needed there.
+        one.requires_grad_(True)
+        one(x).sum().backward()
+        assert one.weight.grad is not None
+
+
+def test_attack_mode_uses_the_fast_route_and_restores_the_model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 5, padding=2), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 36, 4))
+    routes = []
+    model[0].register_forward_hook(lambda module, inputs, out: routes.append(type(out.grad_fn).__name__))
+    x = torch.rand(3, 1, 6, 6, requires_grad=True)
+    expected = torch.autograd.grad(model(x).sum(), x)[0]
+    with attack_mode(model):
+        xg = x.detach().requires_grad_(True)
+        got = torch.autograd.grad(model(xg).sum(), xg)[0]
+    assert routes == ["ConvolutionBackward0", "_OneChannelConvBackward"]
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert "forward" not in model[0].__dict__ and all(p.requires_grad and p.grad is None for p in model.parameters())
