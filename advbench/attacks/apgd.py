@@ -19,30 +19,41 @@ def averaged(model, x, loss_fn, eot: int = 1):
     return (losses / eot, outputs, grad / eot) if eot > 1 else (losses, outputs, grad)
 
 
-def apgd_run(model, x, y, threat, steps: int, task, objective, rho: float = 0.75, eot: int = 1):
-    """One APGD run from a random start; returns (adversarial examples, fooled flags)."""
+def apgd_run(model, x, y, threat, steps: int, task, objective_for, rho: float = 0.75, eot: int = 1):
+    """One APGD run from a random start; returns (adversarial examples, fooled flags). ``objective_for(rows)``
+    gives the per-example loss ``objective(outputs, targets)`` of those rows of ``x``.
+
+    An example stops being attacked at the step that first fools the model: its result is that point, which no
+    later step can change (the reference runs every example to the last step)."""
     n, shape = len(x), (-1,) + (1,) * (x.dim() - 1)
-    loss_fn = lambda outputs: objective(outputs, y)  # noqa: E731
+    x_out, fooled_out = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
+    rows = torch.arange(n, device=x.device)  # the examples still attacked, as rows of x
+    objective = objective_for(rows)
     eps_step = torch.full((n,), 2.0 * threat.eps, device=x.device)  # the paper's initial step, 2 eps
     x_adv = threat.init(x)
-    losses, outputs, grad = averaged(model, x_adv, loss_fn, eot)
-    fooled = ~task.correct(outputs, y)
-    x_fooled, x_best, loss_best, grad_best = x_adv.clone(), x_adv.clone(), losses.clone(), grad.clone()
-    x_prev = x_adv.clone()
+    losses, outputs, grad = averaged(model, x_adv, lambda out: objective(out, y), eot)
+    x_best, loss_best, grad_best, x_prev = x_adv.clone(), losses.clone(), grad.clone(), x_adv.clone()
     # Checkpoints: the first after 22% of the steps, then periods shrinking by 3% down to 6% (the paper's p_j).
     next_check, decrease, min_period = max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
     increases = torch.zeros(n, device=x.device)
     loss_at_check, reduced_at_check = loss_best.clone(), torch.ones(n, dtype=torch.bool, device=x.device)
     since_check = 0
-    for i in range(steps):
+    for i in range(steps + 1):
+        fooled = ~task.correct(outputs, y)
+        if fooled.any():
+            x_out[rows[fooled]], fooled_out[rows[fooled]] = x_adv[fooled], True
+            keep = ~fooled
+            (rows, x, x_adv, x_prev, grad, losses, x_best, loss_best, grad_best, eps_step, increases, loss_at_check,
+             reduced_at_check) = (t[keep] for t in (rows, x, x_adv, x_prev, grad, losses, x_best, loss_best,
+                                                    grad_best, eps_step, increases, loss_at_check, reduced_at_check))
+            y, objective = task.index(y, keep.nonzero().squeeze(1)), objective_for(rows)
+        if i == steps or not rows.numel():
+            break
         momentum = 0.75 if i > 0 else 1.0
         z = threat.project(threat.step(x_adv, grad, eps_step.view(shape)), x)
         x_new = threat.project(x_adv + momentum * (z - x_adv) + (1 - momentum) * (x_adv - x_prev), x)
         x_prev, x_adv = x_adv, x_new
-        new_losses, outputs, grad = averaged(model, x_adv, loss_fn, eot)
-        now_fooled = ~task.correct(outputs, y)
-        x_fooled[now_fooled & ~fooled] = x_adv[now_fooled & ~fooled]
-        fooled |= now_fooled
+        new_losses, outputs, grad = averaged(model, x_adv, lambda out: objective(out, y), eot)
         increases += (new_losses > losses).float()
         losses = new_losses
         better = losses > loss_best
@@ -57,8 +68,8 @@ def apgd_run(model, x, y, threat, steps: int, task, objective, rho: float = 0.75
             reduced_at_check, loss_at_check = stalled, loss_best.clone()
             increases.zero_()
             since_check, next_check = 0, max(next_check - decrease, min_period)
-    x_fooled[~fooled] = x_best[~fooled]
-    return x_fooled, fooled
+    x_out[rows] = x_best
+    return x_out, fooled_out
 
 
 def apgd(model, x, y, threat, task, steps: int = 100, loss: str = "ce", targeted: bool = False,
@@ -78,8 +89,10 @@ def apgd(model, x, y, threat, task, steps: int = 100, loss: str = "ce", targeted
                 break
             xr, yr = x[remaining], task.index(y, remaining)
             # APGD-T: the targeted DLR loss towards the (t+2)-th ranked class, skipping the true one
-            objective = task.objective(loss, target=ranked[remaining, t] if targeted else None)
-            x_adv, fooled = apgd_run(model, xr, yr, threat, steps, task, objective, eot=eot)
+            target = ranked[remaining, t] if targeted else None
+            objective_for = lambda rows, target=target: task.objective(  # noqa: E731
+                loss, target=None if target is None else target[rows])
+            x_adv, fooled = apgd_run(model, xr, yr, threat, steps, task, objective_for, eot=eot)
             x_out[remaining] = x_adv
             remaining = remaining[~fooled]
         return x_out
