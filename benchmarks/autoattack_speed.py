@@ -1,15 +1,17 @@
 """advbench's standard AutoAttack (eval=autoattack) beside the reference AutoAttack (pyautoattack, the authors'
 code, version 'standard') on the same model and examples (a benchmark, not a test).
 
-Both run APGD-CE, APGD-T (9 targets), FAB-T (9 targets) and Square (5000 queries) on the examples still robust;
-printed: wall time and robust accuracy of each, and advbench's at each evaluation batch size asked for (a number,
-or ``auto``: the largest that fits on CUDA). The model is a checkpoint of an advbench run, e.g. the default
-experiment's:
+Both run APGD-CE, APGD-T (9 targets), FAB-T (9 targets) and Square (5000 queries) on the examples still robust.
+Printed: each side's wall and CPU seconds and robust accuracy (advbench's at each evaluation batch size asked for:
+a number, or ``auto``, the largest that fits on CUDA), the reference-to-advbench time ratio, and the per-example
+disagreements: examples advbench calls robust that the reference breaks, and the reverse. The model is a
+checkpoint of an advbench run, e.g. the default experiment's:
 
     advbench hydra.run.dir=outputs/default && python benchmarks/autoattack_speed.py outputs/default
 """
 import argparse
 import logging
+import time
 
 import torch
 from timing import timed  # benchmarks/timing.py
@@ -27,6 +29,23 @@ from advbench.tasks import build_task
 log = logging.getLogger("benchmark")
 
 
+def cpu_timed(fn, device):
+    """``fn()``, its wall seconds and this process's CPU seconds (on a shared machine the CPU time of a
+    one-thread run is the steadier of the two)."""
+    cpu = time.process_time()
+    out, wall = timed(fn, device)
+    return out, wall, time.process_time() - cpu
+
+
+def reference_flags(model, task, x, y, eps, chunk):
+    """Per example: still correct after the reference AutoAttack (run ``chunk`` examples at a time)."""
+    flags = []
+    for i in range(0, len(y), chunk):
+        x_adv = reference_autoattack(model, x[i:i + chunk], y[i:i + chunk], "linf", eps)
+        flags.append(task.correct(task.predict(model, x_adv), y[i:i + chunk]).cpu())
+    return torch.cat(flags)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="an advbench run directory or model.pt")
@@ -37,10 +56,12 @@ def main():
                         "(default: 500 on the CPU, 500,auto on CUDA)")
     parser.add_argument("--preset", default="autoattack", help="advbench's evaluation preset (autoattack_fast: "
                         "APGD-CE and APGD-T only, to measure batch sizes quickly)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: one core each side)")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference AutoAttack")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(args.threads)
 
     cfg, _ = load_stored(args.checkpoint)  # a stored config is data: checked before anything is built from it
     data = load_data(cfg.dataset)
@@ -51,34 +72,35 @@ def main():
     eps = parse_eps(eps_text)
     n = args.n_examples or (len(data.test[1]) if device.type == "cuda" else 1000)
     x, y = to_unit(data.test[0][:n]).to(device), data.test[1][:n].to(device)
-    log.info("%s, %d test examples, Linf eps=%s, %s", cfg.model._target_, len(y), eps_text,
-             torch.cuda.get_device_name() if device.type == "cuda" else "CPU")
+    machine = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
+    log.info("%s, %d test examples, Linf eps=%s, %s, torch %s", cfg.model._target_, len(y), eps_text, machine,
+             torch.__version__)
 
-    rows = []
+    rows, ours = [], []
     sizes = (args.batch_sizes or ("500,auto" if device.type == "cuda" else "500")).split(",")
     for size in sizes:
         batch = auto_batch_size(model, data.shape, device) if size == "auto" else int(size)
         torch.manual_seed(0)
         evaluator = Evaluator(task, device, batch_size=batch)
-        ours, seconds = timed(lambda: evaluator.evaluate(model, x, y, preset(args.preset, eps_text)), device)
-        rows.append((f"advbench eval={args.preset} (batch {batch})", seconds, ours["robust_acc"]))
-        log.info("%s: %.1f s, robust acc %.4f", rows[-1][0], seconds, ours["robust_acc"])
+        attacks = preset(args.preset, eps_text)
+        outcome, wall, cpu = cpu_timed(lambda: evaluator.run(model, x, y, attacks, report=True), device)
+        robust = outcome.flags["clean"] & outcome.flags[list(attacks)[-1]]  # the cascade's flags are cumulative
+        ours.append(robust)
+        rows.append((f"advbench eval={args.preset} (batch {batch})", wall, cpu, robust.float().mean().item()))
     if not args.no_reference:
-        def reference():
-            correct, chunk = 0, 500 if device.type == "cpu" else len(y)  # the reference batches on its own
-            for i in range(0, len(y), chunk):
-                xb, yb = x[i:i + chunk], y[i:i + chunk]
-                x_adv = reference_autoattack(model, xb, yb, "linf", eps)
-                correct += task.correct(task.predict(model, x_adv), yb).sum().item()
-            return correct / len(y)
-        acc, seconds = timed(reference, device)
-        rows.append(("reference AutoAttack (pyautoattack)", seconds, acc))
+        chunk = 500 if device.type == "cpu" else len(y)  # the reference batches on its own
+        reference, wall, cpu = cpu_timed(lambda: reference_flags(model, task, x, y, eps, chunk), device)
+        rows.append(("reference AutoAttack (pyautoattack)", wall, cpu, reference.float().mean().item()))
 
-    log.info("%-44s %10s %12s", "", "seconds", "robust acc")
-    for name, seconds, acc in rows:
-        log.info("%-44s %10.1f %12.4f", name, seconds, acc)
-    if not args.no_reference:
-        log.info("reference / advbench time: %s", ", ".join(f"{rows[-1][1] / s:.2f} x" for _, s, _ in rows[:-1]))
+    log.info("%-44s %10s %10s %12s", "", "wall s", "CPU s", "robust acc")
+    for name, wall, cpu, acc in rows:
+        log.info("%-44s %10.1f %10.1f %12.4f", name, wall, cpu, acc)
+    if args.no_reference:
+        return
+    for (name, wall, cpu, _), robust in zip(rows, ours):
+        log.info("%s: reference / advbench time %.2fx (wall), %.2fx (CPU); robust here, broken by the reference: "
+                 "%d; broken here, robust for the reference: %d (of %d)", name, rows[-1][1] / wall,
+                 rows[-1][2] / cpu, int((robust & ~reference).sum()), int((~robust & reference).sum()), len(y))
 
 
 if __name__ == "__main__":
