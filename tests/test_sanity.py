@@ -64,7 +64,8 @@ def test_no_warning_on_autoattack_whose_square_alone_is_weaker(trained_mlp, digi
     # Square, listed last, finds nothing left after APGD and alone breaks fewer: both expected, neither a symptom
     alone = results["sanity"]["robust_acc_alone"]
     assert alone["square"] > min(alone.values()) + MARGIN
-    assert results["robust_acc_by_attack"]["square"] == results["robust_acc_by_attack"]["fab_t"]
+    by_attack = results["robust_acc_by_attack"]  # cumulative: Square finds next to nothing APGD and FAB left
+    assert by_attack["fab_t"] - 0.02 <= by_attack["square"] <= by_attack["fab_t"]
     assert results["sanity"]["gradient_free_gap"] < 0 and results["sanity"]["pgd20_gap"] is not None
 
 
