@@ -165,3 +165,28 @@ def test_a_compiled_run_saves_the_bare_module(tmp_path):
         state = torch.load(run / name, weights_only=True)["state_dict"]
         assert set(state) == set(bare.state_dict()), name  # no _orig_mod. or inner. prefix
         bare.load_state_dict(state)
+
+
+@pytest.mark.slow  # inductor compiles each graph with the C++ compiler: seconds each
+def test_compiled_autoattack_breaks_the_examples_eager_breaks():
+    # The CUDA default runs eval=autoattack compiled: APGD, FAB-T and Square call the model on shrinking row sets.
+    from dataclasses import replace
+
+    from advbench.api import preset
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    x = torch.rand(40, 1, 4, 4)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every example correct: the attacks have 40 to break (about half, at this eps)
+    aa = preset("autoattack", 0.05)
+    attacks = {"apgd_ce": replace(aa["apgd_ce"], steps=5), "apgd_t": replace(aa["apgd_t"], steps=5, n_targets=2),
+               "fab_t": replace(aa["fab_t"], steps=3, n_targets=2), "square": replace(aa["square"], steps=20)}
+    runs = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        runs[compiled] = Evaluator(Classification(4), "cpu", batch_size=32, compile=compiled).flags(
+            model, x, y, attacks)
+    assert 10 <= runs[False]["square"].sum() <= 30  # the attacks break some, not all
+    for name, eager in runs[False].items():  # rounding may move an example on the boundary, no more
+        assert abs(int(runs[True][name].sum()) - int(eager.sum())) <= 1, name
+        assert int((runs[True][name] != eager).sum()) <= 2, name
