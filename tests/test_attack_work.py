@@ -12,19 +12,7 @@ from advbench.attacks.grayscale_conv import fast_input_grad
 from advbench.attacks.square import square
 from advbench.attacks.threats import LinfThreat
 from advbench.tasks.classification import Classification
-from aa_fixtures import digits, mlp  # noqa: F401
-
-
-class Counting(torch.nn.Module):
-    """Records how many inputs each forward pass sees."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.sizes = model, []
-
-    def forward(self, x):
-        self.sizes.append(len(x))
-        return self.model(x)
+from aa_fixtures import Counting, digits, mlp  # noqa: F401
 
 
 def test_apgd_stops_attacking_an_example_at_the_step_that_fools_the_model(mlp, digits):

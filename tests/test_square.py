@@ -6,7 +6,7 @@ import torch
 from advbench.attacks import pgd
 from advbench.tasks.classification import Classification
 from advbench.attacks.threats import LinfThreat
-from aa_fixtures import Quantized, digits, mixed_mode_copy, mlp, reference  # noqa: F401
+from aa_fixtures import Counting, Quantized, digits, mixed_mode_copy, mlp, reference  # noqa: F401
 from advbench.attacks.fab import fab_targeted
 from advbench.attacks.square import p_selection, square
 
@@ -24,18 +24,6 @@ def test_p_schedule_halves_at_the_reference_iterations():
     # AutoAttack's preset runs 5000 queries on the unscaled schedule; rescaled, 5000 queries cover all of it.
     assert p_selection(0.8, 4999, 5000) == 0.8 / 128 and p_selection(0.8, 4999, 5000, rescale=True) == 0.8 / 512
     assert p_selection(0.8, 26, 5000, rescale=True) == 0.8 / 4
-
-
-class Counting(torch.nn.Module):
-    """Records how many images each forward pass sees."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.sizes = model, []
-
-    def forward(self, x):
-        self.sizes.append(len(x))
-        return self.model(x)
 
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 0.8)])
