@@ -24,6 +24,7 @@ from advbench.eps import parse_eps
 from advbench.evaluation import Evaluator
 from advbench.evaluation.batch import auto_batch_size
 from advbench.runtime.checkpoint import load_model, load_stored
+from advbench.runtime.compiled import resolve_compile
 from advbench.tasks import build_task
 
 log = logging.getLogger("benchmark")
@@ -56,6 +57,8 @@ def main():
                         "(default: 500 on the CPU, 500,auto on CUDA)")
     parser.add_argument("--preset", default="autoattack", help="advbench's evaluation preset (autoattack_fast: "
                         "APGD-CE and APGD-T only, to measure batch sizes quickly)")
+    parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"], help="advbench's compile "
+                        "setting (default auto: compiled on CUDA, eager on the CPU, as a run)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: one core each side)")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference AutoAttack")
     args = parser.parse_args()
@@ -72,16 +75,17 @@ def main():
     eps = parse_eps(eps_text)
     n = args.n_examples or (len(data.test[1]) if device.type == "cuda" else 1000)
     x, y = to_unit(data.test[0][:n]).to(device), data.test[1][:n].to(device)
+    compiled = resolve_compile({"true": True, "false": False}.get(args.compile, "auto"), device)
     machine = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
-    log.info("%s, %d test examples, Linf eps=%s, %s, torch %s", cfg.model._target_, len(y), eps_text, machine,
-             torch.__version__)
+    log.info("%s, %d test examples, Linf eps=%s, %s, torch %s, advbench %s", cfg.model._target_, len(y), eps_text,
+             machine, torch.__version__, "compiled" if compiled else "eager")
 
     rows, ours = [], []
     sizes = (args.batch_sizes or ("500,auto" if device.type == "cuda" else "500")).split(",")
     for size in sizes:
         batch = auto_batch_size(model, data.shape, device) if size == "auto" else int(size)
         torch.manual_seed(0)
-        evaluator = Evaluator(task, device, batch_size=batch)
+        evaluator = Evaluator(task, device, batch_size=batch, compile=compiled)
         attacks = preset(args.preset, eps_text)
         outcome, wall, cpu = cpu_timed(lambda: evaluator.run(model, x, y, attacks, report=True), device)
         robust = outcome.flags["clean"] & outcome.flags[list(attacks)[-1]]  # the cascade's flags are cumulative
