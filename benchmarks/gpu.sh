@@ -20,5 +20,8 @@ timeout 300 python benchmarks/train_throughput.py --epochs 1 --recipes fast \
 if [ -n "$model" ]; then
   timeout 150 python benchmarks/autoattack_speed.py "$model" --preset autoattack_fast --batch-sizes 500,auto \
     --no-reference > "$out/autoattack_batch.log" 2>&1
-  timeout 180 python benchmarks/autoattack_speed.py "$model" --batch-sizes auto > "$out/autoattack.log" 2>&1
+  # all 10,000 test images, beside the reference: advbench compiled (the CUDA default), then eager
+  timeout 300 python benchmarks/autoattack_speed.py "$model" --batch-sizes auto > "$out/autoattack.log" 2>&1
+  timeout 120 python benchmarks/autoattack_speed.py "$model" --batch-sizes auto --compile false --no-reference \
+    > "$out/autoattack_eager.log" 2>&1
 fi
