@@ -64,6 +64,17 @@ def test_an_example_any_attack_breaks_counts_as_broken(cascade):
     assert results["robust_acc_by_attack"] == ({"a": 0.6, "b": 0.4} if cascade else {"a": 0.6, "b": 0.6})
 
 
+def test_each_attack_packs_the_examples_left_into_full_batches():
+    x, y = toy_data()
+    first, second = BreakIds({0, 2, 4, 6}), BreakIds(set())
+    sizes = []
+    counting = lambda model, xb, yb: sizes.append(len(xb)) or second(model, xb, yb)  # noqa: E731
+    flags = flags_of(TwoPixelClassifier(), x, y, {"a": first, "b": counting}, batch_size=4)
+    # 9 correct, 5 left after the first attack: batches of 4 and 1 (batch by batch they would be 2, 2 and 1).
+    assert sizes == [4, 1] and sorted(second.seen) == [1, 3, 5, 7, 8]
+    assert flags["b"].tolist() == [False, True, False, True, False, True, False, True, True, False]
+
+
 def test_kept_examples_are_the_ones_that_broke_them():
     x, y = toy_data()
     flags, kept = flags_of(TwoPixelClassifier(), x, y, {"a": BreakIds({0}), "b": BreakIds({1})}, batch_size=4,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from advbench.data.loaders import TensorLoader
+from advbench.data.loaders import TensorLoader, to_unit
 from advbench.runtime.amp import autocast
 from advbench.runtime.compiled import Bucketed
 from advbench.runtime.distributed import gather_flags, shard, world
@@ -90,55 +90,58 @@ class Evaluator:
         With ``cascade`` each attack runs only on the examples that survived every attack before it, so its flags
         are cumulative; without, each attack runs on every clean-correct example. Examples wrong already count as
         broken and are never attacked. The kept adversarial of an example is the one that broke it, if any.
+        Each attack takes the examples left across the whole split, packed into full batches, so the work per
+        step stays large as examples drop out (batch by batch, the later attacks would see shrinking batches).
         """
         task, n = self.task, self.task.count(targets)
         if self.compile and task.pads_batches:  # an evaluation in one batch compiles that batch's size exactly
             model = self.compiled(model, min(n, self.batch_size))
-        flags, kept = {"clean": []} | {name: [] for name in attacks}, []
-        seconds, attacked = dict.fromkeys(attacks, 0.0), dict.fromkeys(attacks, 0)
-        batches = TensorLoader(x, targets, self.batch_size, index=task.index, trim=task.trim)
         bar = tqdm(total=n * (1 + len(attacks)), desc="evaluation", leave=False, unit="ex",
                    disable=not (self.progress and sys.stderr.isatty()))
+        batches = TensorLoader(x, targets, self.batch_size, index=task.index, trim=task.trim)
+        correct, shown = [], []
         for start, (xb, tb) in zip(range(0, n, self.batch_size), batches):
             xb, tb = xb.to(self.device), task.to(tb, self.device)
             clean = self.predict(model, xb)
-            correct = task.correct(clean, tb)
-            here = range(start, start + len(xb))
+            correct.append(task.correct(clean, tb).cpu())
             if records is not None:
-                records.add_clean(here, clean, tb)
-            flags["clean"].append(correct.cpu())
-            bar.update(len(xb))
-            alive, shown = correct.clone(), xb.clone()
-            for name, attack in attacks.items():
-                idx = (alive if cascade else correct).nonzero().squeeze(1)
-                ok = torch.zeros_like(correct)
-                began = time.perf_counter()
-                if idx.numel():
-                    xi, ti = xb[idx], task.index(tb, idx)
-                    with autocast(self.device, self.amp):
-                        x_adv = attack(model, xi, ti)
-                        outputs = (attack.outputs(model, xi, x_adv) if hasattr(attack, "outputs")
-                                   else task.predict(model, x_adv))
-                    ok[idx] = task.correct(outputs, ti)
-                    if records is not None:
-                        records.add_attack((start + idx).tolist(), outputs)
-                    if keep:  # examples not broken before: show this attack's attempt
-                        shown[idx[alive[idx]]] = x_adv[alive[idx]]
-                if records is not None:
-                    records.close(name, here)
-                alive &= ok
-                flags[name].append(ok.cpu())
-                seconds[name] += time.perf_counter() - began
-                attacked[name] += idx.numel()
-                bar.update(len(xb))
-                bar.set_postfix_str(f"{name}: {int(alive.sum())}/{len(xb)} left in this batch")
+                records.add_clean(range(start, start + len(xb)), clean, tb)
             if start < keep:
-                kept.append(shown[:keep - start].cpu())
+                shown.append(xb[:keep - start].cpu())
+            bar.update(len(xb))
+        flags = {"clean": torch.cat(correct)}
+        shown = torch.cat(shown) if keep else None
+        alive = flags["clean"].clone()
+        seconds, attacked = dict.fromkeys(attacks, 0.0), dict.fromkeys(attacks, 0)
+        for name, attack in attacks.items():
+            began, ok = time.perf_counter(), torch.zeros(n, dtype=torch.bool)
+            todo = (alive if cascade else flags["clean"]).nonzero().squeeze(1)
+            for idx in todo.split(self.batch_size):
+                xi = task.trim(to_unit(x[idx.to(x.device)])).to(self.device)
+                ti = task.to(task.index(targets, idx.to(targets.device) if torch.is_tensor(targets) else idx),
+                             self.device)
+                with autocast(self.device, self.amp):
+                    x_adv = attack(model, xi, ti)
+                    outputs = (attack.outputs(model, xi, x_adv) if hasattr(attack, "outputs")
+                               else task.predict(model, x_adv))
+                ok[idx] = task.correct(outputs, ti).cpu()
+                if records is not None:
+                    records.add_attack(idx.tolist(), outputs)
+                show = (idx < keep) & alive[idx]  # examples not broken before: show this attack's attempt
+                if show.any():
+                    shown[idx[show]] = x_adv[show.to(x_adv.device)].cpu().to(shown.dtype)
+                bar.update(len(idx))
+            if records is not None:
+                records.close(name, range(n))
+            alive &= ok
+            flags[name] = ok
+            seconds[name], attacked[name] = time.perf_counter() - began, todo.numel()
+            bar.update(n - todo.numel())
+            bar.set_postfix_str(f"{name}: {int(alive.sum())}/{n} left")
         bar.close()
-        flags = {name: torch.cat(f) for name, f in flags.items()}
         if report:
             for name in attacks:
                 still = int(flags[name].sum())
                 log.info("%s: %d examples attacked, %d of %d still correct (%.2f%%), %.1f s", name,
                          attacked[name], still, n, 100 * still / max(n, 1), seconds[name])
-        return Outcome(flags, torch.cat(kept) if keep else None, records)
+        return Outcome(flags, shown, records)
