@@ -73,6 +73,9 @@ def test_each_attack_packs_the_examples_left_into_full_batches():
     # 9 correct, 5 left after the first attack: batches of 4 and 1 (batch by batch they would be 2, 2 and 1).
     assert sizes == [4, 1] and sorted(second.seen) == [1, 3, 5, 7, 8]
     assert flags["b"].tolist() == [False, True, False, True, False, True, False, True, True, False]
+    sizes.clear()  # an attack with no example left is not called
+    flags_of(TwoPixelClassifier(), x, y, {"a": BreakIds(set(range(N))), "b": counting}, batch_size=4)
+    assert sizes == []
 
 
 def test_kept_examples_are_the_ones_that_broke_them():

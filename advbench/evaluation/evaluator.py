@@ -116,7 +116,7 @@ class Evaluator:
         for name, attack in attacks.items():
             began, ok = time.perf_counter(), torch.zeros(n, dtype=torch.bool)
             todo = (alive if cascade else flags["clean"]).nonzero().squeeze(1)
-            for idx in todo.split(self.batch_size):
+            for idx in todo.split(self.batch_size) if todo.numel() else ():  # (an empty tensor splits in one)
                 xi = task.trim(to_unit(x[idx.to(x.device)])).to(self.device)
                 ti = task.to(task.index(targets, idx.to(targets.device) if torch.is_tensor(targets) else idx),
                              self.device)
