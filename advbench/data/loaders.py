@@ -65,8 +65,11 @@ class TensorLoader:
         # Every rank draws the same permutation (same seed) and takes its own slice of it.
         order = order[:n * self.world_size][self.rank::self.world_size]
         for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size]
-            x = self.trim(to_unit(self.x[idx.to(self.x.device, non_blocking=True)]))
-            on = self.targets.device if torch.is_tensor(self.targets) else "cpu"
-            targets = self.index(self.targets, idx.to(on, non_blocking=True))
+            x, targets = self.rows(order[start:start + self.batch_size])
             yield self.augment(x, targets, self.generator) if self.augment else (x, targets)
+
+    def rows(self, idx: torch.Tensor):
+        """The examples ``idx`` (a tensor of indices) as one batch, unaugmented: (x in [0,1], targets)."""
+        x = self.trim(to_unit(self.x[idx.to(self.x.device, non_blocking=True)]))
+        on = self.targets.device if torch.is_tensor(self.targets) else "cpu"
+        return x, self.index(self.targets, idx.to(on, non_blocking=True))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from advbench.data.loaders import TensorLoader, to_unit
+from advbench.data.loaders import TensorLoader
 from advbench.runtime.amp import autocast
 from advbench.runtime.compiled import Bucketed
 from advbench.runtime.distributed import gather_flags, shard, world
@@ -117,9 +117,8 @@ class Evaluator:
             began, ok = time.perf_counter(), torch.zeros(n, dtype=torch.bool)
             todo = (alive if cascade else flags["clean"]).nonzero().squeeze(1)
             for idx in todo.split(self.batch_size) if todo.numel() else ():  # (an empty tensor splits in one)
-                xi = task.trim(to_unit(x[idx.to(x.device)])).to(self.device)
-                ti = task.to(task.index(targets, idx.to(targets.device) if torch.is_tensor(targets) else idx),
-                             self.device)
+                xi, ti = batches.rows(idx)
+                xi, ti = xi.to(self.device), task.to(ti, self.device)
                 with autocast(self.device, self.amp):
                     x_adv = attack(model, xi, ti)
                     outputs = (attack.outputs(model, xi, x_adv) if hasattr(attack, "outputs")
