@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from advbench.models import TextCNN
 from advbench.tasks.text import TextClassification
 from advbench.training import build_mode
-from advbench.training.embedding_modes import move_embedding_weights, put_back_embedding_weights
+from advbench.attacks.embedding import move_embedding_weights, put_back_embedding_weights
 from advbench.training.mode import Batch
 
 

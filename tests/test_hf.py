@@ -16,7 +16,7 @@ from helpers import cli
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-from advbench.attacks.embedding import perturb_embedding_weights, restore_embedding_weights  # noqa: E402
+from advbench.attacks.embedding import move_embedding_weights, put_back_embedding_weights  # noqa: E402
 from advbench.models.hf import HFClassifier, hf_classifier  # noqa: E402
 from advbench.tasks.text import TextClassification  # noqa: E402
 from advbench.training import Batch, build_mode  # noqa: E402
@@ -85,9 +85,9 @@ def test_the_embedding_matrix_is_restored_bit_for_bit(tiny_dir):
     ids, y = batch_of(tiny_dir)
     F.cross_entropy(model(ids), y).backward()
     before = model.embedding.weight.detach().clone()
-    backup = perturb_embedding_weights(model.embedding, 0.5)
+    backup = move_embedding_weights(model.embedding, 0.5)
     assert not torch.equal(model.embedding.weight, before)
-    restore_embedding_weights(model.embedding, backup)
+    put_back_embedding_weights(model.embedding, backup)
     assert torch.equal(model.embedding.weight, before)
 
 

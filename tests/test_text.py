@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from advbench.attacks.spec import Attack
 from advbench.data import load_data
 from advbench.data.loaders import TensorLoader
-from advbench.attacks.embedding import perturb_embedding_weights, restore_embedding_weights
+from advbench.attacks.embedding import move_embedding_weights, put_back_embedding_weights
 from advbench.tasks.text.task import FromEmbeddings
 from advbench.errors import AdvbenchError
 from advbench.training.schedules import make_scheduler
@@ -148,10 +148,10 @@ def test_embedding_weights_are_restored_bit_for_bit():
     ids, y = torch.randint(1, 20, (4, 10)), torch.tensor([0, 1, 0, 1])
     F.cross_entropy(model(ids), y).backward()
     before = model.embedding.weight.detach().clone()
-    backup = perturb_embedding_weights(model.embedding, 1.0)
+    backup = move_embedding_weights(model.embedding, 1.0)
     moved = model.embedding.weight.detach() - before
     assert moved.norm().item() == pytest.approx(1.0, rel=1e-4)
-    restore_embedding_weights(model.embedding, backup)
+    put_back_embedding_weights(model.embedding, backup)
     assert torch.equal(model.embedding.weight, before)
 
 
@@ -315,5 +315,5 @@ def test_a_zero_or_overflowed_gradient_moves_no_embedding_weight(bad):
     embedding = torch.nn.Embedding(5, 3)
     before = embedding.weight.detach().clone()
     embedding.weight.grad = torch.full((5, 3), bad)
-    backup = perturb_embedding_weights(embedding, 0.5)
+    backup = move_embedding_weights(embedding, 0.5)
     assert torch.equal(embedding.weight, before) and torch.equal(backup, before)

@@ -1,37 +1,8 @@
-"""Training modes of the NLP literature, on the word embeddings of a text model: FreeLB and SMART; and how the
-embedding-matrix recipe (training=mixed, attack.target=embedding_weights) moves the matrix and puts it back."""
+"""Training modes of the NLP literature, on the word embeddings of a text model: FreeLB and SMART."""
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from advbench.attacks.embedding import ascend_embedding_weights
 from advbench.training.mode import Batch, Mode, Step, Term, mean_of, total
-
-
-def move_embedding_weights(embedding: nn.Module, eps: float, alpha: float | None = None) -> torch.Tensor:
-    """The recipe's first step along g = W.grad (the clean loss's gradient): FGM (``alpha`` None) W + eps g/||g||_F,
-    PGD W + alpha g/||g||_F within Frobenius distance eps of W. The moved matrix is a new tensor swapped in as W's
-    data; the clean one, returned, is never written, so ``put_back_embedding_weights`` restores it bit for bit
-    without the backup copy and the copy back that the recipe as usually written spends on it."""
-    weight = embedding.weight
-    clean, grad = weight.data, weight.grad
-    if grad is None:
-        return clean
-    if alpha is None:
-        # eps g / ||g|| + W, bit for bit the recipe's W + eps g / ||g||, in one new tensor. With no Python branch on
-        # the norm (a GPU sync): a zero gradient (0/0) or a non-finite one (an fp16 overflow the scaler will skip)
-        # gives NaN or 0 everywhere, which nan_to_num makes a step of 0; a finite g with a finite, positive norm
-        # gives finite values, left as they are.
-        weight.data = grad.mul(eps).div_(grad.norm()).nan_to_num_(0.0, 0.0, 0.0).add_(clean)
-    else:
-        weight.data = clean.clone()
-        ascend_embedding_weights(embedding, grad, alpha, eps, clean)
-    return clean
-
-
-def put_back_embedding_weights(embedding: nn.Module, clean: torch.Tensor) -> None:
-    """W's clean data back in place (what ``move_embedding_weights`` returned): a swap, no copy."""
-    embedding.weight.data = clean
 
 
 def _per_example_norm(t: torch.Tensor) -> torch.Tensor:

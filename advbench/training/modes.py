@@ -3,11 +3,11 @@ import math
 
 import torch
 
-from advbench.attacks.embedding import ascend_embedding_weights
+from advbench.attacks.embedding import ascend_embedding_weights, move_embedding_weights, put_back_embedding_weights
 from advbench.attacks.gradients import FP16_LOSS_SCALE
 from advbench.errors import AdvbenchError
 from advbench.training.losses import mart_boosted_ce, mart_weighted_kl, trades_attack_loss, trades_kl
-from advbench.training.embedding_modes import FreeLB, Smart, move_embedding_weights, put_back_embedding_weights
+from advbench.training.embedding_modes import FreeLB, Smart
 from advbench.training.mode import Batch, Mode, Step, Term, mean_of, total
 
 
