@@ -104,6 +104,15 @@ def test_eval_of_a_plain_torchvision_state_dict_through_the_cli(tmp_path):
         err, "checkpoint: its weights do not fit model=")
 
 
+def test_a_torchvision_model_that_does_not_take_the_data_is_refused_in_one_line():
+    with pytest.raises(AdvbenchError, match=r"model=torchvision model.name=vit_b_16 does not take the data's 1x8x8 "
+                                            r"images \(Wrong image height.*\): set its size arguments, e.g. "
+                                            r"\+model.image_size=8 \(a ViT's; its patch size must divide it\)"):
+        torchvision_classifier((1, 8, 8), 3, [0.5], [0.25], name="vit_b_16")
+    with pytest.raises(AdvbenchError, match="model.foo: torchvision's resnet18 does not take it"):
+        torchvision_classifier((1, 8, 8), 3, [0.5], [0.25], foo=1)
+
+
 TINY_VIT = {"depth": 1, "embed_dim": 16, "num_heads": 2}
 
 
@@ -113,7 +122,7 @@ def test_timm_model_arguments_pass_through_model_kwargs():
                           kwargs={"img_size": 8, "patch_size": 4, **TINY_VIT})
     assert vit(torch.rand(2, 1, 8, 8)).shape == (2, 3) and vit.training  # built in train mode, as before
     with pytest.raises(AdvbenchError, match=r"does not take the data's 1x8x8 images \(.*\): set its size "
-                                            r"arguments with model.kwargs, e.g. \+model.kwargs.img_size=8"):
+                                            r"arguments, e.g. \+model.kwargs.img_size=8"):
         timm_classifier((1, 8, 8), 3, [0.5], [0.25], name="vit_tiny_patch16_224", kwargs=TINY_VIT)
     with pytest.raises(AdvbenchError, match="model.kwargs.checkpoint_path: advbench sets it"):
         timm_classifier((1, 8, 8), 3, [0.5], [0.25], kwargs={"checkpoint_path": "x.pt"})

@@ -89,8 +89,15 @@ def torchvision_classifier(in_shape, n_classes: int, mean, std, name: str = "res
     outputs and the data's input channels, ``weights`` a local state dict; Normalize(mean, std) in front."""
     import torchvision
     check_torchvision_name(name)
-    model = torchvision.models.get_model(name, weights=None, num_classes=n_classes, **kwargs)
-    model = _load_weights(adapt_channels(model, in_shape[0]), weights, f"torchvision {name}")
+    try:
+        model = torchvision.models.get_model(name, weights=None, num_classes=n_classes, **kwargs)
+    except TypeError as err:  # an argument this architecture does not take
+        raise AdvbenchError(f"{', '.join('model.' + k for k in sorted(kwargs))}: torchvision's {name} does not take it "
+                            f"({' '.join(str(err).split())[:160]})") from None
+    model = adapt_channels(model, in_shape[0])
+    _takes(model, in_shape, f"model=torchvision model.name={name}",
+           f"+model.image_size={in_shape[-1]} (a ViT's; its patch size must divide it)")
+    model = _load_weights(model, weights, f"torchvision {name}")
     return nn.Sequential(Normalize(mean, std), model)
 
 
@@ -122,11 +129,12 @@ def timm_classifier(in_shape, n_classes: int, mean, std, name: str = "resnet18",
     except TypeError as err:  # an argument this architecture does not take
         raise AdvbenchError(f"model.kwargs={given}: timm's {name} does not take them "
                             f"({' '.join(str(err).split())[:160]})") from None
-    _takes(model, in_shape, f"model=timm model.name={name}")
+    _takes(model, in_shape, f"model=timm model.name={name}", f"+model.kwargs.img_size={in_shape[-1]} (a ViT's; and "
+           "+model.kwargs.patch_size= no larger than the image)")
     return nn.Sequential(Normalize(mean, std), _load_weights(model, weights, f"timm {name}"))
 
 
-def _takes(model: nn.Module, in_shape, what: str) -> None:
+def _takes(model: nn.Module, in_shape, what: str, example: str) -> None:
     """One forward of a single blank image: a model built for another input size (a ViT's position table, patch
     grid) fails here in one line naming the key to set, not in a traceback mid-attack."""
     size = "x".join(str(s) for s in in_shape)
@@ -136,9 +144,8 @@ def _takes(model: nn.Module, in_shape, what: str) -> None:
             model.eval()(torch.zeros(1, *in_shape))
     except (AssertionError, RuntimeError, ValueError) as err:
         reason = " ".join(str(err).split())[:160]
-        raise AdvbenchError(f"{what} does not take the data's {size} images ({reason}): set its size arguments "
-                            f"with model.kwargs, e.g. +model.kwargs.img_size={in_shape[-1]} (a ViT's; and "
-                            "+model.kwargs.patch_size= no larger than the image)") from None
+        raise AdvbenchError(f"{what} does not take the data's {size} images ({reason}): set its size arguments, "
+                            f"e.g. {example}") from None
     finally:
         model.train(was)
 
