@@ -64,12 +64,18 @@ class TensorLoader:
         order = torch.randperm(n_all, generator=self.generator) if self.shuffle else torch.arange(n_all)
         # Every rank draws the same permutation (same seed) and takes its own slice of it.
         order = order[:n * self.world_size][self.rank::self.world_size]
+        # Moved once an epoch, not once a batch: on a GPU each copy is a launch, and the text step is launch-bound.
+        on_x, on_targets = order.to(self.x.device), order.to(self._targets_device())
         for start in range(0, n, self.batch_size):
-            x, targets = self.rows(order[start:start + self.batch_size])
+            x, targets = self.rows(on_x[start:start + self.batch_size], on_targets[start:start + self.batch_size])
             yield self.augment(x, targets, self.generator) if self.augment else (x, targets)
 
-    def rows(self, idx: torch.Tensor):
-        """The examples ``idx`` (a tensor of indices) as one batch, unaugmented: (x in [0,1], targets)."""
+    def _targets_device(self) -> torch.device:
+        return self.targets.device if torch.is_tensor(self.targets) else torch.device("cpu")
+
+    def rows(self, idx: torch.Tensor, target_idx: torch.Tensor | None = None):
+        """The examples ``idx`` (a tensor of indices) as one batch, unaugmented: (x in [0,1], targets);
+        ``target_idx``: the same indices already on the targets' device."""
         x = self.trim(to_unit(self.x[idx.to(self.x.device, non_blocking=True)]))
-        on = self.targets.device if torch.is_tensor(self.targets) else "cpu"
-        return x, self.index(self.targets, idx.to(on, non_blocking=True))
+        target_idx = idx if target_idx is None else target_idx
+        return x, self.index(self.targets, target_idx.to(self._targets_device(), non_blocking=True))

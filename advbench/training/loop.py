@@ -1,7 +1,7 @@
 """One epoch: batches through the training mode's step, with the update every mode shares.
 
-Losses and accuracy counts add up on the device and are read once per epoch (and when a progress bar
-refreshes): a per-step ``.item()`` would stall the GPU's queue three times a step.
+Losses and accuracy counts stay on the device and are read once per epoch (and when a progress bar refreshes):
+a per-step ``.item()`` would stall the GPU's queue three times a step (``totals.py``).
 """
 import sys
 import time
@@ -14,6 +14,7 @@ from advbench.errors import RunFailed
 from advbench.runtime.amp import autocast
 from advbench.runtime.distributed import bare
 from advbench.training.mode import Batch
+from advbench.training.totals import FiniteWatch, Totals
 from advbench.training.schedules import eps_factor
 
 REFRESH = 20  # steps between progress-bar refreshes (each reads the running numbers: a host sync)
@@ -30,22 +31,6 @@ class Plan:
     compile: bool = False  # the resolved ``compile`` setting: the step runs through the compiled model
 
 
-class Totals:
-    """Running sums kept on the device, in float64 as the host's Python floats were (so a CPU run's numbers stay
-    what they were when each step was read with ``.item()``); ``read()`` brings them over in one transfer."""
-
-    def __init__(self, device):
-        self.device, self.sums = device, {}
-
-    def add(self, name: str, value: torch.Tensor) -> None:
-        self.sums[name] = self.sums.get(name, 0) + value.detach().to(self.device, torch.float64)
-
-    def read(self) -> dict:
-        names = list(self.sums)
-        values = torch.stack([self.sums[k] for k in names]).tolist() if names else []
-        return dict(zip(names, values))
-
-
 def train_epoch(model, loader, mode, task, attack, optimizer, scheduler, scaler, plan: Plan, device,
                 epoch: int = 1, desc: str = "train", clean_sample: tuple | None = None) -> dict:
     """Train one pass over ``loader``; return the pass's loss, accuracies, lr and speed. Adversarial-only modes
@@ -54,13 +39,10 @@ def train_epoch(model, loader, mode, task, attack, optimizer, scheduler, scaler,
     model.train()
     net = bare(model)  # attacks and clean predictions use the bare module: no DDP gradient synchronisation
     mode.start_epoch()
-    totals, n = Totals(device), 0
-    first_bad = torch.full((), -1, device=device)  # the first step whose loss was not finite
+    totals, watch, n = Totals(device), FiniteWatch(), 0
 
     def update(loss, after_backward=None):
-        nonlocal first_bad
-        bad = ~torch.isfinite(loss.detach()).all()
-        first_bad = torch.where(bad & (first_bad < 0), i, first_bad)
+        watch.add(i, loss)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if after_backward:  # e.g. the embedding-weights recipe adds its adversarial gradient to the clean one
@@ -73,8 +55,8 @@ def train_epoch(model, loader, mode, task, attack, optimizer, scheduler, scaler,
         scheduler.step()
 
     def check_finite():
-        step = int(first_bad)
-        if step >= 0:  # the run stops here; last.pt still holds the last good epoch
+        step = watch.first_bad()
+        if step is not None:  # the run stops here; last.pt still holds the last good epoch
             raise RunFailed(f"diverged at epoch {epoch} step {step + 1}: the training loss is not finite; "
                             + (f"last.pt keeps epoch {epoch - 1}" if epoch > 1 else "no epoch finished")
                             + " (lower lr, or set grad_clip)")
@@ -89,14 +71,14 @@ def train_epoch(model, loader, mode, task, attack, optimizer, scheduler, scaler,
             model, net, task, x, y, attack=_bound(scaled, net), eps=scaled.eps if scaled else 0.0,
             autocast=lambda: autocast(device, plan.amp), update=update,
             backward=lambda loss: scaler.scale(loss).backward()))
-        totals.add("loss", step.loss.detach().double() * len(x))
+        totals.add("loss", step.loss, len(x))
         if task.scores_training:
             for kind, outputs in (("clean", step.clean), ("adv", step.adv)):
                 if outputs is not None:
                     totals.add(kind, task.correct(outputs, y).sum())
         if len(task.terms) > 1 and step.terms:
             for name, value in step.terms.items():
-                totals.add(f"train_{name}", value.detach().double() * len(x))
+                totals.add(f"train_{name}", value, len(x))
         n += len(x)
         if i % REFRESH == 0:  # a divergence stops the run within REFRESH steps
             check_finite()
