@@ -192,8 +192,11 @@ def main(cfg) -> float | None:
                 log.exception("job failed; the sweep goes on")
                 return None
             raise
-        if owned and "started" not in owned and err.exit_code == 2 and not sweeping and distributed.is_main():
+        refused = owned and "started" not in owned and err.exit_code == 2 and distributed.is_main()
+        if refused and not sweeping:
             withdraw(out, str(err))  # refused before it began: no run directory left behind
+        elif refused:  # a sweep's job keeps its numbered directory, marked as refused (the report lists it apart)
+            record(out, f"refused: {err}")
         elif owned:  # never another run's status
             record(out, f"failed: {err}")
         elif sweeping:

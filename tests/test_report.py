@@ -109,7 +109,7 @@ def test_report_command_line(sweep, tmp_path):
     assert proc.returncode == 2 and "no run directories" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_a_failing_job_does_not_stop_the_sweep_but_fails_it_at_the_end(tmp_path):
+def test_a_refused_job_does_not_stop_the_sweep_but_fails_it_at_the_end(tmp_path):
     proc = advbench("-m", *TINY, "epochs=1", "eps=abc,0.1", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path,
                     check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
@@ -117,12 +117,13 @@ def test_a_failing_job_does_not_stop_the_sweep_but_fails_it_at_the_end(tmp_path)
     assert len(summary) == 1 and "eps=abc" in summary[0]
     statuses = {next(o for o in p.parent.parent.name.split(",") if o.startswith("eps=")): p.read_text()
                 for p in (tmp_path / "sweep").rglob("status")}
-    assert statuses["eps=abc"].startswith("failed: eps='abc'") and statuses["eps=0.1"] == "finished\n"
+    # refused before it began (bad input), not failed: the report lists it apart from runs that broke
+    assert statuses["eps=abc"].startswith("refused: eps='abc'") and statuses["eps=0.1"] == "finished\n"
     rows = write_report(tmp_path / "sweep")
-    assert sorted(r["status"] for r in rows) == ["failed", "finished"]
+    assert sorted(r["status"] for r in rows) == ["finished", "refused"]
     long = pd.read_csv(tmp_path / "sweep" / "report_long.csv")
-    failed = long[long["status"] == "failed"]
-    assert len(failed) == 1 and failed["value"].isna().all() and failed["eps"].item() == "abc"
+    refused = long[long["status"] == "refused"]
+    assert len(refused) == 1 and refused["value"].isna().all() and refused["eps"].item() == "abc"
     (done,) = [p for p in (tmp_path / "sweep").rglob("results.json")]
     robust = long.loc[(long["status"] == "finished") & (long["headline"] == "robust"), "value"].item()
     assert robust == pytest.approx(json.loads(done.read_text())["robust_acc"], abs=1e-12)
