@@ -1,6 +1,7 @@
 """Grad-CAM: a hand computation on a tiny CNN, the model left as it was, the default layer of advbench's models,
 and job=saliency saliency.method=gradcam through the CLI for a classifier, a detector and a segmenter."""
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from torch import nn
 
 from advbench.checks import check_config
 from advbench.errors import AdvbenchError
-from advbench.evaluation.gradcam import default_layer, gradcam
+from advbench.evaluation.gradcam import default_layer, gradcam, gradcam_maps
 from advbench.models import Normalize, small_cnn
 from advbench.models.segmenters import UNetTiny
 from advbench.models.yolo_tiny import YoloTiny
@@ -86,6 +87,32 @@ def test_the_default_layer_is_the_last_convolution_before_the_head():
     assert default_layer(nn.Sequential(nn.Identity(), detector), x, None) == "1.td8"
     with pytest.raises(AdvbenchError, match="has no convolution with a spatial output"):
         default_layer(nn.Sequential(nn.Flatten(), nn.Linear(1024, 2)), x, by_pixel)
+
+
+class TwoHeads(nn.Module):
+    """A trunk convolution read by two heads, each with a convolution of its own (SSD's, Faster R-CNN's shape)."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Conv2d(1, 4, 3, padding=1)
+        self.box_branch, self.box_out = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 2, 1)
+        self.cls_branch, self.cls_out = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 3, 1)
+        for p in self.parameters():  # positive everywhere: every activation and gradient is, so no map is empty
+            nn.init.constant_(p, 0.1)
+
+    def forward(self, x):
+        t = torch.relu(self.trunk(x))
+        return {"box": self.box_out(torch.relu(self.box_branch(t))), "cls": self.cls_out(torch.relu(self.cls_branch(t)))}
+
+
+def test_the_default_layer_of_several_terms_is_one_every_term_reaches():
+    model, x = TwoHeads(), torch.rand(2, 1, 8, 8)
+    terms = {name: (lambda out, name=name: out[name].flatten(1).sum(1)) for name in ("box", "cls")}
+    assert default_layer(model, x, terms["box"]) == "box_branch"  # one term alone: its own branch
+    assert default_layer(model, x, terms) == "trunk"  # both: the layer they share, not the last head's branch
+    cams = gradcam_maps(model, x, terms, SimpleNamespace(method="gradcam", layer=None))
+    assert set(cams) == {"box", "cls"} and all(cam.min() > 0 for cam in cams.values())
+    assert not torch.allclose(cams["box"], cams["cls"])  # each term's own gradient weighs the shared maps
 
 
 def test_gradcam_of_a_text_model_is_refused_before_any_work():

@@ -2,8 +2,8 @@
 feature maps, averaged over space into one weight per channel, ReLU(sum_k w_k A_k), upsampled to the input.
 
 The layer is a module name as ``model.named_modules()`` gives it; by default the one a model names in its
-``saliency_layer`` attribute, else the last ``nn.Conv2d`` run whose output is spatial and is not a head's (it
-reaches the loss through another module): the last convolution before the head. The model is left exactly as
+``saliency_layer`` attribute, else the last ``nn.Conv2d`` run whose output is spatial, is not a head's (it
+reaches the loss through another module) and feeds every loss term: the last convolution before the heads. The model is left exactly as
 it was: hooks removed, modes restored, no parameter gradient.
 """
 import logging
@@ -49,13 +49,17 @@ def _graph(loss: torch.Tensor, stops: set = frozenset()) -> tuple:
     return {node for node, _ in seen}, reached
 
 
-def default_layer(model: nn.Module, x: torch.Tensor, loss_fn) -> str:
+def default_layer(model: nn.Module, x: torch.Tensor, loss_fns) -> str:
     """The layer Grad-CAM reads when saliency.layer is null: the model's ``saliency_layer``, else the last Conv2d
-    run (one probe forward and ``loss_fn``) with a spatial output that is not a head's: a head's output reaches the
-    loss through functional operations alone (reshapes, the loss), any other through another module."""
+    run (one probe forward) with a spatial output that is not a head's and that every objective of ``loss_fns``
+    (one, or a dict of them: a detector's loss terms) reaches: a head's output reaches the loss through functional
+    operations alone, any other through another module. A layer one head alone reads (Faster R-CNN's RPN, SSD's
+    classification branch) would leave the other terms' maps empty; where no layer is shared, the first
+    objective's last one."""
     declared = _declared(model)
     if declared is not None:
         return declared
+    fns = list(loss_fns.values()) if isinstance(loss_fns, dict) else [loss_fns]
     names = {m: name for name, m in model.named_modules()}
     convs, outputs, handles = [], [], []  # outputs kept: their graph nodes stay alive while compared
 
@@ -69,16 +73,19 @@ def default_layer(model: nn.Module, x: torch.Tensor, loss_fn) -> str:
             handles.append(module.register_forward_hook(hook))
     try:
         with attack_mode(model):
-            loss = loss_fn(model(as_input(x).requires_grad_(True))).float().sum()
+            out = model(as_input(x).requires_grad_(True))
+            losses = [fn(out).float().sum() for fn in fns]
     finally:
         for handle in handles:
             handle.remove()
     if not convs:
         raise AdvbenchError(f"saliency.method=gradcam: {type(model).__name__} has no convolution with a spatial "
                             "output; name a layer whose output is (N, C, H, W) with saliency.layer=<module name>")
-    graph, heads = _graph(loss, {out.grad_fn for out in outputs}) if loss.requires_grad else (set(), set())
-    inner = [name for name, node in convs if node in graph and node not in heads]
-    return (inner or [name for name, _ in convs])[-1]
+    stops = {out.grad_fn for out in outputs}
+    reached = [_graph(loss, stops) if loss.requires_grad else (set(), set()) for loss in losses]
+    inner = [[name for name, node in convs if node in graph and node not in heads] for graph, heads in reached]
+    shared = [name for name in inner[0] if all(name in other for other in inner[1:])]
+    return (shared or inner[0] or [name for name, _ in convs])[-1]
 
 
 def find_layer(model: nn.Module, layer: str) -> nn.Module:
@@ -119,12 +126,12 @@ def wants_gradcam(settings) -> bool:
     return str(getattr(settings.method, "value", settings.method)) == "gradcam"
 
 
-def gradcam_maps(model: nn.Module, x: torch.Tensor, objectives: dict, settings, probe=None) -> dict:
+def gradcam_maps(model: nn.Module, x: torch.Tensor, objectives: dict, settings) -> dict:
     """With saliency.method=gradcam, {name: Grad-CAM (N, H, W)} of each per-example objective ``loss_fn(outputs)``
-    at saliency.layer (null: ``default_layer``, probed with ``probe``, else the first objective); else {}."""
+    at saliency.layer (null: ``default_layer``, one that every objective reaches); else {}."""
     if not wants_gradcam(settings) or not objectives:
         return {}
-    layer = settings.layer or default_layer(model, x, probe or next(iter(objectives.values())))
+    layer = settings.layer or default_layer(model, x, objectives)
     find_layer(model, layer)
     log.info("Grad-CAM at layer %s of %s", layer, type(model).__name__)
     return {name: gradcam(model, x, fn, layer) for name, fn in objectives.items()}

@@ -73,8 +73,7 @@ def write_term_saliency(model, test: tuple, attack, task, settings, device, out)
             objectives[name] = loss_fn
         except AdvbenchError as err:  # a detector without this term (SSD has no objectness)
             log.info("saliency: no %s map (%s)", name, " ".join(str(err).split())[:120])
-    cams = gradcam_maps(model, x, {name: fn for name, fn in objectives.items() if name != "total"}, settings,
-                        objectives.get("total"))
+    cams = gradcam_maps(model, x, {name: fn for name, fn in objectives.items() if name != "total"}, settings)
     x_adv = attack(model, x, targets)
     heat = {name: g.abs().amax(1) for name, g in grads.items()}  # (N, H, W): largest over channels
     top = max(h.max().item() for h in heat.values()) or 1.0
