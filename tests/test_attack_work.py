@@ -1,6 +1,6 @@
 """Work that cannot change an attack's result is not done: APGD drops an example at the step that fools the model,
-Square does not query a candidate equal to its current point, and a one-channel convolution's input gradient takes
-the fast route with the same values."""
+APGD-T fills the evaluation's batch with target classes side by side, Square does not query a candidate equal to
+its current point, and a one-channel convolution's input gradient takes the fast route with the same values."""
 # ruff: noqa: F811  (the fixtures imported from aa_fixtures are parameters of the tests)
 import pytest
 import torch
@@ -8,6 +8,7 @@ import torch
 import advbench.attacks.square as square_module
 from advbench.attacks.apgd import apgd
 from advbench.attacks.gradients import attack_mode
+from advbench.attacks.rows import row_budget
 from advbench.attacks.grayscale_conv import fast_input_grad
 from advbench.attacks.square import square
 from advbench.attacks.threats import LinfThreat
@@ -48,6 +49,71 @@ def test_apgd_targeted_result_does_not_depend_on_the_examples_beside_it(mlp, dig
     threat.init = lambda xr: full_init[robust]
     alone = apgd(mlp, x[robust], y[robust], threat, task, steps=30, loss="dlr", targeted=True, n_targets=1)
     assert torch.allclose(alone, batch[robust], atol=1e-5)
+
+
+def test_apgd_t_runs_as_many_targets_side_by_side_as_the_batch_holds(mlp, digits):
+    x, y = digits[1][0][:40], digits[1][1][:40]
+    with torch.no_grad():
+        right = mlp(x).argmax(1) == y
+    x, y = x[right][:20], y[right][:20]
+    task, threat, steps = Classification(10), LinfThreat(1e-4, 2e-4), 5  # too small a budget to break any
+    assert len(y) == 20
+
+    def passes(budget=None):
+        model = Counting(mlp)
+        torch.manual_seed(0)
+        if budget is None:
+            apgd(model, x, y, threat, task, steps=steps, loss="dlr", targeted=True, n_targets=9)
+        else:
+            with row_budget(budget):
+                apgd(model, x, y, threat, task, steps=steps, loss="dlr", targeted=True, n_targets=9)
+        return model.sizes[1:]  # after the clean pass that ranks the targets
+    assert passes() == [20] * 9 * (steps + 1)  # no room: one target after another, as the reference
+    assert passes(180) == [180] * (steps + 1)  # all nine targets in one run
+    assert passes(70) == [60] * 3 * (steps + 1)  # three at a time
+    assert passes(10) == [20] * 9 * (steps + 1)  # a budget below the call's own batch changes nothing
+
+
+class OneWayOut(torch.nn.Module):
+    """Five classes; class 0 is true everywhere and only class 3, third of the wrong classes by clean logit, can
+    overtake it within eps 0.1, and only where pixel 3 starts at 0.6 (where it starts at 0.3, nothing can)."""
+
+    def forward(self, x):
+        p = x.flatten(1)
+        zero = torch.zeros_like(p[:, 0])
+        return torch.stack([zero + 1.0, p[:, 1] + 0.2, p[:, 2] + 0.15, 10 * p[:, 3] - 5.5, zero - 1.0], 1)
+
+
+@pytest.mark.parametrize("budget", [None, 8, 64])
+def test_packed_targets_break_exactly_what_one_target_at_a_time_breaks(budget):
+    # By construction: the breakable examples fall to the third target whichever way the targets are run.
+    x = torch.full((8, 1, 1, 4), 0.5)
+    x[:, 0, 0, 3] = torch.tensor([0.6, 0.3] * 4)
+    y = torch.zeros(8, dtype=torch.long)
+    model, task = OneWayOut(), Classification(5)
+    assert (task.ranked_wrong(model, x[:1], y[:1], 4)[0, :3] == torch.tensor([1, 2, 3])).all()
+    torch.manual_seed(0)
+    with row_budget(budget or 8):
+        x_adv = apgd(model, x, y, LinfThreat(0.1, 0.2), task, steps=10, loss="dlr", targeted=True, n_targets=4)
+    assert (x_adv - x).abs().amax() <= 0.1 + 1e-6
+    with torch.no_grad():
+        broken = model(x_adv).argmax(1) != 0
+    assert broken.tolist() == [True, False] * 4
+
+
+def test_a_packed_example_broken_by_one_target_stops_being_attacked_by_the_others():
+    x = torch.full((8, 1, 1, 4), 0.5)
+    x[:, 0, 0, 3] = torch.tensor([0.6, 0.3] * 4)
+    y = torch.zeros(8, dtype=torch.long)
+    model = Counting(OneWayOut())
+    torch.manual_seed(0)
+    with row_budget(32):
+        apgd(model, x, y, LinfThreat(0.1, 0.2), Classification(5), steps=10, loss="dlr", targeted=True,
+             n_targets=4)
+    sizes = model.sizes[1:]
+    # 8 examples x 4 targets in one run; as each breakable example falls, all 4 of its rows go at once
+    assert sizes[0] == 32 and sizes[-1] == 16 and len(sizes) == 11
+    assert all(a >= b and (a - b) % 4 == 0 for a, b in zip(sizes, sizes[1:]))
 
 
 def test_square_does_not_query_a_candidate_equal_to_its_current_point(mlp, digits, monkeypatch):

@@ -78,6 +78,16 @@ def test_each_attack_packs_the_examples_left_into_full_batches():
     assert sizes == []
 
 
+def test_attacks_may_fill_the_evaluation_batch():
+    from advbench.attacks.rows import rows_that_fit
+    x, y = toy_data()
+    seen = []
+    probe = lambda model, xb, yb: seen.append((len(xb), rows_that_fit(len(xb)))) or xb  # noqa: E731
+    flags_of(TwoPixelClassifier(), x, y, {"a": BreakIds({0, 2, 4, 6}), "b": probe}, batch_size=4)
+    assert seen == [(4, 4), (1, 4)]  # the last example alone may still run 4 rows side by side
+    assert rows_that_fit(3) == 3  # outside an evaluation: the batch given
+
+
 def test_kept_examples_are_the_ones_that_broke_them():
     x, y = toy_data()
     flags, kept = flags_of(TwoPixelClassifier(), x, y, {"a": BreakIds({0}), "b": BreakIds({1})}, batch_size=4,

@@ -7,6 +7,7 @@ cross-entropy or the DLR loss, untargeted or targeted (APGD-T: the DLR-targeted 
 import torch
 
 from advbench.attacks.gradients import as_input, attack_mode, loss_and_grad
+from advbench.attacks.rows import rows_that_fit
 
 
 def averaged(model, x, loss_fn, eot: int = 1):
@@ -19,12 +20,14 @@ def averaged(model, x, loss_fn, eot: int = 1):
     return (losses / eot, outputs, grad / eot) if eot > 1 else (losses, outputs, grad)
 
 
-def apgd_run(model, x, y, threat, steps: int, task, objective_for, rho: float = 0.75, eot: int = 1):
+def apgd_run(model, x, y, threat, steps: int, task, objective_for, rho: float = 0.75, eot: int = 1, groups=None):
     """One APGD run from a random start; returns (adversarial examples, fooled flags). ``objective_for(rows)``
-    gives the per-example loss ``objective(outputs, targets)`` of those rows of ``x``.
+    gives the per-example loss ``objective(outputs, targets)`` of those rows of ``x``; ``groups``, where rows are
+    copies of one example (APGD-T's target classes packed together), gives each row's example.
 
     An example stops being attacked at the step that first fools the model: its result is that point, which no
-    later step can change (the reference runs every example to the last step)."""
+    later step can change (the reference runs every example to the last step); so do the other rows of its
+    group, whose example is broken."""
     n, shape = len(x), (-1,) + (1,) * (x.dim() - 1)
     x_out, fooled_out = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
     rows = torch.arange(n, device=x.device)  # the examples still attacked, as rows of x
@@ -42,7 +45,9 @@ def apgd_run(model, x, y, threat, steps: int, task, objective_for, rho: float = 
         fooled = ~task.correct(outputs, y)
         if fooled.any():
             x_out[rows[fooled]], fooled_out[rows[fooled]] = x_adv[fooled], True
-            keep = ~fooled
+            done = fooled if groups is None else torch.isin(groups[rows], groups[rows[fooled]])
+            x_out[rows[done & ~fooled]] = x_best[done & ~fooled]
+            keep = ~done
             (rows, x, x_adv, x_prev, grad, losses, x_best, loss_best, grad_best, eps_step, increases, loss_at_check,
              reduced_at_check) = (t[keep] for t in (rows, x, x_adv, x_prev, grad, losses, x_best, loss_best,
                                                     grad_best, eps_step, increases, loss_at_check, reduced_at_check))
@@ -76,23 +81,31 @@ def apgd(model, x, y, threat, task, steps: int = 100, loss: str = "ce", targeted
          n_targets: int = 9, restarts: int = 1, bn_mode: str = "eval", eot: int = 1) -> torch.Tensor:
     """APGD (Croce & Hein 2020) in the threat model's norm; APGD-T when ``targeted``; worst case kept per example.
 
-    Every restart (and every target class) attacks only the examples that are still classified correctly.
+    Every restart (and every target class) attacks only the examples that are still classified correctly;
+    APGD-T runs as many target classes side by side as the evaluation's batch holds (``attacks/rows.py``).
     """
     with attack_mode(model, bn_mode):
         x, y = as_input(x), task.detach(y)
         x_out = x.clone()
         remaining = torch.arange(len(x), device=x.device)
         ranked = task.ranked_wrong(model, x, y, n_targets) if targeted else None
-        runs = [(r, t) for r in range(restarts) for t in (range(ranked.shape[1]) if targeted else [None])]
-        for restart, t in runs:
-            if remaining.numel() == 0:
-                break
-            xr, yr = x[remaining], task.index(y, remaining)
-            # APGD-T: the targeted DLR loss towards the (t+2)-th ranked class, skipping the true one
-            target = ranked[remaining, t] if targeted else None
-            objective_for = lambda rows, target=target: task.objective(  # noqa: E731
-                loss, target=None if target is None else target[rows])
-            x_adv, fooled = apgd_run(model, xr, yr, threat, steps, task, objective_for, eot=eot)
-            x_out[remaining] = x_adv
-            remaining = remaining[~fooled]
+        for restart in range(restarts):
+            pending = list(range(ranked.shape[1])) if targeted else [None]
+            while pending and remaining.numel():
+                # As many target classes as fit in the evaluation's batch run side by side, one row per example
+                # and target: once examples drop out, a GPU's steps stay large (nine targets one after another
+                # would be 900 small steps). Rows are ordered target by target.
+                k = max(1, min(len(pending), rows_that_fit(len(x)) // remaining.numel()))
+                group, pending = pending[:k], pending[k:]
+                rows = remaining.repeat(k)
+                # APGD-T: the targeted DLR loss towards the (t+2)-th ranked class, skipping the true one
+                target = torch.cat([ranked[remaining, t] for t in group]) if targeted else None
+                objective_for = lambda picked, target=target: task.objective(  # noqa: E731
+                    loss, target=None if target is None else target[picked])
+                x_adv, fooled = apgd_run(model, x[rows], task.index(y, rows), threat, steps, task, objective_for,
+                                         eot=eot, groups=rows if k > 1 else None)
+                fooled_rows = fooled.nonzero().squeeze(1)
+                x_out[rows[-remaining.numel():]] = x_adv[-remaining.numel():]  # not fooled: the last target's
+                x_out[rows[fooled_rows]] = x_adv[fooled_rows]
+                remaining = remaining[~fooled.view(k, -1).any(0)]
         return x_out

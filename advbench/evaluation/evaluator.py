@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from advbench.attacks.rows import row_budget
 from advbench.data.loaders import TensorLoader
 from advbench.runtime.amp import autocast
 from advbench.runtime.compiled import Bucketed
@@ -119,7 +120,7 @@ class Evaluator:
             for idx in todo.split(self.batch_size) if todo.numel() else ():  # (an empty tensor splits in one)
                 xi, ti = batches.rows(idx)
                 xi, ti = xi.to(self.device), task.to(ti, self.device)
-                with autocast(self.device, self.amp):
+                with autocast(self.device, self.amp), row_budget(self.batch_size):
                     x_adv = attack(model, xi, ti)
                     outputs = (attack.outputs(model, xi, x_adv) if hasattr(attack, "outputs")
                                else task.predict(model, x_adv))
