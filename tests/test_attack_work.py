@@ -7,6 +7,7 @@ import torch
 
 import advbench.attacks.square as square_module
 from advbench.attacks.apgd import apgd
+from advbench.attacks.fab import fab_targeted
 from advbench.attacks.gradients import attack_mode
 from advbench.attacks.rows import row_budget
 from advbench.attacks.grayscale_conv import fast_input_grad
@@ -114,6 +115,37 @@ def test_a_packed_example_broken_by_one_target_stops_being_attacked_by_the_other
     # 8 examples x 4 targets in one run; as each breakable example falls, all 4 of its rows go at once
     assert sizes[0] == 32 and sizes[-1] == 16 and len(sizes) == 11
     assert all(a >= b and (a - b) % 4 == 0 for a, b in zip(sizes, sizes[1:]))
+
+
+def test_fab_t_runs_as_many_targets_side_by_side_as_the_batch_holds(mlp, digits):
+    x, y = digits[1][0][:40], digits[1][1][:40]
+    with torch.no_grad():
+        right = mlp(x).argmax(1) == y
+    x, y, steps = x[right][:20], y[right][:20], 4
+
+    def passes(budget):
+        model = Counting(mlp)
+        with row_budget(budget):  # eps too small to break any: every row runs every step
+            fab_targeted(model, x, y, "linf", 1e-4, n_target_classes=9, steps=steps)
+        return model.sizes[1:]  # after the clean pass that ranks the targets
+    assert passes(20) == [20] * 9 * 2 * steps  # a gradient pass and a check pass per step, target after target
+    assert passes(180) == [180] * 2 * steps
+    assert passes(100) == [100] * 2 * steps + [80] * 2 * steps  # five targets, then the other four
+
+
+@pytest.mark.parametrize("budget", [8, 64])
+def test_packed_fab_targets_break_exactly_what_one_target_at_a_time_breaks(budget):
+    x = torch.full((8, 1, 1, 4), 0.5)
+    x[:, 0, 0, 3] = torch.tensor([0.6, 0.3] * 4)
+    model = Counting(OneWayOut())
+    with row_budget(budget):
+        x_adv = fab_targeted(model, x, torch.zeros(8, dtype=torch.long), "linf", 0.1, n_target_classes=4, steps=10)
+    assert (x_adv - x).abs().amax() <= 0.1 + 1e-6
+    with torch.no_grad():
+        assert (model(x_adv).argmax(1) != 0).tolist() == [True, False] * 4
+    if budget == 64:  # all four targets in one run: a broken example's four rows leave together
+        sizes = model.sizes[1:-1]
+        assert sizes[0] == 32 and all((a - b) % 4 == 0 for a, b in zip(sizes, sizes[1:]))
 
 
 def test_square_does_not_query_a_candidate_equal_to_its_current_point(mlp, digits, monkeypatch):

@@ -10,6 +10,7 @@ import logging
 import torch
 
 from advbench.attacks.gradients import as_input, attack_mode, loss_and_grad
+from advbench.attacks.rows import rows_that_fit
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,10 @@ def _random_start(x: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
     return (x + 0.5 * eps * t / _norms(t, norm).clamp_min(1e-12).view(shape)).clamp(0, 1)
 
 
-def _fab_run(model, x0, y, target, norm, eps, steps, alpha_max, eta, beta, random_start):
-    """One FAB-T run; returns (closest adversarial points found, broken flags: found within eps)."""
+def _fab_run(model, x0, y, target, norm, eps, steps, alpha_max, eta, beta, random_start, groups=None):
+    """One FAB-T run; returns (closest adversarial points found, broken flags: found within eps). ``groups``,
+    where rows are copies of one example (target classes packed together), gives each row's example: a row that
+    breaks its example ends the others."""
     n, shape = len(x0), (-1,) + (1,) * (x0.dim() - 1)
     best = torch.full((n,), float("inf"), device=x0.device)
     x_best = x0.clone()
@@ -92,6 +95,8 @@ def _fab_run(model, x0, y, target, norm, eps, steps, alpha_max, eta, beta, rando
             # Back off towards the clean input from an adversarial point, to look for a closer one.
             x1 = torch.where(fooled.view(shape), xc + beta * (x1 - xc), x1)
             keep = best[live] > eps
+            if groups is not None and not keep.all():
+                keep = ~torch.isin(groups[live], groups[live[~keep]])
             if not keep.all():
                 live, x1, xc, yc, tc = live[keep], x1[keep], xc[keep], yc[keep], tc[keep]
             if live.numel() == 0:
@@ -101,7 +106,8 @@ def _fab_run(model, x0, y, target, norm, eps, steps, alpha_max, eta, beta, rando
 
 def fab_targeted(model, x, y, norm: str, eps: float, n_target_classes: int = 9, steps: int = 100, restarts: int = 1,
                  alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, bn_mode: str = "eval") -> torch.Tensor:
-    """FAB-T (Croce & Hein 2020), Linf or L2: targeted FAB towards each of the top wrong classes in turn."""
+    """FAB-T (Croce & Hein 2020), Linf or L2: targeted FAB towards each of the top wrong classes in turn (as many
+    side by side as the evaluation's batch holds)."""
     if norm not in ("linf", "l2"):
         raise ValueError(f"FAB-T: norm must be 'linf' or 'l2', not {norm!r}")
     with attack_mode(model, bn_mode):
@@ -112,13 +118,20 @@ def fab_targeted(model, x, y, norm: str, eps: float, n_target_classes: int = 9, 
         alive = (logits.argmax(1) == y).nonzero().squeeze(1)
         ranked = logits.sort(dim=1).indices  # ascending, as the reference: column -t is the t-th highest logit
         n_targets = min(n_target_classes, logits.shape[1] - 1)
-        for t in range(2, n_targets + 2):
-            for restart in range(restarts):
-                if alive.numel() == 0:
-                    return x_adv
-                found, broken = _fab_run(model, x[alive], y[alive], ranked[alive, -t], norm, eps, steps,
-                                         alpha_max, eta, beta, random_start=restart > 0)
-                x_adv[alive[broken]] = found[broken]
-                alive = alive[~broken]
-                log.debug("FAB-T %s target %d restart %d: %d of %d left", norm, t - 1, restart, alive.numel(), len(x))
+        for restart in range(restarts):
+            pending = list(range(2, n_targets + 2))
+            while pending and alive.numel():
+                # As many targets side by side as the evaluation's batch holds (see apgd.py); restart 0 starts
+                # at the clean input, so each row's run is the one it would be alone.
+                k = max(1, min(len(pending), rows_that_fit(len(x)) // alive.numel()))
+                group, pending = pending[:k], pending[k:]
+                rows = alive.repeat(k)
+                target = torch.cat([ranked[alive, -t] for t in group])
+                found, broken = _fab_run(model, x[rows], y[rows], target, norm, eps, steps, alpha_max, eta, beta,
+                                         random_start=restart > 0, groups=rows if k > 1 else None)
+                hit = broken.nonzero().squeeze(1)
+                x_adv[rows[hit]] = found[hit]
+                alive = alive[~broken.view(k, -1).any(0)]
+                log.debug("FAB-T %s targets %s restart %d: %d of %d left", norm, [t - 1 for t in group], restart,
+                          alive.numel(), len(x))
         return x_adv
