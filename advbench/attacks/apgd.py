@@ -7,7 +7,7 @@ cross-entropy or the DLR loss, untargeted or targeted (APGD-T: the DLR-targeted 
 import torch
 
 from advbench.attacks.gradients import as_input, attack_mode, loss_and_grad
-from advbench.attacks.rows import rows_that_fit
+from advbench.attacks.rows import next_targets
 
 
 def averaged(model, x, loss_fn, eot: int = 1):
@@ -95,17 +95,15 @@ def apgd(model, x, y, threat, task, steps: int = 100, loss: str = "ce", targeted
                 # As many target classes as fit in the evaluation's batch run side by side, one row per example
                 # and target: once examples drop out, a GPU's steps stay large (nine targets one after another
                 # would be 900 small steps). Rows are ordered target by target.
-                k = max(1, min(len(pending), rows_that_fit(len(x)) // remaining.numel()))
-                group, pending = pending[:k], pending[k:]
-                rows = remaining.repeat(k)
+                group, rows, pending = next_targets(pending, remaining, len(x))
                 # APGD-T: the targeted DLR loss towards the (t+2)-th ranked class, skipping the true one
                 target = torch.cat([ranked[remaining, t] for t in group]) if targeted else None
                 objective_for = lambda picked, target=target: task.objective(  # noqa: E731
                     loss, target=None if target is None else target[picked])
                 x_adv, fooled = apgd_run(model, x[rows], task.index(y, rows), threat, steps, task, objective_for,
-                                         eot=eot, groups=rows if k > 1 else None)
+                                         eot=eot, groups=rows if len(group) > 1 else None)
                 fooled_rows = fooled.nonzero().squeeze(1)
                 x_out[rows[-remaining.numel():]] = x_adv[-remaining.numel():]  # not fooled: the last target's
                 x_out[rows[fooled_rows]] = x_adv[fooled_rows]
-                remaining = remaining[~fooled.view(k, -1).any(0)]
+                remaining = remaining[~fooled.view(len(group), -1).any(0)]
         return x_out

@@ -10,7 +10,7 @@ import logging
 import torch
 
 from advbench.attacks.gradients import as_input, attack_mode, loss_and_grad
-from advbench.attacks.rows import rows_that_fit
+from advbench.attacks.rows import next_targets
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +123,13 @@ def fab_targeted(model, x, y, norm: str, eps: float, n_target_classes: int = 9, 
             while pending and alive.numel():
                 # As many targets side by side as the evaluation's batch holds (see apgd.py); restart 0 starts
                 # at the clean input, so each row's run is the one it would be alone.
-                k = max(1, min(len(pending), rows_that_fit(len(x)) // alive.numel()))
-                group, pending = pending[:k], pending[k:]
-                rows = alive.repeat(k)
+                group, rows, pending = next_targets(pending, alive, len(x))
                 target = torch.cat([ranked[alive, -t] for t in group])
                 found, broken = _fab_run(model, x[rows], y[rows], target, norm, eps, steps, alpha_max, eta, beta,
-                                         random_start=restart > 0, groups=rows if k > 1 else None)
+                                         random_start=restart > 0, groups=rows if len(group) > 1 else None)
                 hit = broken.nonzero().squeeze(1)
                 x_adv[rows[hit]] = found[hit]
-                alive = alive[~broken.view(k, -1).any(0)]
+                alive = alive[~broken.view(len(group), -1).any(0)]
                 log.debug("FAB-T %s targets %s restart %d: %d of %d left", norm, [t - 1 for t in group], restart,
                           alive.numel(), len(x))
         return x_adv

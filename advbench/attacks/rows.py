@@ -26,3 +26,11 @@ def rows_that_fit(given: int) -> int:
     is running (never fewer than ``given``), else ``given``."""
     budget = _ROWS.get()
     return given if budget is None else max(budget, given)
+
+
+def next_targets(pending: list, alive, given: int) -> tuple:
+    """The target classes to run side by side on the examples ``alive`` (as many as fit the rows of
+    ``rows_that_fit(given)``, at least one), their rows (``alive`` once per target, target by target) and the
+    targets left for later."""
+    k = max(1, min(len(pending), rows_that_fit(given) // alive.numel()))
+    return pending[:k], alive.repeat(k), pending[k:]
