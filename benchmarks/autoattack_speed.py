@@ -20,7 +20,7 @@ import torch
 from timing import timed  # benchmarks/timing.py
 
 from advbench.api import preset
-from advbench.attacks.reference import reference_autoattack
+from advbench.attacks.reference import reference_autoattack, run_reference
 from advbench.data import load_data
 from advbench.data.loaders import to_unit
 from advbench.eps import parse_eps
@@ -44,11 +44,8 @@ def cpu_timed(fn, device):
 def reference_as_published(model, x, y, eps):
     """The reference as its README runs it: ``model.eval()``, the model's parameters as trained (so its FAB-T's
     ``backward()`` also fills their gradients), no advbench code around it."""
-    from pyautoattack import AutoAttack
     model.eval()
-    adversary = AutoAttack(model, eps=eps, norm="Linf", version="standard", seed=0, device=x.device)
-    adversary.verbose = False
-    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=len(x))
+    x_adv = run_reference(model, x, y, "linf", eps)
     model.zero_grad(set_to_none=True)
     return x_adv
 

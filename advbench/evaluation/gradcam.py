@@ -3,8 +3,8 @@ feature maps, averaged over space into one weight per channel, ReLU(sum_k w_k A_
 
 The layer is a module name as ``model.named_modules()`` gives it; by default the one a model names in its
 ``saliency_layer`` attribute, else the last ``nn.Conv2d`` run whose output is spatial, is not a head's (it
-reaches the loss through another module) and feeds every loss term: the last convolution before the heads. The model is left exactly as
-it was: hooks removed, modes restored, no parameter gradient.
+reaches the loss through another module) and feeds every loss term: the last convolution before the heads. The
+model is left exactly as it was: hooks removed, modes restored, no parameter gradient.
 """
 import logging
 

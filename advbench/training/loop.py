@@ -14,8 +14,8 @@ from advbench.errors import RunFailed
 from advbench.runtime.amp import autocast
 from advbench.runtime.distributed import bare
 from advbench.training.mode import Batch
-from advbench.training.totals import FiniteWatch, Totals
 from advbench.training.schedules import eps_factor
+from advbench.training.totals import FiniteWatch, Totals
 
 REFRESH = 20  # steps between progress-bar refreshes (each reads the running numbers: a host sync)
 
