@@ -6,8 +6,8 @@ The reference runs as its README runs it (``model.eval()``, nothing of advbench 
 also times it inside advbench's ``attack_mode``, which hands it two of advbench's savings (no parameter gradients,
 the faster one-channel input gradient).
 Printed: each side's wall and CPU seconds and robust accuracy (advbench's at each evaluation batch size asked for:
-a number, or ``auto``, the largest that fits on CUDA), the reference-to-advbench time ratio, and the per-example
-disagreements: examples advbench calls robust that the reference breaks, and the reverse. The model is a
+a number, or ``auto``: the largest that fits on CUDA, cache-sized blocks on the CPU), the reference's at each of
+its batch sizes, the reference-to-advbench time ratios, and the per-example disagreements: examples advbench calls robust that the reference breaks, and the reverse. The model is a
 checkpoint of an advbench run, e.g. the default experiment's:
 
     advbench hydra.run.dir=outputs/default && python benchmarks/autoattack_speed.py outputs/default
@@ -71,7 +71,9 @@ def main():
                         "the CPU, all on CUDA)")
     parser.add_argument("--eps", default=None, help="default: the checkpoint's eps")
     parser.add_argument("--batch-sizes", default=None, help="advbench's eval.batch_size values, comma-separated "
-                        "(default: 500 on the CPU, 500,auto on CUDA)")
+                        "(default: auto on the CPU, 500,auto on CUDA)")
+    parser.add_argument("--reference-batches", default=None, help="the reference's batch sizes, comma-separated "
+                        "(default: 500 on the CPU, all examples at once on CUDA); the first is compared per example")
     parser.add_argument("--preset", default="autoattack", help="advbench's evaluation preset (autoattack_fast: "
                         "APGD-CE and APGD-T only, to measure batch sizes quickly)")
     parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"], help="advbench's compile "
@@ -101,7 +103,7 @@ def main():
              machine, torch.__version__, "compiled" if compiled else "eager")
 
     rows, ours = [], []
-    sizes = (args.batch_sizes or ("500,auto" if device.type == "cuda" else "500")).split(",")
+    sizes = (args.batch_sizes or ("500,auto" if device.type == "cuda" else "auto")).split(",")
     for size in sizes:
         batch = auto_batch_size(model, data.shape, device) if size == "auto" else int(size)
         torch.manual_seed(0)
@@ -112,25 +114,29 @@ def main():
         ours.append(robust)
         rows.append((f"advbench eval={args.preset} (batch {batch})", wall, cpu, robust.float().mean().item()))
     if not args.no_reference:
-        chunk = 500 if device.type == "cpu" else len(y)  # the reference batches on its own
-        for frozen in (False, True) if args.reference_frozen else (False,):
+        chunks = [int(c) for c in (args.reference_batches or ("500" if device.type == "cpu" else str(len(y))))
+                  .split(",")]
+        runs = [(c, False) for c in chunks] + ([(chunks[0], True)] if args.reference_frozen else [])
+        for chunk, frozen in runs:
             flags, wall, cpu = cpu_timed(lambda: reference_flags(model, task, x, y, eps, chunk, frozen), device)
-            name = "reference, in advbench's attack_mode" if frozen else "reference AutoAttack (pyautoattack)"
+            name = f"reference, in advbench's attack_mode (batch {chunk})" if frozen else (
+                f"reference AutoAttack, pyautoattack (batch {chunk})")
             rows.append((name, wall, cpu, flags.float().mean().item()))
-            if not frozen:
+            if len(rows) == len(ours) + 1:
                 reference = flags
 
-    log.info("%-44s %10s %10s %12s", "", "wall s", "CPU s", "robust acc")
+    log.info("%-52s %10s %10s %12s", "", "wall s", "CPU s", "robust acc")
     for name, wall, cpu, acc in rows:
-        log.info("%-44s %10.1f %10.1f %12.4f", name, wall, cpu, acc)
+        log.info("%-52s %10.1f %10.1f %12.4f", name, wall, cpu, acc)
     if args.no_reference:
         return
-    published = rows[len(ours)]
     for (name, wall, cpu, _), robust in zip(rows, ours):
-        log.info("%s: reference / advbench time %.2fx (wall), %.2fx (CPU); robust here, broken by the reference: "
-                 "%d; broken here, robust for the reference: %d (of %d)", name, published[1] / wall,
-                 published[2] / cpu, int((robust & ~reference).sum()), int((~robust & reference).sum()), len(y))
-
+        for ref_name, ref_wall, ref_cpu, _ in rows[len(ours):len(ours) + len(chunks)]:
+            log.info("%s: %s / advbench time %.2fx (wall), %.2fx (CPU)", name, ref_name, ref_wall / wall,
+                     ref_cpu / cpu)
+        log.info("%s: robust here, broken by the reference (batch %d): %d; broken here, robust for the reference: "
+                 "%d (of %d)", name, chunks[0], int((robust & ~reference).sum()), int((~robust & reference).sum()),
+                 len(y))
 
 if __name__ == "__main__":
     main()

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import advbench
-from advbench.evaluation.batch import auto_batch_size
+from advbench.evaluation.batch import auto_batch_size, largest_output_bytes
+from advbench.models.image import mlp, small_cnn
 
 
 def test_standard_autoattack_is_no_weaker_than_the_reference(trained_mlp, digits):
@@ -18,8 +19,23 @@ def test_standard_autoattack_is_no_weaker_than_the_reference(trained_mlp, digits
     assert ours["robust_acc"] <= reference["robust_acc"] + 0.005
 
 
-def test_eval_batch_size_auto_is_500_on_the_cpu_and_probes_cuda_memory():
-    assert auto_batch_size(torch.nn.Linear(4, 2), (4,), "cpu") == 500
+def test_eval_batch_size_auto_on_the_cpu_keeps_the_largest_layer_output_cache_sized():
+    cnn = small_cnn((1, 28, 28), 10, (0.5,), (0.5,)).train()
+    rng = torch.get_rng_state()
+    assert largest_output_bytes(cnn, (1, 28, 28)) == 16 * 28 * 28 * 4  # the first conv's output, per example
+    assert auto_batch_size(cnn, (1, 28, 28), "cpu") == 64  # 64 * 50 KB is the largest power of two in 4 MiB
+    assert cnn.training and all(p.grad is None for p in cnn.parameters())  # the probe left the model as it was
+    assert torch.equal(torch.get_rng_state(), rng)  # and the global random stream
+    wide = torch.nn.Sequential(torch.nn.Conv2d(3, 256, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(256, 2))
+    assert auto_batch_size(wide, (3, 32, 32), "cpu") == 32  # 1 MB per example: never below 32
+    assert auto_batch_size(mlp((1, 8, 8), 10, (0.5,), (0.5,)), (1, 8, 8), "cpu") == 500  # small: the usual 500
+    assert auto_batch_size(torch.nn.Linear(4, 2), (4,), "cpu") == 500  # no image: nothing to probe
+    assert auto_batch_size(cnn, (3, 28, 28), "cpu") == 500  # a probe the model refuses: the usual 500
+    assert not any(m._forward_hooks for m in cnn.modules())  # and no hook left behind
+
+
+def test_eval_batch_size_auto_probes_cuda_memory():
     largest = 3000  # a fake device memory: batches up to this fit
     seen = []
 
