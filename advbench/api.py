@@ -7,6 +7,7 @@
     advbench.evaluate(model, test_loader, "autoattack", eps="8/255")   # standard AutoAttack, with sanity checks
     advbench.evaluate(text_model, loader, "pgd20", eps=0.5, task="text")  # token ids: attacks on the embeddings
 """
+import math
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from omegaconf import OmegaConf
 from advbench.attacks.spec import Attack, build_attack
 from advbench.config import AttackConf, SanityConf
 from advbench.errors import AdvbenchError
+from advbench.evaluation.batch import auto_batch_size
 from advbench.evaluation.evaluator import Evaluator
 from advbench.tasks import default_task, task_class
 
@@ -58,7 +60,8 @@ def evaluate(model, loader, attacks="autoattack", eps="8/255", device=None, amp:
     per-example worst case), ``robust_acc_by_attack`` (cumulative under the cascade), ``n_examples``, ``flags``
     (per-example booleans: clean, each attack, worst case) and, with ``sanity``, the sanity checks of a CLI
     evaluation. Works inside ``torch.no_grad()`` and ``torch.inference_mode()``, on a model in train mode; modes,
-    buffers and gradients are left as they were.
+    buffers and gradients are left as they were. On the CPU a loader's batch is attacked in cache-sized blocks
+    (``eval.batch_size=auto``'s, evaluation/batch.py).
 
     ``task`` ("classification" or "text"; None: the task the given Attack objects were built for, else
     classification): with "text" the batches hold token ids, the attacks move the embeddings (a preset is built
@@ -74,12 +77,15 @@ def evaluate(model, loader, attacks="autoattack", eps="8/255", device=None, amp:
     task = _evaluated_task(task, attacks)
     attacks = preset(attacks, eps, task) if isinstance(attacks, str) else attacks
     _check_attacks(attacks, task)
-    flags, seen = [], []
+    flags, seen, block = [], [], None
     for batch in loader:
         x, y = _unpack(batch)
         _check_inputs(x, task)
         x, y = x.to(device), y.to(device)
-        flags.append(Evaluator(task, device, amp, len(y), cascade).local_flags(model, x, y, attacks, cascade).flags)
+        if block is None:  # on the CPU a loader's batch is attacked in cache-sized blocks (evaluation/batch.py)
+            block = auto_batch_size(model, tuple(x.shape[1:]), device) if device.type == "cpu" else math.inf
+        flags.append(Evaluator(task, device, amp, min(len(y), block), cascade).local_flags(model, x, y, attacks,
+                                                                                            cascade).flags)
         if sanity and sum(len(b) for b, _ in seen) < 200:
             seen.append((x, y))
     if not flags:

@@ -80,3 +80,20 @@ def test_evaluate_takes_presets_normalization_dict_batches_and_checks_the_range(
         advbench.evaluate(trained_mlp, [(x, y)], "nope")
     with pytest.raises(AdvbenchError, match="a batch dict needs an image key"):
         advbench.evaluate(trained_mlp, [{"pixels": x, "label": y}], "pgd20")
+
+
+def test_evaluate_attacks_a_large_loader_batch_in_cache_sized_blocks_on_the_cpu():
+    # small_cnn's first layer outputs 50 KB per 28x28 image: auto picks blocks of 64 on the CPU
+    # (evaluation/batch.py); the loader's batch of 150 is attacked 64, 64 and 22 rows at a time.
+    from advbench.models.image import small_cnn
+    from aa_fixtures import Counting
+    model = Counting(small_cnn((1, 28, 28), 10, (0.5,), (0.5,)))
+    x, y = torch.rand(150, 1, 28, 28), torch.randint(0, 10, (150,))
+    with torch.no_grad():
+        y = model.model(x).argmax(1)  # every example clean-correct, so every one is attacked
+    model.sizes.clear()
+    torch.manual_seed(0)
+    result = advbench.evaluate(model, [(x, y)], {"fgsm": advbench.attack("fgsm", eps=0.0)}, sanity=False)
+    assert result["n_examples"] == 150 and result["clean_acc"] == 1.0
+    # the probe's two inputs; the clean pass; per block, FGSM's gradient pass and the pass that judges it
+    assert model.sizes == [2, 64, 64, 22, 64, 64, 64, 64, 22, 22]
