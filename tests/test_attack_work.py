@@ -4,6 +4,7 @@ its current point, and a one-channel convolution's input gradient takes the fast
 # ruff: noqa: F811  (the fixtures imported from aa_fixtures are parameters of the tests)
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import advbench.attacks.square as square_module
 from advbench.attacks.apgd import apgd
@@ -11,6 +12,7 @@ from advbench.attacks.fab import fab_targeted
 from advbench.attacks.gradients import attack_mode
 from advbench.attacks.rows import row_budget
 from advbench.attacks.grayscale_conv import fast_input_grad
+from advbench.attacks.pool_first import pairs
 from advbench.attacks.square import square
 from advbench.attacks.threats import LinfThreat
 from advbench.tasks.classification import Classification
@@ -217,3 +219,58 @@ def test_attack_mode_uses_the_fast_route_and_restores_the_model():
     assert routes == ["ConvolutionBackward0", "_OneChannelConvBackward"]
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert "forward" not in model[0].__dict__ and all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
+class ReluShapes(TorchDispatchMode):
+    """Records the shape of every ReLU the forward and backward passes run (forward: relu; backward: its mask)."""
+
+    def __init__(self):
+        super().__init__()
+        self.forward, self.backward = [], []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket is torch.ops.aten.relu:
+            self.forward.append(tuple(args[0].shape))
+        if func.overloadpacket is torch.ops.aten.threshold_backward:
+            self.backward.append(tuple(args[0].shape))
+        return func(*args, **(kwargs or {}))
+
+
+def _output_and_input_grad(model, x, upstream):
+    xg = x.clone().requires_grad_(True)
+    out = model(xg)
+    return out.detach(), torch.autograd.grad(out, xg, upstream)[0]
+
+
+def test_a_relu_before_max_pooling_runs_after_it_with_the_same_values_and_gradients():
+    # Ties and signs by construction: windows all negative, all zero, a positive maximum tied, a maximum at 0.
+    x = torch.tensor([[-3., -1., 0., 0., 2., 2., 0., -1.],
+                      [-2., -5., 0., 0., 1., 2., -4., -2.]]).view(1, 1, 2, 8).repeat(2, 3, 1, 1)
+    x = torch.cat((x, torch.randn(2, 3, 2, 8)))  # and random windows
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.ReLU(), torch.nn.MaxPool2d(2))
+    with torch.no_grad():  # the conv passes x through unchanged, so the ties reach the ReLU and the pooling
+        model[0].weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+        model[0].bias.zero_()
+    model.requires_grad_(False)
+    upstream = torch.randn(4, 3, 1, 4)
+    expected = _output_and_input_grad(model, x, upstream)
+    assert expected[1].abs().sum() > 0
+    with attack_mode(model), ReluShapes() as shapes:
+        assert "forward" in model[1].__dict__ and "forward" in model[2].__dict__
+        reordered = _output_and_input_grad(model, x, upstream)
+    assert torch.equal(reordered[0], expected[0]) and torch.equal(reordered[1], expected[1])  # exactly
+    assert shapes.forward == [(4, 3, 1, 4)] and shapes.backward == [(4, 3, 1, 4)]  # on the pooled quarter
+    assert "forward" not in model[1].__dict__ and "forward" not in model[2].__dict__  # their own forwards again
+
+
+def test_pooling_first_only_where_the_order_cannot_be_seen():
+    relu, pool, shared = torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.ReLU()
+    inner = torch.nn.Sequential(shared, torch.nn.MaxPool2d(2))
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), relu, pool, inner, shared, torch.nn.MaxPool2d(2))
+    assert pairs(model) == [(relu, pool)]  # `shared` is used twice: its output may be read where no pool follows
+    seen = []
+    relu.register_forward_hook(lambda module, inputs, out: seen.append(float(out.min())))
+    with attack_mode(model), ReluShapes() as shapes:
+        model[:3](torch.randn(2, 1, 12, 12))
+    assert seen == [0.0]  # a hooked ReLU runs where it stands, and its hook sees its usual (non-negative) output
+    assert shapes.forward == [(2, 2, 10, 10)]

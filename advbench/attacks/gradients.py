@@ -7,6 +7,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from advbench.attacks.grayscale_conv import fast_input_grad
+from advbench.attacks.pool_first import pool_first
 from advbench.errors import AdvbenchError
 
 # fp16 gradients of confident examples underflow; scaling the loss (and unscaling the gradient) keeps them.
@@ -96,7 +97,8 @@ def attack_mode(model: torch.nn.Module, bn_mode: str = "eval"):
     """
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
-    with preserved_modes(model), torch.inference_mode(False), normal_caches(model), fast_input_grad(model):
+    with (preserved_modes(model), torch.inference_mode(False), normal_caches(model), fast_input_grad(model),
+          pool_first(model)):
         # Saved after the swap: the statistics restored are the ones the forwards update (copies, if swapped).
         buffers = [b.detach().clone() for b in model.buffers()] if bn_mode == "train" else None
         model.train(bn_mode == "train")
