@@ -2,8 +2,9 @@
 on the CPU, for three of advbench's models (a benchmark, not a test): what ``eval.batch_size=auto`` rests on there.
 
 A big batch is slower per example on the CPU once its layer outputs run to tens of MB: glibc returns buffers that
-large to the OS when they are freed, so every pass faults their pages in again (it shows as system time). ``auto`` takes the largest batch whose
-largest layer output fits in 4 MiB (``advbench/evaluation/batch.py``); this prints the curve and marks its pick.
+large to the OS when they are freed, so every pass faults their pages in again (it shows as system time).
+``auto`` takes the largest batch whose largest layer output fits in 4 MiB (``advbench/evaluation/batch.py``);
+this prints the curve and marks its pick.
 
     python benchmarks/cpu_batch.py --threads 1
 """

@@ -1,10 +1,10 @@
 """``eval.batch_size: auto``: on CUDA the largest batch an attack step fits in memory (probed once per model and
-input shape); on the CPU the largest whose biggest layer output stays cache-sized.
+input shape); on the CPU the largest whose biggest layer output stays a few MB.
 
 On the CPU a big batch is slower per example, not faster: glibc returns a freed buffer of tens of MB (a layer's
-output at batch 500) to the OS, so every pass faults its pages in again, and it misses the cache. small_cnn on Fashion-MNIST
-(50 KB per example in its first layer) runs an attack step 1.35x and a forward pass 1.7x faster in blocks of 64
-than of 500, with the same gradients; ``benchmarks/cpu_batch.py`` measures the curve.
+output at batch 500) to the OS, so every pass faults its pages in again. small_cnn on Fashion-MNIST (50 KB per
+example in its first layer) runs an attack step 1.35x and a forward pass 1.7x faster in blocks of 64 than of 500,
+with the same gradients; ``benchmarks/cpu_batch.py`` measures the curve.
 """
 import logging
 import math
@@ -15,8 +15,9 @@ from advbench.attacks.gradients import attack_mode
 
 log = logging.getLogger(__name__)
 CPU_BATCH, FIRST, LARGEST = 500, 256, 32768
-CPU_SMALLEST, CPU_BLOCK_BYTES = 32, 4 * 2**20  # the block: about the L2 of this project's 2-core CPU
+CPU_SMALLEST, CPU_BLOCK_BYTES = 32, 4 * 2**20  # measured: within 3% of the fastest batch (benchmarks.md)
 _probed: dict = {}
+
 
 def fits(model, shape: tuple, batch: int, device) -> bool:
     """Whether a forward and input-gradient pass of ``batch`` inputs of ``shape`` fits in the device's memory."""
@@ -47,7 +48,8 @@ def largest_output_bytes(model, shape: tuple) -> int:
             if next(module.children(), None) is None:  # a leaf: its output is one layer's
                 hooks.append(module.register_forward_hook(record))
         with attack_mode(model), torch.no_grad():
-            model(torch.rand(2, *shape, generator=torch.Generator().manual_seed(0)).to(device))  # global RNG untouched
+            # A generator of its own: the global random stream (the attacks' starts) stays untouched.
+            model(torch.rand(2, *shape, generator=torch.Generator().manual_seed(0)).to(device))
     finally:
         for hook in hooks:
             hook.remove()
