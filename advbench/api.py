@@ -60,7 +60,7 @@ def evaluate(model, loader, attacks="autoattack", eps="8/255", device=None, amp:
     per-example worst case), ``robust_acc_by_attack`` (cumulative under the cascade), ``n_examples``, ``flags``
     (per-example booleans: clean, each attack, worst case) and, with ``sanity``, the sanity checks of a CLI
     evaluation. Works inside ``torch.no_grad()`` and ``torch.inference_mode()``, on a model in train mode; modes,
-    buffers and gradients are left as they were. On the CPU a loader's batch is attacked in cache-sized blocks
+    buffers and gradients are left as they were. On the CPU a loader's batch is attacked in small blocks
     (``eval.batch_size=auto``'s, evaluation/batch.py).
 
     ``task`` ("classification" or "text"; None: the task the given Attack objects were built for, else
@@ -82,7 +82,7 @@ def evaluate(model, loader, attacks="autoattack", eps="8/255", device=None, amp:
         x, y = _unpack(batch)
         _check_inputs(x, task)
         x, y = x.to(device), y.to(device)
-        if block is None:  # on the CPU a loader's batch is attacked in cache-sized blocks (evaluation/batch.py)
+        if block is None:  # on the CPU a loader's batch is attacked in small blocks (evaluation/batch.py)
             block = auto_batch_size(model, tuple(x.shape[1:]), device) if device.type == "cpu" else math.inf
         flags.append(Evaluator(task, device, amp, min(len(y), block), cascade).local_flags(model, x, y, attacks,
                                                                                             cascade).flags)

@@ -6,7 +6,7 @@ The reference runs as its README runs it (``model.eval()``, nothing of advbench 
 also times it inside advbench's ``attack_mode``, which hands it two of advbench's savings (no parameter gradients,
 the faster one-channel input gradient).
 Printed: each side's wall and CPU seconds and robust accuracy (advbench's at each evaluation batch size asked for:
-a number, or ``auto``: the largest that fits on CUDA, cache-sized blocks on the CPU), the reference's at each of
+a number, or ``auto``: the largest that fits on CUDA, blocks of a few MB on the CPU), the reference's at each of
 its batch sizes, the reference-to-advbench time ratios, and the per-example disagreements: examples advbench
 calls robust that the reference breaks, and the reverse. The model is a checkpoint of an advbench run, e.g. the
 default experiment's:
