@@ -83,5 +83,6 @@ def main():
             log.info("%-32s %-8s %s", name, what, "  ".join(cells))
     log.info("* eval.batch_size=auto's pick")
 
+
 if __name__ == "__main__":
     main()

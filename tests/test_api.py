@@ -82,7 +82,7 @@ def test_evaluate_takes_presets_normalization_dict_batches_and_checks_the_range(
         advbench.evaluate(trained_mlp, [{"pixels": x, "label": y}], "pgd20")
 
 
-def test_evaluate_attacks_a_large_loader_batch_in_cache_sized_blocks_on_the_cpu():
+def test_evaluate_attacks_a_large_loader_batch_in_small_blocks_on_the_cpu():
     # small_cnn's first layer outputs 50 KB per 28x28 image: auto picks blocks of 64 on the CPU
     # (evaluation/batch.py); the loader's batch of 150 is attacked 64, 64 and 22 rows at a time.
     from advbench.models.image import small_cnn

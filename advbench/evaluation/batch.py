@@ -70,20 +70,25 @@ def auto_batch_size(model, shape: tuple, device, fits=fits) -> int:
     step fits, up to 32768 (128 where 256 does not fit); on the CPU ``cpu_batch_size``; 500 for models a plain
     probe cannot drive (token ids, detectors' structured outputs)."""
     device = torch.device(device)
-    key = (id(model), tuple(shape), str(device))
     if len(shape) != 3:
         return CPU_BATCH
-    if key not in _probed or device.type != "cuda":  # the CPU probe is one small forward pass: never cached
-        try:
-            if device.type != "cuda":
-                _probed[key] = cpu_batch_size(model, shape)
-            else:
-                batch = FIRST
-                while batch * 2 <= LARGEST and fits(model, shape, batch * 2, device):
-                    batch *= 2
-                _probed[key] = batch if fits(model, shape, batch, device) else FIRST // 2
-        except (TypeError, AttributeError, RuntimeError) as err:  # outputs that are not one tensor
-            log.info("eval.batch_size=auto: cannot probe this model (%s); using %d", type(err).__name__, CPU_BATCH)
-            _probed[key] = CPU_BATCH
-        log.info("eval.batch_size=auto: %d on %s for inputs %s", _probed[key], device, tuple(shape))
-    return _probed[key]
+    cuda, key = device.type == "cuda", (id(model), tuple(shape), str(device))
+    if cuda and key in _probed:  # the CPU probe is one small forward pass: never cached
+        return _probed[key]
+    try:
+        batch = _largest_that_fits(model, shape, device, fits) if cuda else cpu_batch_size(model, shape)
+    except (TypeError, AttributeError, RuntimeError) as err:  # outputs that are not one tensor
+        log.info("eval.batch_size=auto: cannot probe this model (%s); using %d", type(err).__name__, CPU_BATCH)
+        batch = CPU_BATCH
+    log.info("eval.batch_size=auto: %d on %s for inputs %s", batch, device, tuple(shape))
+    if cuda:
+        _probed[key] = batch
+    return batch
+
+
+def _largest_that_fits(model, shape: tuple, device, fits) -> int:
+    """Doubling from 256 while a batch fits, up to 32768; 128 where 256 does not fit."""
+    batch = FIRST
+    while batch * 2 <= LARGEST and fits(model, shape, batch * 2, device):
+        batch *= 2
+    return batch if fits(model, shape, batch, device) else FIRST // 2
