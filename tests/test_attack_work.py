@@ -155,16 +155,17 @@ def test_square_does_not_query_a_candidate_equal_to_its_current_point(mlp, digit
     real = square_module._linf_candidate
     model = Counting(mlp)
     # Candidates that change only every other live example: the rest cannot lower the margin.
-    def half_moved(xa, x_best, eps, p, draws):
-        new = real(xa, x_best, eps, p, draws)
-        new[1::2] = x_best[1::2]
-        return new
+    def half_moved(xa, x_best, alive, eps, p, draws):
+        top, left, new = real(xa, x_best, alive, eps, p, draws)
+        new[1::2] = x_best[alive[1::2], :, top:top + new.shape[2], left:left + new.shape[3]]
+        return top, left, new
     monkeypatch.setattr(square_module, "_linf_candidate", half_moved)
     square(model, x, y, "linf", 0.1, n_queries=30, generator=torch.Generator().manual_seed(0))
     search = model.sizes[2:-1]  # after the clean check and the start; before the final check
     assert len(search) == 30 and all(0 < s <= 16 for s in search)
     model.sizes.clear()
-    monkeypatch.setattr(square_module, "_linf_candidate", lambda xa, x_best, eps, p, draws: x_best.clone())
+    monkeypatch.setattr(square_module, "_linf_candidate",
+                        lambda xa, x_best, alive, eps, p, draws: (0, 0, x_best[alive, :, :2, :2]))
     square(model, x, y, "linf", 0.1, n_queries=30, generator=torch.Generator().manual_seed(0))
     assert len(model.sizes) == 3  # the clean check, the start, the final check: no candidate was queried
 

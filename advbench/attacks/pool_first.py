@@ -16,7 +16,8 @@ from torch import nn
 from torch.nn.modules import module as _module
 
 
-def _hooked(*modules) -> bool:
+def hooked(*modules) -> bool:
+    """Whether a forward or backward hook, global or on one of ``modules``, would see the module's work."""
     global_hooks = (_module._global_forward_hooks, _module._global_forward_pre_hooks,
                     _module._global_backward_hooks, _module._global_backward_pre_hooks)
     return any(global_hooks) or any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
@@ -25,7 +26,7 @@ def _hooked(*modules) -> bool:
 
 def _reordered(relu, pool) -> bool:
     # Decided at each call, the same way for both modules: a hook added inside the attack sees the usual order.
-    return not (_hooked(relu, pool) or torch.compiler.is_compiling())
+    return not (hooked(relu, pool) or torch.compiler.is_compiling())
 
 
 def _relu_forward(relu, pool, x):

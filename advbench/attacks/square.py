@@ -14,6 +14,7 @@ import torch
 
 from advbench.attacks.gradients import as_input, attack_mode
 from advbench.attacks.threats import LinfThreat
+from advbench.attacks.windowed import Windowed
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +80,15 @@ def _linf_init(x, eps, draws):
     return (x + eps * draws.sign(x.shape[0], x.shape[1], 1, x.shape[3])).clamp(0, 1)
 
 
-def _linf_candidate(x, x_best, eps, p, draws):
+def _linf_candidate(x, x_best, alive, eps, p, draws):
+    """The window's (top, left) and its new contents for the ``alive`` rows: the rest of each image stays."""
     c, h, w = x.shape[1:]
     s = min(max(int(round(math.sqrt(p * h * w))), 1), h, w)
     vh, vw = draws.position(h - s), draws.position(w - s)
     window = (slice(None), slice(None), slice(vh, vh + s), slice(vw, vw + s))
-    x_new = x_best.clone()
     # Only the window changes, and the rest is in the ball already, so only the window needs projecting.
-    x_new[window] = LinfThreat(eps, 0.0).project(x_best[window] + 2 * eps * draws.sign(c, 1, 1), x[window])
-    return x_new
+    current = x_best[window].index_select(0, alive)
+    return vh, vw, LinfThreat(eps, 0.0).project(current + 2 * eps * draws.sign(c, 1, 1), x[window][alive])
 
 
 def _l2_init(x, eps, draws):
@@ -103,7 +104,9 @@ def _l2_init(x, eps, draws):
     return (x + _unit_l2(delta) * eps).clamp(0, 1)
 
 
-def _l2_candidate(x, x_best, eps, p, draws):
+def _l2_candidate(x, x_best, alive, eps, p, draws):
+    """The whole image changes (its delta is rescaled to the eps sphere): the window is the image."""
+    x, x_best = x[alive], x_best[alive]
     n, c, h, w = x.shape
     s = max(int(round(math.sqrt(p * h * w))), 3)
     s = min(s + 1 - s % 2, h, w)  # odd, so the pattern has a centre
@@ -121,30 +124,40 @@ def _l2_candidate(x, x_best, eps, p, draws):
     new = new / (1e-12 + new.pow(2).sum((-2, -1), keepdim=True).sqrt()) * budget.sqrt()
     delta[win2] = 0.0
     delta[win] = new
-    return (x + _unit_l2(delta) * eps).clamp(0, 1)
+    return 0, 0, (x + _unit_l2(delta) * eps).clamp(0, 1)
 
 
 def _square_run(model, x, y, norm, eps, n_queries, p_init, rescale, draws):
     """One Square run; returns (best points, margins at them)."""
     init, candidate = (_linf_init, _linf_candidate) if norm == "linf" else (_l2_init, _l2_candidate)
+    # A Linf candidate changes one window: where the network allows, only what the window reaches is recomputed.
+    windowed = Windowed.of(model) if norm == "linf" else None
     x_best = init(x, eps, draws)
-    margin = _margin(model(x_best), y)
+    margin = _margin((windowed.start if windowed else model)(x_best), y)
     for it in range(n_queries):
         alive = (margin > 0).nonzero().squeeze(1)
         if alive.numel() == 0:
             break
-        x_old = x_best[alive]
-        x_new = candidate(x[alive], x_old, eps, p_selection(p_init, it, n_queries, rescale), draws)
+        top, left, new = candidate(x, x_best, alive, eps, p_selection(p_init, it, n_queries, rescale), draws)
+        window = x_best[..., top:top + new.shape[2], left:left + new.shape[3]]  # a view: updates land in x_best
         # A candidate equal to the current point (its window already at the drawn vertex, or clipped back to it)
         # cannot lower the margin: it is not queried (the reference queries it; 20% of queries, Fashion-MNIST).
-        moved = (x_new != x_old).flatten(1).any(1)
-        if not moved.all():
-            alive, x_new = alive[moved], x_new[moved]
-            if alive.numel() == 0:
-                continue
-        new_margin = _margin(model(x_new), y[alive])
-        better = new_margin < margin[alive]
-        x_best[alive[better]], margin[alive[better]] = x_new[better], new_margin[better]
+        moved = (new != window[alive]).flatten(1).any(1)
+        rows, new = alive[moved], new[moved]
+        if rows.numel() == 0:
+            continue
+        if windowed:
+            logits = windowed.query(rows, top, left, new)
+        else:
+            x_new = x_best[rows]
+            x_new[..., top:top + new.shape[2], left:left + new.shape[3]] = new
+            logits = model(x_new)
+        new_margin = _margin(logits, y[rows])
+        better = new_margin < margin[rows]
+        window.index_copy_(0, rows[better], new[better])
+        margin[rows[better]] = new_margin[better]
+        if windowed:
+            windowed.accept(better)
     return x_best, margin
 
 
