@@ -1,0 +1,71 @@
+"""Square (Linf) with windowed queries against whole forward passes, side by side on one model and the same
+examples (a benchmark, not a test): the time of each and whether they find the same points.
+
+``advbench/attacks/windowed.py`` recomputes only what a query's window reaches; ``--whole`` runs are Square with
+that turned off. Both draw the same random numbers, so on the same examples they should search alike, up to a
+candidate whose margin moves by float rounding alone.
+
+    python benchmarks/square_windowed.py <run dir> [--n-examples 64] [--queries 5000] [--repeats 2]
+"""
+import argparse
+import contextlib
+import logging
+from unittest import mock
+
+import torch
+from timing import timed  # benchmarks/timing.py
+
+import advbench.attacks.square as square_module
+from advbench.data import load_data
+from advbench.data.loaders import to_unit
+from advbench.eps import parse_eps
+from advbench.runtime.checkpoint import load_model, load_stored
+
+log = logging.getLogger("benchmark")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="an advbench run directory or model.pt")
+    parser.add_argument("--n-examples", type=int, default=64, help="first n test examples, one batch (default 64: "
+                        "eval.batch_size=auto's pick for small_cnn on the CPU)")
+    parser.add_argument("--queries", type=int, default=5000, help="Square's queries (default 5000, as AutoAttack)")
+    parser.add_argument("--eps", default=None, help="default: the checkpoint's eps")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each, alternating (default 2)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    cpu = torch.device("cpu")
+
+    cfg, _ = load_stored(args.checkpoint)  # a stored config is data: checked before anything is built from it
+    data = load_data(cfg.dataset)
+    model = load_model(args.checkpoint, device=cpu, data=data).to(memory_format=torch.channels_last).eval()
+    x, y = to_unit(data.test[0][:args.n_examples]), data.test[1][:args.n_examples]
+    eps = parse_eps(args.eps or str(cfg.eps))
+    log.info("%s, %d test examples, Linf eps=%s, %d queries, CPU, %d thread(s), torch %s", cfg.model._target_,
+             len(y), args.eps or cfg.eps, args.queries, args.threads, torch.__version__)
+
+    def run():
+        return square_module.square(model, x, y, "linf", eps, n_queries=args.queries,
+                                    generator=torch.Generator().manual_seed(0))
+
+    times, found = {"windowed": [], "whole": []}, {}
+    for _ in range(args.repeats):
+        for mode in times:
+            whole = mock.patch.object(square_module.Windowed, "of", classmethod(lambda cls, model: None))
+            with whole if mode == "whole" else contextlib.nullcontext():
+                found[mode], seconds = timed(run, cpu)
+            times[mode].append(seconds)
+    with torch.no_grad():
+        robust = {mode: (model(adv).argmax(1) == y).float().mean().item() for mode, adv in found.items()}
+    for mode in times:
+        log.info("%-9s %s s (fastest %.2f s), robust accuracy %.2f%%", mode,
+                 ", ".join(f"{t:.2f}" for t in times[mode]), min(times[mode]), 100 * robust[mode])
+    differ = (found["windowed"] != found["whole"]).flatten(1).any(1)
+    log.info("whole / windowed time (fastest of each): %.2fx; examples whose points differ: %d of %d",
+             min(times["whole"]) / min(times["windowed"]), int(differ.sum()), len(y))
+
+
+if __name__ == "__main__":
+    main()
