@@ -53,6 +53,26 @@ def test_windowed_logits_equal_whole_passes_as_points_are_replaced(channels_last
         assert torch.allclose(windowed.start(current), net(current), rtol=1e-5, atol=1e-5)
 
 
+def test_in_place_activations_leave_the_callers_window_and_the_kept_outputs_right():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Hardtanh(0.25, 0.75, inplace=True), nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(inplace=True),
+                        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    windowed = Windowed.of(net)
+    current = torch.rand(5, 1, 12, 12)
+    with torch.no_grad():
+        windowed.start(current.clone())
+        window = torch.rand(5, 1, 4, 4)
+        given = window.clone()
+        candidates = current.clone()
+        candidates[:, :, 3:7, 6:10] = window
+        logits = windowed.query(torch.arange(5), 3, 6, window)
+        assert torch.equal(window, given)  # the in-place Hardtanh clipped a copy
+        assert torch.allclose(logits, net(candidates.clone()), rtol=1e-5, atol=1e-5)
+        windowed.accept(torch.ones(5, dtype=torch.bool))
+        assert torch.allclose(windowed.query(torch.arange(5), 0, 0, candidates[:, :, :2, :2]), net(candidates),
+                              rtol=1e-5, atol=1e-5)
+
+
 class ConvInputs(TorchDispatchMode):
     """Records the spatial size of every convolution's input."""
 

@@ -97,7 +97,8 @@ class Windowed:
     def query(self, rows: torch.Tensor, top: int, left: int, window: torch.Tensor) -> torch.Tensor:
         """The logits of the current points ``rows`` with the window at (``top``, ``left``) replaced by
         ``window`` (one per row)."""
-        spans, new, kept = ((top, top + window.shape[2]), (left, left + window.shape[3])), window, iter(self.kept)
+        spans, kept = ((top, top + window.shape[2]), (left, left + window.shape[3])), iter(self.kept)
+        new = window.clone()  # an in-place activation (``ReLU(inplace=True)``) must not rewrite the caller's window
         self.changes = []
         for layer in self.head:
             if not _local(layer):
