@@ -1,9 +1,24 @@
-"""Fixtures of the FAB and Square tests: a digits MLP, a gradient-masked wrapper, the reference AutoAttack."""
+"""Fixtures of the FAB and Square tests: a digits MLP, a gradient-masked wrapper, the reference AutoAttack, and a
+recorder of the shapes the passes run ops on."""
 import copy
 import importlib
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+class OpShapes(TorchDispatchMode):
+    """Records the shape of the first argument of every call to each of ``ops`` (aten overload packets)."""
+
+    def __init__(self, *ops):
+        super().__init__()
+        self.seen = {op: [] for op in ops}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in self.seen:
+            self.seen[func.overloadpacket].append(tuple(args[0].shape))
+        return func(*args, **(kwargs or {}))
 
 
 class MLP(torch.nn.Module):

@@ -4,7 +4,6 @@ its current point, and a one-channel convolution's input gradient takes the fast
 # ruff: noqa: F811  (the fixtures imported from aa_fixtures are parameters of the tests)
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import advbench.attacks.square as square_module
 from advbench.attacks.apgd import apgd
@@ -16,7 +15,7 @@ from advbench.attacks.pool_first import pairs
 from advbench.attacks.square import square
 from advbench.attacks.threats import LinfThreat
 from advbench.tasks.classification import Classification
-from aa_fixtures import Counting, digits, mlp  # noqa: F401
+from aa_fixtures import Counting, OpShapes, digits, mlp  # noqa: F401
 
 
 def test_apgd_stops_attacking_an_example_at_the_step_that_fools_the_model(mlp, digits):
@@ -222,19 +221,9 @@ def test_attack_mode_uses_the_fast_route_and_restores_the_model():
     assert "forward" not in model[0].__dict__ and all(p.requires_grad and p.grad is None for p in model.parameters())
 
 
-class ReluShapes(TorchDispatchMode):
+def relu_shapes() -> OpShapes:
     """Records the shape of every ReLU the forward and backward passes run (forward: relu; backward: its mask)."""
-
-    def __init__(self):
-        super().__init__()
-        self.forward, self.backward = [], []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket is torch.ops.aten.relu:
-            self.forward.append(tuple(args[0].shape))
-        if func.overloadpacket is torch.ops.aten.threshold_backward:
-            self.backward.append(tuple(args[0].shape))
-        return func(*args, **(kwargs or {}))
+    return OpShapes(torch.ops.aten.relu, torch.ops.aten.threshold_backward)
 
 
 def _output_and_input_grad(model, x, upstream):
@@ -256,11 +245,12 @@ def test_a_relu_before_max_pooling_runs_after_it_with_the_same_values_and_gradie
     upstream = torch.randn(4, 3, 1, 4)
     expected = _output_and_input_grad(model, x, upstream)
     assert expected[1].abs().sum() > 0
-    with attack_mode(model), ReluShapes() as shapes:
+    with attack_mode(model), relu_shapes() as shapes:
         assert "forward" in model[1].__dict__ and "forward" in model[2].__dict__
         reordered = _output_and_input_grad(model, x, upstream)
     assert torch.equal(reordered[0], expected[0]) and torch.equal(reordered[1], expected[1])  # exactly
-    assert shapes.forward == [(4, 3, 1, 4)] and shapes.backward == [(4, 3, 1, 4)]  # on the pooled quarter
+    relus, masks = shapes.seen[torch.ops.aten.relu], shapes.seen[torch.ops.aten.threshold_backward]
+    assert relus == [(4, 3, 1, 4)] and masks == [(4, 3, 1, 4)]  # on the pooled quarter
     assert "forward" not in model[1].__dict__ and "forward" not in model[2].__dict__  # their own forwards again
 
 
@@ -271,7 +261,7 @@ def test_pooling_first_only_where_the_order_cannot_be_seen():
     assert pairs(model) == [(relu, pool)]  # `shared` is used twice: its output may be read where no pool follows
     seen = []
     relu.register_forward_hook(lambda module, inputs, out: seen.append(float(out.min())))
-    with attack_mode(model), ReluShapes() as shapes:
+    with attack_mode(model), relu_shapes() as shapes:
         model[:3](torch.randn(2, 1, 12, 12))
     assert seen == [0.0]  # a hooked ReLU runs where it stands, and its hook sees its usual (non-negative) output
-    assert shapes.forward == [(2, 2, 10, 10)]
+    assert shapes.seen[torch.ops.aten.relu] == [(2, 2, 10, 10)]

@@ -3,13 +3,13 @@
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import advbench.attacks.square as square_module
 from advbench.attacks.gradients import attack_mode
 from advbench.attacks.square import square
 from advbench.attacks.windowed import Windowed
 from advbench.models.image import Normalize, small_cnn
+from aa_fixtures import OpShapes
 
 
 def _net(channels_last: bool) -> nn.Sequential:
@@ -73,29 +73,16 @@ def test_in_place_activations_leave_the_callers_window_and_the_kept_outputs_righ
                               rtol=1e-5, atol=1e-5)
 
 
-class ConvInputs(TorchDispatchMode):
-    """Records the spatial size of every convolution's input."""
-
-    def __init__(self):
-        super().__init__()
-        self.sizes = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket is torch.ops.aten.convolution:
-            self.sizes.append(tuple(args[0].shape[2:]))
-        return func(*args, **(kwargs or {}))
-
-
 def test_a_windowed_query_convolves_only_what_the_window_reaches():
     net = small_cnn((1, 28, 28), 10, [0.5], [0.25]).eval()
     windowed = Windowed.of(net)
     with torch.no_grad():
         windowed.start(torch.rand(4, 1, 28, 28))
-        with ConvInputs() as seen:
+        with OpShapes(torch.ops.aten.convolution) as seen:
             windowed.query(torch.arange(4), 10, 12, torch.rand(4, 1, 2, 2))
     # Rows 10-11, columns 12-13: the first 5x5 convolution changes outputs 8-13 and 10-15 (reading 6-15 and
     # 8-17), the 2x2 pool 4-6 and 5-7, the second convolution 2-8 and 3-9, reading 0-10 and 1-11.
-    assert seen.sizes == [(10, 10), (11, 11)]
+    assert [shape[2:] for shape in seen.seen[torch.ops.aten.convolution]] == [(10, 10), (11, 11)]
 
 
 def test_windowed_applies_only_where_a_head_of_local_layers_leads_and_nothing_watches():

@@ -8,10 +8,10 @@ took about 40% of an APGD step there. The same sum computed as a
 depthwise convolution with the flipped kernel, then a sum over the layer's output channels, is as fast as the
 forward pass. Equal up to float rounding (a different summation order); tested against autograd's.
 """
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
+
+from advbench.attacks.forwards import replaceable, replaced_forwards
 
 
 class _OneChannelConv(torch.autograd.Function):
@@ -48,15 +48,7 @@ def _forward(module: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return type(module).forward(module, x)
 
 
-@contextmanager
 def fast_input_grad(model: torch.nn.Module):
-    """Within the body, the model's one-channel CPU convolutions compute their input gradient as above; their
+    """A context in which the model's one-channel CPU convolutions compute their input gradient as above; their
     ``forward`` is put back on exit. Parameters must be frozen (as ``attack_mode`` does): no weight gradient."""
-    patched = [m for m in model.modules() if _applies(m) and "forward" not in m.__dict__]
-    for module in patched:
-        module.forward = _forward.__get__(module)
-    try:
-        yield
-    finally:
-        for module in patched:
-            del module.forward
+    return replaced_forwards([(m, _forward.__get__(m)) for m in model.modules() if _applies(m) and replaceable(m)])

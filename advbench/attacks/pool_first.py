@@ -8,20 +8,12 @@ an ``nn.Sequential`` (LeNet- and VGG-style nets), neither used anywhere else, an
 which would see the other order.
 """
 from collections import Counter
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules import module as _module
 
-
-def hooked(*modules) -> bool:
-    """Whether a forward or backward hook, global or on one of ``modules``, would see the module's work."""
-    global_hooks = (_module._global_forward_hooks, _module._global_forward_pre_hooks,
-                    _module._global_backward_hooks, _module._global_backward_pre_hooks)
-    return any(global_hooks) or any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-                                    or m._backward_pre_hooks for m in modules)
+from advbench.attacks.forwards import hooked, replaceable, replaced_forwards
 
 
 def _reordered(relu, pool) -> bool:
@@ -52,21 +44,16 @@ def pairs(model: nn.Module) -> list:
         for relu, pool in zip(layers, layers[1:]):
             if (type(relu) is nn.ReLU and type(pool) is nn.MaxPool2d and not pool.return_indices
                     and uses[id(relu)] == 1 and uses[id(pool)] == 1
-                    and "forward" not in relu.__dict__ and "forward" not in pool.__dict__):
+                    and replaceable(relu) and replaceable(pool)):
                 found.append((relu, pool))
     return found
 
 
-@contextmanager
 def pool_first(model: nn.Module):
-    """Within the body, the model's ReLU and max-pooling pairs (see ``pairs``) run pooling first; their
+    """A context in which the model's ReLU and max-pooling pairs (see ``pairs``) run pooling first; their
     ``forward`` is put back on exit."""
-    patched = pairs(model)
-    for relu, pool in patched:
-        relu.forward = lambda x, r=relu, p=pool: _relu_forward(r, p, x)
-        pool.forward = lambda x, r=relu, p=pool: _pool_forward(r, p, x)
-    try:
-        yield
-    finally:
-        for relu, pool in patched:
-            del relu.forward, pool.forward
+    replacements = []
+    for relu, pool in pairs(model):
+        replacements += [(relu, lambda x, r=relu, p=pool: _relu_forward(r, p, x)),
+                         (pool, lambda x, r=relu, p=pool: _pool_forward(r, p, x))]
+    return replaced_forwards(replacements)

@@ -139,7 +139,8 @@ def _square_run(model, x, y, norm, eps, n_queries, p_init, rescale, draws):
         if alive.numel() == 0:
             break
         top, left, new = candidate(x, x_best, alive, eps, p_selection(p_init, it, n_queries, rescale), draws)
-        window = x_best[..., top:top + new.shape[2], left:left + new.shape[3]]  # a view: updates land in x_best
+        region = (..., slice(top, top + new.shape[2]), slice(left, left + new.shape[3]))
+        window = x_best[region]  # a view: updates land in x_best
         # A candidate equal to the current point (its window already at the drawn vertex, or clipped back to it)
         # cannot lower the margin: it is not queried (the reference queries it; 20% of queries, Fashion-MNIST).
         moved = (new != window[alive]).flatten(1).any(1)
@@ -150,7 +151,7 @@ def _square_run(model, x, y, norm, eps, n_queries, p_init, rescale, draws):
             logits = windowed.query(rows, top, left, new)
         else:
             x_new = x_best[rows]
-            x_new[..., top:top + new.shape[2], left:left + new.shape[3]] = new
+            x_new[region] = new
             logits = model(x_new)
         new_margin = _margin(logits, y[rows])
         better = new_margin < margin[rows]

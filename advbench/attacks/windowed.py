@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advbench.attacks.pool_first import hooked
+from advbench.attacks.forwards import hooked
 from advbench.models.image import Normalize
 
 _POINTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh,
@@ -54,21 +54,24 @@ def _span(geometry, lo: int, hi: int, size: int) -> tuple:
     return (out_lo, out_hi), (out_lo * stride - pad, (out_hi - 1) * stride - pad + reach + 1)
 
 
-def _apply(layer: nn.Module, h: torch.Tensor, whole: bool = True) -> torch.Tensor:
-    """The layer on ``h``; a convolution or pooling on a crop (``whole=False``) pads nothing: the crop holds it."""
-    if not _local(layer):
-        return type(layer).forward(layer, h)  # the class's own forward: not attack_mode's pool-first reordering
-    pad = layer.padding if whole else 0
+def _run(layer: nn.Module, h: torch.Tensor, whole: bool = True) -> torch.Tensor:
+    """The layer on ``h``; a convolution or pooling on a crop (``whole=False``) pads nothing: the crop holds it.
+    A pointwise layer runs its class's own forward, not attack_mode's pool-first reordering."""
     if type(layer) is nn.Conv2d:
-        return F.conv2d(h, layer.weight, layer.bias, layer.stride, pad, layer.dilation, layer.groups)
-    return F.max_pool2d(h, layer.kernel_size, layer.stride, pad, layer.dilation)
+        return F.conv2d(h, layer.weight, layer.bias, layer.stride, layer.padding if whole else 0, layer.dilation,
+                        layer.groups)
+    if type(layer) is nn.MaxPool2d:
+        return F.max_pool2d(h, layer.kernel_size, layer.stride, layer.padding if whole else 0, layer.dilation)
+    return type(layer).forward(layer, h)
 
 
 class Windowed:
     """Logits of the current points, and of copies of some of them with one window replaced (see the module)."""
 
     def __init__(self, head: list, tail: nn.Module):
-        self.head, self.tail = head, tail
+        # Each head layer with its geometry along each axis, None for a pointwise layer: read at every query.
+        self.head, self.tail = [(layer, _geometry(layer) if _local(layer) else None) for layer in head], tail
+        self.kept, self.changes = [], []
 
     @classmethod
     def of(cls, model: nn.Module):
@@ -87,10 +90,10 @@ class Windowed:
         """The logits of ``x``, the current points; keeps the input of each convolution and pooling, and the
         input of the rest of the network, for later queries."""
         self.kept, h = [], x
-        for layer in self.head:
-            if _local(layer):
+        for layer, geometry in self.head:
+            if geometry is not None:
                 self.kept.append(h.clone() if h is x else h)
-            h = _apply(layer, h)
+            h = _run(layer, h)
         self.kept.append(h)
         return self.tail(h)
 
@@ -100,14 +103,14 @@ class Windowed:
         spans, kept = ((top, top + window.shape[2]), (left, left + window.shape[3])), iter(self.kept)
         new = window.clone()  # an in-place activation (``ReLU(inplace=True)``) must not rewrite the caller's window
         self.changes = []
-        for layer in self.head:
-            if not _local(layer):
-                new = _apply(layer, new)
+        for layer, geometry in self.head:
+            if geometry is None:
+                new = _run(layer, new)
                 continue
             source = next(kept)
-            axes = [_span(g, lo, hi, size) for g, (lo, hi), size in zip(_geometry(layer), spans, source.shape[2:])]
+            axes = [_span(g, lo, hi, size) for g, (lo, hi), size in zip(geometry, spans, source.shape[2:])]
             crop = self._patched(source, rows, spans, new, [inputs for _, inputs in axes], layer)
-            spans, new = [outputs for outputs, _ in axes], _apply(layer, crop, whole=False)
+            spans, new = [outputs for outputs, _ in axes], _run(layer, crop, whole=False)
         last = next(kept)
         return self.tail(self._patched(last, rows, spans, new, [(0, size) for size in last.shape[2:]], None))
 
