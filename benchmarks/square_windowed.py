@@ -6,6 +6,11 @@ that turned off. Both draw the same random numbers, so on the same examples they
 candidate whose margin moves by float rounding alone.
 
     python benchmarks/square_windowed.py <run dir> [--n-examples 64] [--queries 5000] [--repeats 2]
+
+With ``--batch-sizes``, windowed Square instead runs on the first ``--n-examples`` test examples in batches of
+each size given, and the seconds per example are printed (``square_rows`` picks the batch in an evaluation):
+
+    python benchmarks/square_windowed.py <run dir> --n-examples 512 --batch-sizes 64,512
 """
 import argparse
 import contextlib
@@ -33,6 +38,7 @@ def main():
     parser.add_argument("--eps", default=None, help="default: the checkpoint's eps")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each, alternating (default 2)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-sizes", default=None, help="windowed only, in batches of each of these sizes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
@@ -45,6 +51,9 @@ def main():
     eps = parse_eps(args.eps or str(cfg.eps))
     log.info("%s, %d test examples, Linf eps=%s, %d queries, CPU, %d thread(s), torch %s", cfg.model._target_,
              len(y), args.eps or cfg.eps, args.queries, args.threads, torch.__version__)
+
+    if args.batch_sizes:
+        return batch_sizes(model, x, y, eps, args)
 
     def run():
         return square_module.square(model, x, y, "linf", eps, n_queries=args.queries,
@@ -65,6 +74,20 @@ def main():
     differ = (found["windowed"] != found["whole"]).flatten(1).any(1)
     log.info("whole / windowed time (fastest of each): %.2fx; examples whose points differ: %d of %d",
              min(times["whole"]) / min(times["windowed"]), int(differ.sum()), len(y))
+
+
+def batch_sizes(model, x, y, eps, args):
+    """Windowed Square on ``x`` in batches of each size in ``args.batch_sizes``: seconds per example."""
+    for size in [int(v) for v in args.batch_sizes.split(",")]:
+        def run():
+            return torch.cat([square_module.square(model, xb, yb, "linf", eps, n_queries=args.queries,
+                                                   generator=torch.Generator().manual_seed(0))
+                              for xb, yb in zip(x.split(size), y.split(size))])
+        found, seconds = timed(run, torch.device("cpu"))
+        with torch.no_grad():
+            robust = (model(found).argmax(1) == y).float().mean().item()
+        log.info("batch %4d: %.2f s, %.1f ms per example, robust accuracy %.2f%%", size, seconds,
+                 1e3 * seconds / len(y), 100 * robust)
 
 
 if __name__ == "__main__":

@@ -133,3 +133,44 @@ def test_square_on_a_windowed_model_leaves_it_as_it_was():
     assert net.training and all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
     with attack_mode(net):
         assert Windowed.of(net) is not None  # eval mode inside the attack: the head is local
+
+
+def _tiny_cnn() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(4 * 4 * 4, 3)).eval()
+
+
+def test_windowed_square_takes_as_many_examples_as_its_kept_layer_inputs_allow():
+    net, x = _tiny_cnn(), torch.rand(1, 1, 8, 8)
+    kept = 4 * (1 * 8 * 8 + 4 * 8 * 8 + 4 * 4 * 4)  # the conv's input, the pool's input, the tail's input (fp32)
+    assert Windowed.of(net).kept_bytes(x) == kept
+    assert square_module.square_rows(net, x, "linf", 16) == square_module.WINDOWED_BYTES // kept
+    assert square_module.square_rows(net, x, "linf", 10**6) == 10**6  # never fewer than the evaluation's batch
+    assert square_module.square_rows(net, x, "l2", 16) == 16  # L2 rescales the whole image: whole passes
+    net[1].register_forward_hook(lambda *args: None)
+    assert square_module.square_rows(net, x, "linf", 16) == 16
+
+
+@pytest.mark.parametrize("norm, rows", [("linf", 40), ("l2", 16)])
+def test_the_evaluation_hands_windowed_square_its_own_batches(monkeypatch, norm, rows):
+    from advbench.attacks import spec
+    from advbench.attacks.spec import make_attack
+    from advbench.evaluation import Evaluator
+    from advbench.tasks.classification import Classification
+
+    net = _tiny_cnn()
+    kept = Windowed.of(net).kept_bytes(torch.rand(1, 1, 8, 8))
+    monkeypatch.setattr(square_module, "WINDOWED_BYTES", 40 * kept)
+    sizes, run = [], spec.square
+
+    def recorded(model, x, *args, **kwargs):
+        sizes.append(len(x))
+        return run(model, x, *args, **kwargs)
+    monkeypatch.setattr(spec, "square", recorded)
+    x = torch.rand(100, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = net(x).argmax(1)  # every example correct: all 100 are attacked
+    attack = make_attack("square", norm, eps=0.01, steps=2)
+    flags = Evaluator(Classification(3), "cpu", batch_size=16).flags(net, x, y, {"square": attack})
+    assert sizes == [rows] * (100 // rows) + [100 % rows] and flags["clean"].all()

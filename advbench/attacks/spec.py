@@ -11,7 +11,7 @@ from advbench.attacks.apgd import apgd
 from advbench.attacks.fab import fab_targeted
 from advbench.attacks.pgd import pgd
 from advbench.attacks.reference import reference_autoattack
-from advbench.attacks.square import square
+from advbench.attacks.square import square, square_rows
 from advbench.attacks.threats import THREATS
 from advbench.eps import check_budget, parse_eps
 from advbench.errors import AdvbenchError
@@ -50,7 +50,9 @@ def _run_reference(a, model, x, targets, threat, objective):
 @dataclass(frozen=True)
 class Kind:
     """What an attack name fixes (None: configurable), its default step size ``alpha(eps, steps, start)``, the
-    loop that runs it, and whether it reads logits (a classifier's margins) rather than the task's loss."""
+    loop that runs it, whether it reads logits (a classifier's margins) rather than the task's loss, and
+    ``rows(attack, model, x, batch)``: how many examples it takes at once where an evaluation's batch is
+    ``batch`` (None: ``batch``)."""
 
     norm: str | None
     steps: int | None
@@ -59,6 +61,7 @@ class Kind:
     run: Callable
     paper: str
     logits: bool = False
+    rows: Callable | None = None
 
 
 KINDS = {
@@ -72,7 +75,8 @@ KINDS = {
     "fab": Kind(None, None, True, lambda eps, steps, start: eps, _run_fab,
                 "FAB-T (Croce & Hein 2020, targeted), Linf or L2", logits=True),
     "square": Kind(None, None, True, lambda eps, steps, start: eps, _run_square,  # steps: queries
-                   "Square (Andriushchenko et al. 2020), Linf or L2, score-based", logits=True),
+                   "Square (Andriushchenko et al. 2020), Linf or L2, score-based", logits=True,
+                   rows=lambda a, model, x, batch: square_rows(model, x, a.norm, batch, a.bn_mode)),
     "autoattack_reference": Kind(None, None, True, lambda eps, steps, start: eps, _run_reference,
                                  "standard AutoAttack by its authors' code (pyautoattack), Linf or L2", logits=True),
 }
@@ -113,6 +117,12 @@ class Attack:
     def outputs(self, model, x, x_adv):
         """The model's outputs at this attack's result ``x_adv`` for clean inputs ``x`` (no grad, eval mode)."""
         return self.task.predict(self.task.view(model, x)[0], x_adv)
+
+    def rows(self, model, x, batch: int) -> int:
+        """How many examples this attack takes at once where an evaluation's batch is ``batch`` (``x``: one of
+        them, on the model's device)."""
+        rows = KINDS[self.name].rows
+        return batch if rows is None else rows(self, *self.task.view(model, x), batch)
 
     def scaled(self, factor: float) -> "Attack":
         """The same attack with eps and step scaled by ``factor`` (eps warm-up)."""

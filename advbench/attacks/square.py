@@ -18,6 +18,10 @@ from advbench.attacks.windowed import Windowed
 
 log = logging.getLogger(__name__)
 
+# The layer inputs windowed queries may keep (evaluation/batch.py keeps a whole pass's layers to a few MB): on
+# small_cnn, 1,300 examples at once.
+WINDOWED_BYTES = 128 * 2**20
+
 # The reference's schedule: p_init is halved after each of these iterations (of 10,000, when rescaled).
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
@@ -160,6 +164,21 @@ def _square_run(model, x, y, norm, eps, n_queries, p_init, rescale, draws):
         if windowed:
             windowed.accept(better)
     return x_best, margin
+
+
+def square_rows(model, x, norm: str, batch: int, bn_mode: str = "eval") -> int:
+    """How many examples Square takes at once where an evaluation's batch is ``batch`` (``x``: one of them).
+
+    With windowed queries (Linf, on the CPU), as many as keep ``WINDOWED_BYTES`` of layer inputs, never fewer than
+    ``batch``: a query allocates crops, not whole layers, so the CPU's reason for small batches does not hold, and
+    its fixed costs (a few dozen small operations) are shared by more rows. small_cnn's Square took 0.20 s per
+    example in batches of 64, 0.154 s in batches of 512 or 1024 (benchmarks/square_windowed.py).
+    """
+    if norm != "linf" or x.dim() != 4:
+        return batch
+    with attack_mode(model, bn_mode), torch.no_grad():
+        windowed = Windowed.of(model)
+        return batch if windowed is None else max(batch, WINDOWED_BYTES // windowed.kept_bytes(as_input(x)))
 
 
 def square(model, x, y, norm: str, eps: float, n_queries: int = 5000, p_init: float = 0.8, restarts: int = 1,

@@ -97,6 +97,13 @@ class Windowed:
         self.kept.append(h)
         return self.tail(h)
 
+    def kept_bytes(self, example: torch.Tensor) -> int:
+        """The bytes ``start`` keeps per example shaped as ``example``'s first (one pass of it)."""
+        self.start(example[:1])
+        size = sum(t[0].numel() * t.element_size() for t in self.kept)
+        self.kept = []
+        return max(size, 1)
+
     def query(self, rows: torch.Tensor, top: int, left: int, window: torch.Tensor) -> torch.Tensor:
         """The logits of the current points ``rows`` with the window at (``top``, ``left``) replaced by
         ``window`` (one per row)."""

@@ -54,6 +54,13 @@ class Evaluator:
             kept[1].add_sizes(sizes)
         return kept[1]
 
+    def _rows(self, attack, model, batches, todo) -> int:
+        """The examples ``attack`` takes at once: its own ``rows`` where it has one (Square with windowed queries
+        takes more than a whole pass's batch), else the batch size."""
+        if not hasattr(attack, "rows") or not todo.numel():
+            return self.batch_size
+        return attack.rows(model, batches.rows(todo[:1])[0].to(self.device), self.batch_size)
+
     def predict(self, model, x):
         """The model's outputs on ``x`` in eval mode, without grad, under the evaluation's autocast."""
         with autocast(self.device, self.amp):
@@ -117,10 +124,11 @@ class Evaluator:
         for name, attack in attacks.items():
             began, ok = time.perf_counter(), torch.zeros(n, dtype=torch.bool)
             todo = (alive if cascade else flags["clean"]).nonzero().squeeze(1)
-            for idx in todo.split(self.batch_size) if todo.numel() else ():  # (an empty tensor splits in one)
+            size = self._rows(attack, model, batches, todo)
+            for idx in todo.split(size) if todo.numel() else ():  # (an empty tensor splits in one)
                 xi, ti = batches.rows(idx)
                 xi, ti = xi.to(self.device), task.to(ti, self.device)
-                with autocast(self.device, self.amp), row_budget(self.batch_size):
+                with autocast(self.device, self.amp), row_budget(size):
                     x_adv = attack(model, xi, ti)
                     outputs = (attack.outputs(model, xi, x_adv) if hasattr(attack, "outputs")
                                else task.predict(model, x_adv))
