@@ -18,8 +18,8 @@ from advbench.attacks.windowed import Windowed
 
 log = logging.getLogger(__name__)
 
-# The layer inputs windowed queries may keep (evaluation/batch.py keeps a whole pass's layers to a few MB): on
-# small_cnn, 1,300 examples at once.
+# The layer inputs windowed queries may keep (evaluation/batch.py keeps a whole pass's layers to a few MiB): on
+# small_cnn, 1,380 examples at once.
 WINDOWED_BYTES = 128 * 2**20
 
 # The reference's schedule: p_init is halved after each of these iterations (of 10,000, when rescaled).
@@ -131,11 +131,16 @@ def _l2_candidate(x, x_best, alive, eps, p, draws):
     return 0, 0, (x + _unit_l2(delta) * eps).clamp(0, 1)
 
 
+def _windowed(model, norm: str):
+    """Windowed queries for ``model`` (see windowed.py), or None: only a Linf candidate changes one window and
+    nothing else (an L2 candidate's delta is rescaled over the whole image)."""
+    return Windowed.of(model) if norm == "linf" else None
+
+
 def _square_run(model, x, y, norm, eps, n_queries, p_init, rescale, draws):
     """One Square run; returns (best points, margins at them)."""
     init, candidate = (_linf_init, _linf_candidate) if norm == "linf" else (_l2_init, _l2_candidate)
-    # A Linf candidate changes one window: where the network allows, only what the window reaches is recomputed.
-    windowed = Windowed.of(model) if norm == "linf" else None
+    windowed = _windowed(model, norm)  # where the network allows, only what the window reaches is recomputed
     x_best = init(x, eps, draws)
     margin = _margin((windowed.start if windowed else model)(x_best), y)
     for it in range(n_queries):
@@ -174,10 +179,10 @@ def square_rows(model, x, norm: str, batch: int, bn_mode: str = "eval") -> int:
     its fixed costs (a few dozen small operations) are shared by more rows. small_cnn's Square on 512 test images
     took 177 ms per example in batches of 64, 129 ms in one batch (benchmarks/square_windowed.py).
     """
-    if norm != "linf" or x.dim() != 4:
+    if x.dim() != 4:
         return batch
     with attack_mode(model, bn_mode), torch.no_grad():
-        windowed = Windowed.of(model)
+        windowed = _windowed(model, norm)
         return batch if windowed is None else max(batch, WINDOWED_BYTES // windowed.kept_bytes(as_input(x)))
 
 
