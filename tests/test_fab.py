@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from aa_fixtures import digits, mixed_mode_copy, mlp, reference  # noqa: F401  (fixtures)
+from advbench.attacks import fab
 from advbench.attacks.fab import fab_targeted, project_to_hyperplane
 
 NORMS = {"linf": lambda t: t.flatten(1).abs().amax(1), "l2": lambda t: t.flatten(1).norm(dim=1)}
@@ -68,16 +69,43 @@ def test_fab_leaves_the_model_as_it_was(mlp, digits, context):
     assert (model(x_adv).argmax(1) != y).any()  # the gradients did flow
 
 
-def test_projection_matches_the_reference(reference):
+@pytest.mark.parametrize("solver", ["newton", "sorted"])
+def test_projection_matches_the_reference(reference, solver, monkeypatch):
+    """Both solvers for the step size (Newton's method on the CPU, the sort elsewhere) against the reference's
+    projections, on rows near and out of reach, with pixels at the box's bounds (Fashion-MNIST's background),
+    ignored coordinates, a row already on its hyperplane and one whose weights are all zero."""
+    if solver == "sorted":  # run the GPU's solver on the CPU
+        monkeypatch.setattr(fab, "_newton_gamma", fab._sorted_gamma)
     projections = pytest.importorskip(reference[0].__name__.rsplit(".", 1)[0] + ".fab_projections")
     g = torch.Generator().manual_seed(0)
     t, w = torch.rand(300, 64, generator=g), torch.randn(300, 64, generator=g)
+    t[100:200, :30] = (torch.rand(100, 30, generator=g) > 0.5).float()  # at the bounds: no room one way
     w[:50, :20] = 0  # coordinates the hyperplane ignores
+    w[60] = 0
     b = (w * t).sum(1) + torch.randn(300, generator=g) * torch.logspace(-2, 1.5, 300)  # near and out of reach
+    b[70] = (w[70] * t[70]).sum()
     for norm, theirs in [("linf", projections.projection_linf), ("l2", projections.projection_l2)]:
         ours = project_to_hyperplane(t, w, b, norm)
         assert torch.allclose(NORMS[norm](ours), NORMS[norm](theirs(t, w, b)), atol=1e-5, rtol=1e-4)
         assert (t + ours).min() >= -1e-6 and (t + ours).max() <= 1 + 1e-6
+        reached = (b >= w.clamp(max=0).sum(1)) & (b <= w.clamp(min=0).sum(1))  # the box meets the hyperplane
+        assert reached.sum() > 100 and (~reached).sum() > 5
+        assert torch.allclose(((t + ours) * w).sum(1)[reached], b[reached], atol=1e-4)
+
+
+def test_newton_solver_stops_on_the_final_piece(monkeypatch):
+    """Newton's method takes a handful of iterations, not one per coordinate, and the same step as the sort."""
+    g = torch.Generator().manual_seed(1)
+    t, w = torch.rand(64, 784, generator=g), torch.randn(64, 784, generator=g)
+    b = (w * t).sum(1) - torch.rand(64, generator=g) * w.abs().sum(1) * 0.05
+    calls = []
+    real = torch.Tensor.all
+    monkeypatch.setattr(torch.Tensor, "all", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    newton = project_to_hyperplane(t, w, b, "linf")
+    monkeypatch.undo()
+    assert 1 <= len(calls) <= 10
+    monkeypatch.setattr(fab, "_newton_gamma", fab._sorted_gamma)
+    assert torch.allclose(newton, project_to_hyperplane(t, w, b, "linf"), atol=1e-6)
 
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.08), ("l2", 0.6)])

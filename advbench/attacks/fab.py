@@ -27,8 +27,8 @@ def project_to_hyperplane(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor, nor
 
     ``t`` lies in the box. Where the box cannot reach the hyperplane, the step to the box corner that gets closest
     to it. Coordinate i moves ``min(gamma * v_i, room_i)`` against ``w_i`` (``v_i = 1`` for Linf, ``|w_i|`` for
-    L2: KKT), so the reachable change of ``w.t`` is piecewise linear in ``gamma``; sorting the breakpoints gives
-    ``gamma`` exactly.
+    L2: KKT), so the reachable change of ``w.t`` is a concave piecewise linear function of ``gamma`` with a
+    breakpoint per coordinate, solved exactly (``_newton_gamma`` on the CPU, ``_sorted_gamma`` elsewhere).
     """
     if norm == "l2":
         w = torch.where(w.abs() > 1e-8, w, torch.zeros_like(w))  # as the reference
@@ -43,20 +43,42 @@ def project_to_hyperplane(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor, nor
         v = aw
         breaks = torch.where(v > 0, room / v.clamp_min(1e-30), torch.full_like(v, 1e12)).clamp(max=1e12)
         rate = aw * v
+    solve = _newton_gamma if t.device.type == "cpu" else _sorted_gamma
+    gamma = solve(excess, breaks, rate, aw * room)
+    gamma = torch.where((aw * room).sum(1) >= excess, gamma, torch.full_like(gamma, 1e12))  # out of reach:
+    return -w.sign() * torch.min(gamma[:, None] if v is None else gamma[:, None] * v, room)  # all to the bound
+
+
+def _sorted_gamma(excess, breaks, rate, full):
+    """gamma with ``sum_i min(gamma * rate_i, full_i) = excess`` (``full_i = rate_i * breaks_i``) by sorting the
+    breakpoints: one pass, no synchronization (a GPU's choice)."""
     # Nonnegative float32s sort in the order of their bits read as int32, and integers sort about 15% faster.
     keys = breaks.view(torch.int32) if breaks.dtype == torch.float32 else breaks
     order = keys.sort(dim=1).indices
     breaks = breaks.gather(1, order)
-    gained = (aw * room).gather(1, order).cumsum(1)  # change from coordinates already at their bound
+    gained = full.gather(1, order).cumsum(1)  # change from coordinates already at their bound
     rate = rate.gather(1, order)
     rate_from = F.pad(rate.flip(1).cumsum(1).flip(1), (0, 1))  # sum over j >= k, exact zeros
     reach = gained + breaks * rate_from[:, 1:]  # the change reached at each breakpoint: nondecreasing
     k = (reach < excess[:, None]).sum(1, keepdim=True)
-    feasible = k.squeeze(1) < t.shape[1]
     gained_before = F.pad(gained, (1, 0)).gather(1, k).squeeze(1)
-    gamma = ((excess - gained_before) / rate_from.gather(1, k).squeeze(1).clamp_min(1e-30)).clamp_min(0)
-    gamma = torch.where(feasible, gamma, torch.full_like(gamma, 1e12))  # out of reach: every coordinate to its bound
-    return -w.sign() * torch.min(gamma[:, None] if v is None else gamma[:, None] * v, room)
+    return ((excess - gained_before) / rate_from.gather(1, k).squeeze(1).clamp_min(1e-30)).clamp_min(0)
+
+
+def _newton_gamma(excess, breaks, rate, full):
+    """The same gamma by Newton's method from 0, which for a concave piecewise linear function never overshoots
+    and is exact once an iteration stays on one linear piece: about 4 iterations of a few passes over the rows,
+    2x faster than the sort on the CPU (FAB-T's projections on small_cnn)."""
+    gamma, below = torch.zeros_like(excess), torch.zeros_like(excess)  # below: the change of coordinates at bound
+    slope = rate.sum(1)
+    for _ in range(breaks.shape[1] + 1):  # the moving set only shrinks: at most one iteration per coordinate
+        gamma = gamma + ((excess - below - gamma * slope) / slope.clamp_min(1e-30)).clamp_min(0)
+        moving = breaks > gamma[:, None]
+        slope, last = (rate * moving).sum(1), slope
+        below = (full * ~moving).sum(1)
+        if bool((slope == last).all()):  # no breakpoint crossed: gamma is on its final piece
+            break
+    return gamma
 
 
 def _logit_gap(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
