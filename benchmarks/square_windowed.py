@@ -18,13 +18,9 @@ import logging
 from unittest import mock
 
 import torch
-from timing import timed  # benchmarks/timing.py
+from timing import run_examples, timed  # benchmarks/timing.py
 
 import advbench.attacks.square as square_module
-from advbench.data import load_data
-from advbench.data.loaders import to_unit
-from advbench.eps import parse_eps
-from advbench.runtime.checkpoint import load_model, load_stored
 
 log = logging.getLogger("benchmark")
 
@@ -40,15 +36,8 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-sizes", default=None, help="windowed only, in batches of each of these sizes")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(args.threads)
+    model, x, y, eps, cfg = run_examples(args.checkpoint, args.n_examples, args.eps, args.threads)
     cpu = torch.device("cpu")
-
-    cfg, _ = load_stored(args.checkpoint)  # a stored config is data: checked before anything is built from it
-    data = load_data(cfg.dataset)
-    model = load_model(args.checkpoint, device=cpu, data=data).to(memory_format=torch.channels_last).eval()
-    x, y = to_unit(data.test[0][:args.n_examples]), data.test[1][:args.n_examples]
-    eps = parse_eps(args.eps or str(cfg.eps))
     log.info("%s, %d test examples, Linf eps=%s, %d queries, CPU, %d thread(s), torch %s", cfg.model._target_,
              len(y), args.eps or cfg.eps, args.queries, args.threads, torch.__version__)
 
