@@ -6,7 +6,6 @@ import time
 import torch
 
 
-
 def timed(fn, device):
     """``fn()`` and its wall time in seconds, the device's queued work included."""
     if device.type == "cuda":
