@@ -4,11 +4,13 @@ side on one model and the same examples (a benchmark, not a test).
 First the projections alone, on the inputs FAB-T hands them (captured from a run on the first test examples), then
 FAB-T itself with each solver, alternating: the time of each, its robust count, and whether the points differ.
 
-    python benchmarks/fab_projection.py <run dir> [--n-examples 64] [--targets 3] [--repeats 3]
+    python benchmarks/fab_projection.py <run dir> [--n-examples 64] [--targets 3] [--repeats 3] [--device cuda]
+
+On CUDA (``--device cuda``), where FAB-T uses the sort, it measures whether Newton's method would pay there too.
 """
 import argparse
+import contextlib
 import logging
-import time
 from unittest import mock
 
 import torch
@@ -18,6 +20,13 @@ import advbench.attacks.fab as fab
 
 log = logging.getLogger("benchmark")
 SOLVERS = {"newton": fab._newton_gamma, "sorted": fab._sorted_gamma}
+
+
+@contextlib.contextmanager
+def solving_by(name: str):
+    """FAB-T's projections solve their step size with ``name``'s solver, on any device."""
+    with mock.patch.object(fab, "_newton_gamma", SOLVERS[name]), mock.patch.object(fab, "_sorted_gamma", SOLVERS[name]):
+        yield
 
 
 def captured_inputs(model, x, y, eps, limit: int = 100) -> list:
@@ -43,31 +52,31 @@ def main():
     parser.add_argument("--eps", default=None, help="default: the checkpoint's eps")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each, alternating (default 3)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = parser.parse_args()
     model, x, y, eps, cfg = run_examples(args.checkpoint, args.n_examples, args.eps, args.threads)
-    cpu = torch.device("cpu")
-    log.info("%s, %d test examples, Linf eps=%s, FAB-T with %d targets, CPU, %d thread(s), torch %s",
-             cfg.model._target_, len(y), args.eps or cfg.eps, args.targets, args.threads, torch.__version__)
+    device = torch.device(args.device)
+    model, x, y = model.to(device), x.to(device), y.to(device)
+    log.info("%s, %d test examples, Linf eps=%s, FAB-T with %d targets, %s, %d thread(s), torch %s",
+             cfg.model._target_, len(y), args.eps or cfg.eps, args.targets, device, args.threads, torch.__version__)
 
     inputs = captured_inputs(model, x, y, eps)
     for norm in ("linf", "l2"):
         seconds = {}
-        for name, solver in SOLVERS.items():
-            with mock.patch.object(fab, "_newton_gamma", solver):
-                start = time.perf_counter()
-                for _ in range(args.repeats):
-                    for t, w, b in inputs:
-                        fab.project_to_hyperplane(t, w, b, norm)
-                seconds[name] = (time.perf_counter() - start) / (args.repeats * len(inputs))
+        for name in SOLVERS:
+            with solving_by(name):
+                _, total = timed(lambda: [fab.project_to_hyperplane(t, w, b, norm)
+                                          for _ in range(args.repeats) for t, w, b in inputs], device)
+                seconds[name] = total / (args.repeats * len(inputs))
         log.info("projection, %s, %d FAB-T inputs of %d rows on average: newton %.2f ms, sorted %.2f ms per call "
                  "(sorted / newton %.2fx)", norm, len(inputs), sum(len(t) for t, _, _ in inputs) // len(inputs),
                  1e3 * seconds["newton"], 1e3 * seconds["sorted"], seconds["sorted"] / seconds["newton"])
 
     times, found = {name: [] for name in SOLVERS}, {}
     for _ in range(args.repeats):
-        for name, solver in SOLVERS.items():
-            with mock.patch.object(fab, "_newton_gamma", solver):
-                found[name], secs = timed(lambda: fab.fab_targeted(model, x, y, "linf", eps, args.targets), cpu)
+        for name in SOLVERS:
+            with solving_by(name):
+                found[name], secs = timed(lambda: fab.fab_targeted(model, x, y, "linf", eps, args.targets), device)
             times[name].append(secs)
     with torch.no_grad():
         robust = {name: int((model(adv).argmax(1) == y).sum()) for name, adv in found.items()}

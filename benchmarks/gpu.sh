@@ -24,4 +24,7 @@ if [ -n "$model" ]; then
   timeout 300 python benchmarks/autoattack_speed.py "$model" --batch-sizes auto > "$out/autoattack.log" 2>&1
   timeout 120 python benchmarks/autoattack_speed.py "$model" --batch-sizes auto --compile false --no-reference \
     > "$out/autoattack_eager.log" 2>&1
+  # FAB-T's projection: the sort (CUDA's solver) against Newton's method (the CPU's), side by side
+  timeout 60 python benchmarks/fab_projection.py "$model" --device cuda --n-examples 1000 --repeats 2 \
+    > "$out/fab_projection.log" 2>&1
 fi
