@@ -93,6 +93,15 @@ def test_projection_matches_the_reference(reference, solver, monkeypatch):
         assert torch.allclose(((t + ours) * w).sum(1)[reached], b[reached], atol=1e-4)
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_projection_out_of_reach_goes_to_the_corner(norm):
+    """A hyperplane far outside the box: every coordinate the hyperplane reads moves to its bound, the others stay
+    (no inf * 0 = NaN from a step size that overflows)."""
+    t, w = torch.full((2, 4), 0.25), torch.tensor([[1.0, -2.0, 0.0, 0.5]] * 2)
+    d = project_to_hyperplane(t, w, torch.tensor([1e9, -1e9]), norm)
+    assert torch.equal(t + d, torch.tensor([[1.0, 0.0, 0.25, 1.0], [0.0, 1.0, 0.25, 0.0]]))
+
+
 def test_newton_solver_stops_on_the_final_piece(monkeypatch):
     """Newton's method takes a handful of iterations, not one per coordinate, and the same step as the sort."""
     g = torch.Generator().manual_seed(1)

@@ -43,10 +43,11 @@ def project_to_hyperplane(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor, nor
         v = aw
         breaks = torch.where(v > 0, room / v.clamp_min(1e-30), torch.full_like(v, 1e12)).clamp(max=1e12)
         rate = aw * v
-    solve = _newton_gamma if t.device.type == "cpu" else _sorted_gamma
-    gamma = solve(excess, breaks, rate, aw * room)
-    gamma = torch.where((aw * room).sum(1) >= excess, gamma, torch.full_like(gamma, 1e12))  # out of reach:
-    return -w.sign() * torch.min(gamma[:, None] if v is None else gamma[:, None] * v, room)  # all to the bound
+    full = aw * room  # the change of w.t from coordinate i at its bound
+    gamma = (_newton_gamma if t.device.type == "cpu" else _sorted_gamma)(excess, breaks, rate, full)
+    # Out of reach: every coordinate to its bound (a finite gamma, so that 0 * gamma stays 0 for L2).
+    gamma = torch.where(full.sum(1) >= excess, gamma, torch.full_like(gamma, 1e12))
+    return -w.sign() * torch.min(gamma[:, None] if v is None else gamma[:, None] * v, room)
 
 
 def _sorted_gamma(excess, breaks, rate, full):
