@@ -8,13 +8,12 @@ FAB-T itself with each solver, alternating: the time of each, its robust count, 
 
 On CUDA (``--device cuda``), where FAB-T uses the sort, it measures whether Newton's method would pay there too.
 """
-import argparse
 import contextlib
 import logging
 from unittest import mock
 
 import torch
-from timing import run_examples, timed  # benchmarks/timing.py
+from timing import run_examples, run_parser, timed  # benchmarks/timing.py
 
 import advbench.attacks.fab as fab
 
@@ -44,14 +43,9 @@ def captured_inputs(model, x, y, eps, limit: int = 100) -> list:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="an advbench run directory or model.pt")
-    parser.add_argument("--n-examples", type=int, default=64, help="first n test examples, one batch (default 64: "
-                        "eval.batch_size=auto's pick for small_cnn on the CPU)")
+    parser = run_parser(__doc__)
     parser.add_argument("--targets", type=int, default=3, help="FAB-T's target classes (default 3; AutoAttack: 9)")
-    parser.add_argument("--eps", default=None, help="default: the checkpoint's eps")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each, alternating (default 3)")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = parser.parse_args()
     model, x, y, eps, cfg = run_examples(args.checkpoint, args.n_examples, args.eps, args.threads)

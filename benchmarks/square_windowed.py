@@ -12,13 +12,12 @@ each size given, and the seconds per example are printed (``square_rows`` picks 
 
     python benchmarks/square_windowed.py <run dir> --n-examples 512 --batch-sizes 64,512
 """
-import argparse
 import contextlib
 import logging
 from unittest import mock
 
 import torch
-from timing import run_examples, timed  # benchmarks/timing.py
+from timing import run_examples, run_parser, timed  # benchmarks/timing.py
 
 import advbench.attacks.square as square_module
 
@@ -26,14 +25,9 @@ log = logging.getLogger("benchmark")
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="an advbench run directory or model.pt")
-    parser.add_argument("--n-examples", type=int, default=64, help="first n test examples, one batch (default 64: "
-                        "eval.batch_size=auto's pick for small_cnn on the CPU)")
+    parser = run_parser(__doc__)
     parser.add_argument("--queries", type=int, default=5000, help="Square's queries (default 5000, as AutoAttack)")
-    parser.add_argument("--eps", default=None, help="default: the checkpoint's eps")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each, alternating (default 2)")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-sizes", default=None, help="windowed only, in batches of each of these sizes")
     args = parser.parse_args()
     model, x, y, eps, cfg = run_examples(args.checkpoint, args.n_examples, args.eps, args.threads)

@@ -1,5 +1,6 @@
 """What the benchmarks share: wall time with the GPU's queue drained at both ends, and a run's model and test
-examples."""
+examples with the command line that picks them."""
+import argparse
 import logging
 import time
 
@@ -15,6 +16,18 @@ def timed(fn, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
     return out, time.perf_counter() - start
+
+
+def run_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's command line on a saved run, described by its module docstring's first paragraph: the run,
+    how many test examples, eps and threads (what ``run_examples`` takes); the benchmark adds its own options."""
+    parser = argparse.ArgumentParser(description=" ".join(doc.split("\n\n")[0].split()))
+    parser.add_argument("checkpoint", help="an advbench run directory or model.pt")
+    parser.add_argument("--n-examples", type=int, default=64, help="first n test examples, one batch (default 64: "
+                        "eval.batch_size=auto's pick for small_cnn on the CPU)")
+    parser.add_argument("--eps", default=None, help="default: the checkpoint's eps")
+    parser.add_argument("--threads", type=int, default=1)
+    return parser
 
 
 def run_examples(checkpoint: str, n_examples: int, eps=None, threads: int = 1):
