@@ -8,7 +8,8 @@
 # and what is left of the budget (default 540 s), and one that would start with under 30 s left is skipped:
 # a slow part costs the parts after it, never the logs before it. GPU_PARTS="autoattack text_speed" runs only
 # those (the names below). Without the run, the AutoAttack parts are skipped; the Hugging Face ones need the nlp
-# extra. On a lent machine, benchmarks/gpu_device.sh runs this with benchmarks/gpu_kit.sh's packages.
+# extra. PYTHON names the interpreter (default python3). On a lent machine, benchmarks/gpu_device.sh runs this
+# with benchmarks/gpu_kit.sh's packages.
 set -u
 out=${1:-benchmarks/gpu-logs}; model=${2:-}; budget=${3:-540}
 py=${PYTHON:-python3}
@@ -19,13 +20,14 @@ mkdir -p "$out"
 wanted() { [ -z "${GPU_PARTS:-}" ] || [[ " $GPU_PARTS " == *" $1 "* ]]; }
 
 part() {  # part NAME LIMIT COMMAND...: the command, logged to NAME.log, within LIMIT and the budget's rest
-  local name=$1 limit=$2 left=$((end - SECONDS)) start=$SECONDS status
+  local name=$1 left=$((end - SECONDS)) start=$SECONDS status
+  local limit=$(($2 < left ? $2 : left))
   shift 2
   wanted "$name" || return 0
   if [ "$left" -lt 30 ]; then echo "$name: skipped, ${left} s of the budget left" >> "$out/parts.log"; return; fi
-  timeout "$((limit < left ? limit : left))" "$@" > "$out/$name.log" 2>&1
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1
   status=$?
-  echo "$name: exit $status after $((SECONDS - start)) s (limit $((limit < left ? limit : left)) s)" >> "$out/parts.log"
+  echo "$name: exit $status after $((SECONDS - start)) s (limit $limit s)" >> "$out/parts.log"
 }
 
 with_model() {  # the part only where a trained run was given
