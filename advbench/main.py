@@ -19,8 +19,8 @@ from advbench.runtime.lock import LOCK, OWNER, DirectoryTaken, InUse, hold, hold
 from advbench.runtime.rundir import holds_run
 from advbench.runtime.signals import install_signal_handlers
 
-# torch is imported only once a run starts (run, distributed below): --help and shell completion compose the config
-# alone and answer in well under a second.
+# torch is imported only once a run starts (run, distributed below): shell completion composes the config alone and
+# answers in well under a second. advbench's own --help (cli.py) reads the tasks' classes, and so imports torch.
 
 log = logging.getLogger(__name__)
 register_configs()

@@ -199,8 +199,18 @@ def test_a_task_registered_later_is_served_by_what_fits_it():
 
 
 def test_the_cli_path_imports_no_torch_until_a_run_starts():
-    # --help and Tab completion go through advbench.main; torch (seconds to import) waits for the run
+    # Tab completion goes through advbench.main; torch (seconds to import) waits for the run
     code = "import sys, advbench.main; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_a_run_without_detection_starts_without_torchvision():
+    # torchvision (with the torch._dynamo it imports) costs a run's start about 2 s: only detectors, detection's
+    # metrics and torchvision's data sets need it, and the detectors load when a config first names them
+    code = ("import sys, advbench.experiment, advbench.models as models\n"
+            "from advbench.runtime.outputs import versions\nfrom advbench.tasks import tasks\n"
+            "tasks(); assert versions()['torchvision'] and 'torchvision' not in sys.modules\n"
+            "models.YoloTiny; sys.exit('torchvision' not in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 

@@ -113,12 +113,17 @@ def write_status(run_dir: Path, status: str) -> None:
 
 def versions() -> dict:
     """Versions of the software a result depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import torch
-    import torchvision
 
     from advbench.version import __version__
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "advbench": __version__}
+    try:  # read from its metadata: importing torchvision only for its version costs a run about 2 s
+        vision = version("torchvision")
+    except PackageNotFoundError:
+        vision = None
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": vision,
+            "advbench": __version__}
 
 
 def write_hydra_files(folder: Path, texts: dict) -> None:

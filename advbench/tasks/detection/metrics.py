@@ -3,12 +3,18 @@
 import logging
 
 import torch
-from torchvision.ops import box_iou
 
 from advbench.tasks import records
 
 logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # its per-call tables would flood the run's log
 IOU = 0.5  # a prediction matches an object at IoU >= 0.5 (the mAP@0.5 criterion)
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """torchvision's pairwise IoU, imported on first use: every task package loads with the registry, and a run
+    without detection then starts without torchvision (about 2 s)."""
+    from torchvision.ops import box_iou as iou
+    return iou(a, b)
 
 
 def confident(pred: dict, score: float) -> dict:
