@@ -1,6 +1,8 @@
 """The task protocol is declared: every member the core (attacks, training, evaluation, data, runtime...) uses on a
 task is a member of ``advbench.tasks.base.Task``, and the core never probes a task with hasattr/getattr."""
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import advbench
@@ -33,3 +35,13 @@ def test_the_core_never_probes_a_task():
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("hasattr",
                                                                                                   "getattr"):
                 assert not (node.args and _is_task(node.args[0])), f"{path.name}:{node.lineno} probes a task"
+
+
+def test_the_registry_order_does_not_follow_import_order():
+    # The first task an option serves picks its partners in --help and in test_config: a program that imports
+    # detection's package (a detector's module, say) before the registry loads must not move detection first.
+    code = ("import advbench.tasks.detection\nfrom advbench.tasks import tasks\n"
+            "from advbench.options import serves\n"
+            "assert list(tasks())[:4] == ['classification', 'text', 'detection', 'segmentation'], list(tasks())\n"
+            "assert serves('model', 'module')[0] == 'classification'")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode == 0

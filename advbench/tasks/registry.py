@@ -49,9 +49,11 @@ def _load() -> None:
 
 
 def tasks() -> dict:
-    """{task key: Task subclass}, every registered task."""
+    """{task key: Task subclass}, every registered task: the built-in ones in ``BUILTIN``'s order, then the others
+    as registered. Not import order, which a caller may change (importing a detector first imports detection)."""
     _load()
-    return dict(_TASKS)
+    rank = {key: i for i, key in enumerate(BUILTIN)}
+    return dict(sorted(_TASKS.items(), key=lambda item: rank.get(item[0], len(rank))))
 
 
 def task_class(key: str):
