@@ -204,12 +204,14 @@ def test_the_cli_path_imports_no_torch_until_a_run_starts():
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 
-def test_a_run_without_detection_starts_without_torchvision():
-    # torchvision (with the torch._dynamo it imports) costs a run's start about 2 s: only detectors, detection's
-    # metrics and torchvision's data sets need it, and the detectors load when a config first names them
+def test_a_run_without_detection_starts_without_torchvision_or_matplotlib():
+    # torchvision (with the torch._dynamo it imports) costs a command's start about 2 s: only detectors, detection's
+    # metrics and torchvision's data sets need it, and the detectors load when a config first names them;
+    # matplotlib (0.5 s) waits for the first figure, so that a refused command or --help pays for neither
     code = ("import sys, advbench.experiment, advbench.models as models\n"
             "from advbench.runtime.outputs import versions\nfrom advbench.tasks import tasks\n"
             "tasks(); assert versions()['torchvision'] and 'torchvision' not in sys.modules\n"
+            "assert 'matplotlib' not in sys.modules\n"
             "models.YoloTiny; sys.exit('torchvision' not in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 

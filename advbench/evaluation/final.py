@@ -9,7 +9,6 @@ import torch
 
 from advbench.data.loaders import to_unit
 from advbench.eps import parse_eps
-from advbench.evaluation.plots import plot_robustness_curve
 from advbench.evaluation.sanity import sanity_checks
 from advbench.runtime import readable
 from advbench.runtime.outputs import atomic_write
@@ -54,6 +53,7 @@ def robustness_curve(model, x, targets, plan, evaluator, out, main: dict) -> lis
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(out / "robustness_curve.csv", lambda f: f.write(text.getvalue().encode()))
+    from advbench.evaluation.plots import plot_robustness_curve  # matplotlib: 0.5 s, not paid by a refusal
     plot_robustness_curve(rows, list(plan.attacks(plan.eps_list[0])), plan.task.metrics, out / "robustness_curve.png",
                           evaluator.cascade, parse_eps(plan.eps), plan.subject)
     return rows

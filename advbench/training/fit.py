@@ -10,7 +10,6 @@ import torch
 from advbench.data.loaders import TensorLoader
 from advbench.data.streams import Stream, StreamLoader
 from advbench.errors import AdvbenchError, Interrupted
-from advbench.evaluation.plots import plot_curves
 from advbench.runtime import readable
 from advbench.runtime.checkpoint import save_checkpoint
 from advbench.runtime.distributed import world, wrap
@@ -122,6 +121,7 @@ def fit(model, data, task, recipe: Recipe, evaluator, out: Path, config: dict, c
             row |= {f"val_{clean_key}": val[clean_key], f"val_{robust_key}": val[robust_key]}
         metrics.append(row)
         write_jsonl(out / "metrics.jsonl", metrics)
+        from advbench.evaluation.plots import plot_curves  # matplotlib: 0.5 s, not paid by a refusal
         plot_curves(metrics, task.metrics, out / "curves.png")
         if trackers:
             trackers.metrics(row, epoch)
