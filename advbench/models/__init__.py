@@ -12,6 +12,7 @@ _LAZY = {"torchvision_detector": "advbench.models.torchvision_detectors", "YoloT
 
 
 def __getattr__(name: str):
+    """A detector's class or builder, imported on first use (PEP 562)."""
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -77,6 +77,7 @@ def fit(model, data, task, recipe: Recipe, evaluator, out: Path, config: dict, c
     """Train; validate each epoch; write metrics.jsonl, last.pt (everything a resume needs) and best.pt (by
     robust validation score), and hand each epoch's row to the experiment ``trackers``. With ``resume`` (a
     last.pt), continue after its epoch as if never stopped."""
+    from advbench.evaluation.plots import plot_curves  # matplotlib (0.5 s): here, not paid by a refused command
     mode, clean_key, robust_key = recipe.mode, *task.metrics
     optimizer = recipe.optimizer(model.parameters())
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -121,7 +122,6 @@ def fit(model, data, task, recipe: Recipe, evaluator, out: Path, config: dict, c
             row |= {f"val_{clean_key}": val[clean_key], f"val_{robust_key}": val[robust_key]}
         metrics.append(row)
         write_jsonl(out / "metrics.jsonl", metrics)
-        from advbench.evaluation.plots import plot_curves  # matplotlib: 0.5 s, not paid by a refusal
         plot_curves(metrics, task.metrics, out / "curves.png")
         if trackers:
             trackers.metrics(row, epoch)
