@@ -223,6 +223,7 @@ def test_shell_completion_answers_options():
 
 def test_logs_print_percentages_and_rates():
     assert number("val_robust_acc", 0.69188) == "69.19%" and number("images_per_s", 16270.4) == "16,270 img/s"
+    assert number("seconds", 0.0712) == "0.071 s" and number("seconds", 0) == "0 s"
     expected = "train_loss 0.4137, seconds 3.0 s, lr 0.00123"
     assert row({"train_loss": 0.41372, "seconds": 3.04, "lr": 0.0012345}) == expected
 

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from advbench.attacks.rows import row_budget
 from advbench.data.loaders import TensorLoader
+from advbench.runtime import readable
 from advbench.runtime.amp import autocast
 from advbench.runtime.compiled import Bucketed
 from advbench.runtime.distributed import gather_flags, shard, world
@@ -150,6 +151,6 @@ class Evaluator:
         if report:
             for name in attacks:
                 still = int(flags[name].sum())
-                log.info("%s: %d examples attacked, %d of %d still correct (%.2f%%), %.1f s", name,
-                         attacked[name], still, n, 100 * still / max(n, 1), seconds[name])
+                log.info("%s: %d examples attacked, %d of %d still correct (%.2f%%), %s", name,
+                         attacked[name], still, n, 100 * still / max(n, 1), readable.number("seconds", seconds[name]))
         return Outcome(flags, shown, records)

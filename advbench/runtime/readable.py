@@ -12,8 +12,8 @@ def number(key: str, value) -> str:
         return f"{100 * value:.2f}%"
     if key == "images_per_s":
         return f"{value:,.0f} img/s"
-    if key == "seconds":
-        return f"{value:.1f} s"
+    if key == "seconds":  # two significant digits below a second: a quick attack is 0.07 s, not 0.0 s
+        return f"{value:.2g} s" if abs(value) < 1 else f"{value:.1f} s"
     if key == "lr":
         return f"{value:.3g}"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
