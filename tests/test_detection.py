@@ -31,10 +31,10 @@ def scenes(n, seed, items=slice(0, 1300)):
 
 @pytest.fixture(scope="module")
 def trained():
-    """yolo_tiny after 400 Adam steps on digit scenes (~20 s): recall about 0.75 on held-out scenes (700 steps gave
-    0.79, 200 steps 0.03), but how far training gets differs from CPU to CPU (float rounding steers the
-    trajectory). The tests on it assert only what holds for any weights; what an attack achieves is tested on
-    ``KnownDetector``, whose outputs are set."""
+    """yolo_tiny after 400 Adam steps on digit scenes (25-29 s on a 2-core CPU): recall about 0.75 on held-out
+    scenes (700 steps gave 0.79, 200 steps 0.03), but how far training gets differs from CPU to CPU (float rounding
+    steers the trajectory). The tests on it assert only what holds for any weights; what an attack achieves is
+    tested on ``KnownDetector``, whose outputs are set."""
     torch.manual_seed(0)
     x, y = scenes(512, 0)
     model = YoloTiny((1, 64, 64), 10, [0.1], [0.25]).train()
