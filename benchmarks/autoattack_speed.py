@@ -18,16 +18,12 @@ import logging
 import time
 
 import torch
-from timing import timed  # benchmarks/timing.py
+from timing import run_examples, timed  # benchmarks/timing.py
 
 from advbench.api import preset
 from advbench.attacks.reference import reference_autoattack, run_reference
-from advbench.data import load_data
-from advbench.data.loaders import to_unit
-from advbench.eps import parse_eps
 from advbench.evaluation import Evaluator
 from advbench.evaluation.batch import auto_batch_size
-from advbench.runtime.checkpoint import load_model, load_stored
 from advbench.runtime.compiled import resolve_compile
 from advbench.tasks import build_task
 
@@ -85,19 +81,11 @@ def main():
                         "attack_mode (frozen parameters, faster one-channel input gradient), as "
                         "eval=autoattack_reference runs it")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.set_num_threads(args.threads)
-
-    cfg, _ = load_stored(args.checkpoint)  # a stored config is data: checked before anything is built from it
-    data = load_data(cfg.dataset)
+    n = args.n_examples or (None if device.type == "cuda" else 1000)  # None: every test example
+    model, x, y, eps, cfg, data = run_examples(args.checkpoint, n, args.eps, args.threads, device)
     task = build_task(data)
-    model = load_model(args.checkpoint, device=device, data=data)
-    model = model.to(memory_format=torch.channels_last)
     eps_text = args.eps or str(cfg.eps)
-    eps = parse_eps(eps_text)
-    n = args.n_examples or (len(data.test[1]) if device.type == "cuda" else 1000)
-    x, y = to_unit(data.test[0][:n]).to(device), data.test[1][:n].to(device)
     compiled = resolve_compile({"true": True, "false": False}.get(args.compile, "auto"), device)
     machine = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
     log.info("%s, %d test examples, Linf eps=%s, %s, torch %s, advbench %s", cfg.model._target_, len(y), eps_text,

@@ -48,9 +48,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="runs of each, alternating (default 3)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = parser.parse_args()
-    model, x, y, eps, cfg = run_examples(args.checkpoint, args.n_examples, args.eps, args.threads)
     device = torch.device(args.device)
-    model, x, y = model.to(device), x.to(device), y.to(device)
+    model, x, y, eps, cfg, _ = run_examples(args.checkpoint, args.n_examples, args.eps, args.threads, device)
     log.info("%s, %d test examples, Linf eps=%s, FAB-T with %d targets, %s, %d thread(s), torch %s",
              cfg.model._target_, len(y), args.eps or cfg.eps, args.targets, device, args.threads, torch.__version__)
 

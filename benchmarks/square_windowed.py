@@ -30,7 +30,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=2, help="runs of each, alternating (default 2)")
     parser.add_argument("--batch-sizes", default=None, help="windowed only, in batches of each of these sizes")
     args = parser.parse_args()
-    model, x, y, eps, cfg = run_examples(args.checkpoint, args.n_examples, args.eps, args.threads)
+    model, x, y, eps, cfg, _ = run_examples(args.checkpoint, args.n_examples, args.eps, args.threads)
     cpu = torch.device("cpu")
     log.info("%s, %d test examples, Linf eps=%s, %d queries, CPU, %d thread(s), torch %s", cfg.model._target_,
              len(y), args.eps or cfg.eps, args.queries, args.threads, torch.__version__)

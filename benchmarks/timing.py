@@ -30,9 +30,10 @@ def run_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run_examples(checkpoint: str, n_examples: int, eps=None, threads: int = 1):
-    """The CPU setup of a benchmark on a saved run: its model (eval mode, channels_last, as a run evaluates it),
-    its first ``n_examples`` test examples in [0,1], its eps (``eps`` overrides it) and its config."""
+def run_examples(checkpoint: str, n_examples: int | None, eps=None, threads: int = 1, device=torch.device("cpu")):
+    """The setup of a benchmark on a saved run: its model on ``device`` (eval mode, channels_last, as a run
+    evaluates it), its first ``n_examples`` test examples in [0,1] there (None: all), its eps (``eps`` overrides
+    it), its config and its data."""
     from advbench.data import load_data
     from advbench.data.loaders import to_unit
     from advbench.eps import parse_eps
@@ -42,6 +43,6 @@ def run_examples(checkpoint: str, n_examples: int, eps=None, threads: int = 1):
     torch.set_num_threads(threads)
     cfg, _ = load_stored(checkpoint)  # a stored config is data: checked before anything is built from it
     data = load_data(cfg.dataset)
-    model = load_model(checkpoint, device=torch.device("cpu"), data=data).to(memory_format=torch.channels_last).eval()
-    x, y = to_unit(data.test[0][:n_examples]), data.test[1][:n_examples]
-    return model, x, y, parse_eps(eps or str(cfg.eps)), cfg
+    model = load_model(checkpoint, device=device, data=data).to(memory_format=torch.channels_last).eval()
+    x, y = to_unit(data.test[0][:n_examples]).to(device), data.test[1][:n_examples].to(device)
+    return model, x, y, parse_eps(eps or str(cfg.eps)), cfg, data
