@@ -216,6 +216,50 @@ def test_repeated_sigints_still_stop_cleanly_with_exit_3(tmp_path, monkeypatch):
     assert f"resume={tmp_path}/run" in err
 
 
+# torch.save's zip writer is made, and the Ctrl-C handled, before its `with` block: unfinished, the writer writes the
+# archive's end in its destructor, once the exception is freed, into the file the temp-file writer has closed.
+SAVE_CUT_SHORT = ("import os, signal, sys, torch\n"
+                  "from pathlib import Path\n"
+                  "from advbench.errors import Interrupted\n"
+                  "from advbench.runtime.checkpoint import save_checkpoint\n"
+                  "from advbench.runtime.signals import install_signal_handlers\n"
+                  "install_signal_handlers()\n"
+                  "opener_init = torch.serialization._opener.__init__\n"
+                  "def init(self, file_like):\n"
+                  "    if isinstance(file_like, torch._C.PyTorchFileWriter):\n"
+                  "        os.kill(os.getpid(), signal.SIGINT)\n"
+                  "    opener_init(self, file_like)\n"
+                  "torch.serialization._opener.__init__ = init\n"
+                  "try:\n"
+                  "    save_checkpoint(Path(sys.argv[1]), torch.nn.Linear(2, 2), {'epochs': 1})\n"
+                  "except Interrupted as err:\n"
+                  "    print('interrupted', err, flush=True)\n")
+
+
+def test_a_sigint_inside_torch_save_waits_for_the_checkpoint(tmp_path):
+    # It used to end the process with SIGABRT (std::terminate: "write to closed file"), the run's stop unrecorded.
+    proc = subprocess.run([sys.executable, "-c", SAVE_CUT_SHORT, str(tmp_path / "last.pt")], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout == "interrupted SIGINT\n", proc.stderr
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["config"] == {"epochs": 1}  # whole, not cut short
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_deferred_signals_reach_the_handler_in_place_after_the_block():
+    from advbench.runtime.signals import deferred
+    done = []
+    with pytest.raises(KeyboardInterrupt):  # Python's own SIGINT handler, as in a user's script
+        with deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("the block ran to its end")
+    assert done == ["the block ran to its end"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with deferred():  # no signal: nothing is raised
+        done.append("again")
+    assert done[-1] == "again"
+
+
 def sigint_twice(proc) -> None:
     """Ctrl-C, and again 50 ms later (the second may find the process gone)."""
     proc.send_signal(signal.SIGINT)

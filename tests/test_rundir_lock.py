@@ -108,7 +108,7 @@ def test_two_resumes_started_together(tmp_path):
     assert owner["pid"] == procs[winner].pid and owner["host"] == socket.gethostname()
     procs[winner].send_signal(signal.SIGINT)
     _, err = procs[winner].communicate(timeout=300)
-    assert procs[winner].returncode == 3 and "Traceback" not in err
+    assert procs[winner].returncode == 3 and "Traceback" not in err, err
     overrides = yaml.safe_load((run / ".hydra_resume" / "overrides.yaml").read_text())
     assert f"eval.n_examples={winner}" in overrides
     assert (run / ".hydra" / "config.yaml").read_bytes() == before[run / ".hydra" / "config.yaml"]

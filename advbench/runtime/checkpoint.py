@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 
 from advbench.errors import AdvbenchError, unimportable
 from advbench.runtime.outputs import atomic_write
+from advbench.runtime.signals import deferred
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,10 @@ log = logging.getLogger(__name__)
 def save_checkpoint(path: Path, model: torch.nn.Module, config: dict, **extra) -> None:
     """Save the state dict with the plain-container config, loadable with ``torch.load(weights_only=True)``."""
     state = {"state_dict": model.state_dict(), "config": config, **extra}
-    atomic_write(path, lambda f: torch.save(state, f))
+    # torch.save's zip writer calls back into the Python file; cut short by a Ctrl-C it would finish the archive
+    # in its destructor, after the file is closed, and abort the process: the signal waits for the file instead.
+    with deferred():
+        atomic_write(path, lambda f: torch.save(state, f))
 
 
 def resolve(path: str) -> Path:

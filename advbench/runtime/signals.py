@@ -1,9 +1,12 @@
 """SIGINT and SIGTERM as one clean stop: ``Interrupted`` is raised once, and every signal after it is ignored."""
+import contextlib
 import signal
+import threading
 
 from advbench.errors import Interrupted
 
 _signalled: list = []
+STOPS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _on_signal(signum, frame) -> None:
@@ -12,7 +15,7 @@ def _on_signal(signum, frame) -> None:
     _signalled.append(signal.Signals(signum).name)
     # Ignored from now on, by the kernel: at exit Python puts back the default action of any signal it handles
     # (but not of an ignored one), and a second Ctrl-C arriving then would kill the process (exit 130).
-    for other in (signal.SIGINT, signal.SIGTERM):
+    for other in STOPS:
         signal.signal(other, signal.SIG_IGN)
     raise Interrupted(_signalled[0])
 
@@ -21,5 +24,26 @@ def install_signal_handlers() -> None:
     """SIGINT and SIGTERM raise ``Interrupted`` once; any signals after it are ignored: the clean stop goes on
     and the exit code stays 3."""
     _signalled.clear()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOPS:
         signal.signal(signum, _on_signal)
+
+
+@contextlib.contextmanager
+def deferred():
+    """Hold SIGINT and SIGTERM until the block has ended, then deliver them to the handlers in place before it.
+
+    For C++ that calls back into Python: an exception raised in the callbacks' Python frames can leave the C++
+    object unfinished, and its destructor then ends the process with std::terminate (SIGABRT, nothing cleaned up).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Python runs signal handlers in the main thread only: nothing can be raised in this one
+        return
+    caught = []
+    handlers = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in STOPS}
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(caught):  # once each, as the kernel would have merged them while pending
+            signal.raise_signal(signum)
