@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -258,6 +259,14 @@ def test_deferred_signals_reach_the_handler_in_place_after_the_block():
     with deferred():  # no signal: nothing is raised
         done.append("again")
     assert done[-1] == "again"
+
+    def in_a_thread():  # signal.signal would raise there; handlers run in the main thread anyway
+        with deferred():
+            done.append("in a thread")
+    worker = threading.Thread(target=in_a_thread)
+    worker.start()
+    worker.join()
+    assert done[-1] == "in a thread" and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def sigint_twice(proc) -> None:

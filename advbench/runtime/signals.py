@@ -35,12 +35,14 @@ def deferred():
     For C++ that calls back into Python: an exception raised in the callbacks' Python frames can leave the C++
     object unfinished, and its destructor then ends the process with std::terminate (SIGABRT, nothing cleaned up).
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # Python runs signal handlers in the main thread only: nothing can be raised in this one
+    # Python runs signal handlers in the main thread only, and cannot put back a handler set outside Python (None)
+    if threading.current_thread() is not threading.main_thread() or None in map(signal.getsignal, STOPS):
+        yield
         return
-    caught = []
-    handlers = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in STOPS}
+    caught, handlers = [], {}
     try:
+        for signum in STOPS:
+            handlers[signum] = signal.signal(signum, lambda signum, frame: caught.append(signum))
         yield
     finally:
         for signum, handler in handlers.items():
