@@ -9,7 +9,7 @@ import os
 import sys
 
 from advbench.errors import Interrupted, Refused
-from advbench.runtime.signals import install_signal_handlers
+from advbench.runtime.signals import ignore_from_now, install_signal_handlers
 
 log = logging.getLogger("advbench")
 # Old spellings of command-line keys: old -> new. ``task`` named the job before it came to name the problem.
@@ -140,6 +140,7 @@ def main() -> None:
     finally:
         from advbench.runtime.lock import release
         release()  # the directories this command held (a caller in this process may start another run)
+        ignore_from_now()
 
 
 if __name__ == "__main__":

@@ -292,17 +292,21 @@ def test_two_sigints_50_ms_apart_during_training_exit_3(tmp_path):
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] >= 1 and not list(run.glob(".*.tmp"))
 
 
+# A SIGINT while Python finalizes (from a module global's __del__), after it has put back the default action of
+# every signal it handled: the moment a Ctrl-C used to kill the process with 130.
+SIGINT_AT_EXIT = ("import os, signal, sys, time\n"
+                  "import advbench.cli as cli\n"
+                  "class SignalAtExit:\n"
+                  "    def __init__(self):\n"
+                  "        self.kill, self.pid = os.kill, os.getpid()\n"
+                  "    def __del__(self):\n"
+                  "        self.kill(self.pid, signal.SIGINT)\n"
+                  "at_exit = SignalAtExit()\n")
+
+
 def test_two_sigints_50_ms_apart_during_start_up_exit_3(tmp_path):
-    # The start-up waits for the signals; a third comes while Python finalizes, after it has put back the
-    # default action of every signal it handled (the moment a second Ctrl-C used to kill it with 130).
-    script = ("import os, signal, sys, time\n"
-              "import advbench.cli as cli\n"
-              "class SignalAtExit:\n"
-              "    def __init__(self):\n"
-              "        self.kill, self.pid = os.kill, os.getpid()\n"
-              "    def __del__(self):\n"
-              "        self.kill(self.pid, signal.SIGINT)\n"
-              "at_exit = SignalAtExit()\n"
+    # The start-up waits for the signals; a third comes while Python finalizes.
+    script = (SIGINT_AT_EXIT +
               "real = cli._load_entry\n"
               "def load():\n"
               "    entry = real()\n"
@@ -320,3 +324,11 @@ def test_two_sigints_50_ms_apart_during_start_up_exit_3(tmp_path):
     assert proc.returncode == 3 and "Traceback" not in err
     one_line_error(err, "interrupted (SIGINT) during start-up")
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_sigint_in_the_teardown_of_a_finished_run_keeps_exit_0(tmp_path):
+    # Python's teardown takes about a second once torch is loaded: a Ctrl-C then must not make a finished run 130.
+    script = SIGINT_AT_EXIT + f"sys.argv = ['advbench', *{TINY!r}, 'epochs=1', 'hydra.run.dir=run']\ncli.main()\n"
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert (tmp_path / "run" / "status").read_text() == "finished\n"

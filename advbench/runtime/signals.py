@@ -28,6 +28,14 @@ def install_signal_handlers() -> None:
         signal.signal(signum, _on_signal)
 
 
+def ignore_from_now() -> None:
+    """Ignore SIGINT and SIGTERM for good: for a command whose outcome is decided and written. What is left is
+    Python's teardown (about a second with torch loaded, the default actions back), where a Ctrl-C would only turn
+    the exit code of a finished run into 130."""
+    for signum in STOPS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def deferred():
     """Hold SIGINT and SIGTERM until the block has ended, then deliver them to the handlers in place before it.
