@@ -246,6 +246,63 @@ def test_a_sigint_inside_torch_save_waits_for_the_checkpoint(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
+# The garbage collector runs __del__ methods and weakref callbacks (matplotlib's, torch's) in the middle of any code;
+# a signal handled in one raises there, and Python reports the exception and drops it.
+KILLS_ON_DEL = ("import os, signal, sys, time\n"
+                "class KillsOnDel:\n"
+                "    def __init__(self, signum):\n"
+                "        self.signum = signum\n"
+                "    def __del__(self):\n"
+                "        os.kill(os.getpid(), self.signum)\n")
+
+
+# The thread that sends the signal again is quicker than the hook that started it (as on a loaded machine).
+RACING_TIMER = ("import threading\n"
+                "raced = []\n"
+                "class RacingTimer(threading.Timer):\n"
+                "    def start(self):\n"
+                "        if not raced:\n"
+                "            raced.append(True)\n"
+                "            os.kill(*self.args)\n"
+                "        super().start()\n"
+                "threading.Timer = RacingTimer\n")
+
+
+@pytest.mark.parametrize("racing", [False, True])
+def test_a_stop_raised_in_a_del_is_raised_again_where_it_counts(racing):
+    script = KILLS_ON_DEL + (RACING_TIMER if racing else "") + ("from advbench.errors import Interrupted\n"
+                             "from advbench.runtime.signals import install_signal_handlers\n"
+                             "install_signal_handlers()\n"
+                             "try:\n"
+                             "    KillsOnDel(signal.SIGTERM)\n"
+                             "    for _ in range(1000):\n"
+                             "        time.sleep(0.01)\n"
+                             "    print('not stopped', flush=True)\n"
+                             "except Interrupted as err:\n"
+                             "    print('interrupted', err, flush=True)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.stdout == "interrupted SIGTERM\n" and proc.stderr == "", proc.stderr  # no "Exception ignored"
+
+
+def test_a_sigint_handled_in_a_del_during_training_stops_the_run(tmp_path):
+    # It used to be dropped (and the signals after it ignored): the run went on to its last epoch and exit 0.
+    script = KILLS_ON_DEL + ("import advbench.cli as cli\n"
+                             "from advbench.training import modes\n"
+                             "real, calls = modes.Standard.step, []\n"
+                             "def step(self, batch):\n"
+                             "    calls.append(1)\n"
+                             "    if len(calls) == 5:\n"
+                             "        KillsOnDel(signal.SIGINT)\n"
+                             "    return real(self, batch)\n"
+                             "modes.Standard.step = step\n"
+                             f"sys.argv = ['advbench', *{TINY!r}, 'training=standard', 'epochs=50', "
+                             "'hydra.run.dir=run']\n"
+                             "cli.main()\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr and "ignored" not in proc.stderr, proc.stderr
+    assert (tmp_path / "run" / "status").read_text().startswith("interrupted: SIGINT")
+
+
 def test_deferred_signals_reach_the_handler_in_place_after_the_block():
     from advbench.runtime.signals import deferred
     done = []

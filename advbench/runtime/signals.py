@@ -1,11 +1,17 @@
-"""SIGINT and SIGTERM as one clean stop: ``Interrupted`` is raised once, and every signal after it is ignored."""
+"""SIGINT and SIGTERM as one clean stop: ``Interrupted`` is raised once, and every signal after it is ignored.
+
+Never lost: one that arrives while a checkpoint is written waits for it (``deferred``), and one raised where Python
+drops exceptions (a ``__del__``, a weakref callback) is sent again (``_redeliver``)."""
 import contextlib
+import os
 import signal
+import sys
 import threading
 
 from advbench.errors import Interrupted
 
 _signalled: list = []
+_hooks: list = []  # the unraisablehook in place before ours
 STOPS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -20,12 +26,37 @@ def _on_signal(signum, frame) -> None:
     raise Interrupted(_signalled[0])
 
 
+def _redeliver(unraisable) -> None:
+    """sys.unraisablehook: an ``Interrupted`` that the handler raised inside a ``__del__`` or a weakref callback
+    (run by the garbage collector anywhere), which Python reports and drops, is raised again where it stops the run."""
+    name = str(unraisable.exc_value)
+    if not isinstance(unraisable.exc_value, Interrupted) or name not in (s.name for s in STOPS):
+        _hooks[0](unraisable)
+        return
+    while True:
+        try:
+            install_signal_handlers()
+            # Sent again from another thread, once this hook has returned (an os.kill here would run the handler
+            # at once, inside the hook). If the thread is quicker than the hook after all, the handler raises in
+            # here: caught below, and sent again.
+            timer = threading.Timer(0.01, os.kill, (os.getpid(), signal.Signals[name]))
+            timer.daemon = True
+            with contextlib.suppress(RuntimeError):  # no new thread at interpreter exit: the command has ended
+                timer.start()
+            return
+        except Interrupted:
+            continue
+
+
 def install_signal_handlers() -> None:
     """SIGINT and SIGTERM raise ``Interrupted`` once; any signals after it are ignored: the clean stop goes on
     and the exit code stays 3."""
     _signalled.clear()
     for signum in STOPS:
         signal.signal(signum, _on_signal)
+    if sys.unraisablehook is not _redeliver:
+        _hooks[:] = [sys.unraisablehook]
+        sys.unraisablehook = _redeliver
 
 
 def ignore_from_now() -> None:
