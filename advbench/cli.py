@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from advbench.errors import Interrupted, Refused
+from advbench.errors import Interrupted, Refused, interruption
 from advbench.runtime.signals import ignore_from_now, install_signal_handlers
 
 log = logging.getLogger("advbench")
@@ -127,12 +127,14 @@ def main() -> None:
         entry = _load_entry()
         entry.STARTED = started
         entry.main()
-    except Interrupted as err:  # before the run began: nothing was written
-        log.error("interrupted (%s) during start-up: nothing was written", err)
-        sys.exit(3)
     except BrokenPipeError:  # `advbench --help | head`: the reader has gone, which is no error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe: no error at exit
         sys.exit(0)
+    except (Interrupted, Exception) as caught:  # before the run began: nothing was written
+        if not (stop := interruption(caught)):
+            raise
+        log.error("interrupted (%s) during start-up: nothing was written", stop)
+        sys.exit(3)
     except SystemExit as done:
         # Hydra exits 1 on its own errors (unknown option or key, wrong type): bad input, like advbench's.
         hydras_own = not started and not isinstance(done, Refused)

@@ -21,6 +21,18 @@ class Interrupted(BaseException):
     """
 
 
+def interruption(err: BaseException | None) -> Interrupted | None:
+    """The ``Interrupted`` that ``err`` is, or wraps as its cause: Python itself wraps one raised in a class's
+    ``__set_name__`` (as an import runs) in a RuntimeError."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, Interrupted):
+            return err
+        seen.add(id(err))
+        err = err.__cause__
+    return None
+
+
 class Refused(SystemExit):
     """The exit of a check that ran before the task (a Hydra callback): its code is deliberate, not Hydra's."""
 

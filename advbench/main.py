@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from advbench.config import register_configs
-from advbench.errors import AdvbenchError, Interrupted
+from advbench.errors import AdvbenchError, Interrupted, interruption
 from advbench.runtime.callbacks import CLAIMED, NOT_RUN
 from advbench.runtime.outputs import DeferredLog, NoSpace, no_space, write_hydra_files, write_status
 from advbench.runtime.lock import LOCK, OWNER, DirectoryTaken, InUse, hold, holder, own, release, status_of
@@ -180,10 +180,10 @@ def main(cfg) -> float | None:
     owned, logs = [], DeferredLog(out)
     try:
         return job(cfg, out, owned, logs)
-    except Interrupted as err:
-        stopped(out, err, owned)
-        sys.exit(3)
-    except Exception as caught:
+    except (Interrupted, Exception) as caught:
+        if stop := interruption(caught):
+            stopped(out, stop, owned)
+            sys.exit(3)
         err = no_space(caught) or caught
         if not isinstance(err, AdvbenchError):  # a bug or an out-of-memory: the traceback goes to the job's log
             if owned:

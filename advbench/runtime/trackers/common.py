@@ -2,7 +2,7 @@
 import importlib
 from pathlib import Path
 
-from advbench.errors import AdvbenchError, Interrupted
+from advbench.errors import AdvbenchError, interruption
 
 # results.json sections that say what ran, not what it measured: settings (the config holds them, as hyperparameters),
 # never metrics, so that seed, threads or an attack's steps do not become a metric's curve.
@@ -61,7 +61,7 @@ def outcome(failed: BaseException | None) -> str:
     """How a run ended: finished, interrupted (resumable: SIGINT, SIGTERM, stop_after_epoch) or failed."""
     if failed is None:
         return "finished"
-    return "interrupted" if isinstance(failed, (Interrupted, KeyboardInterrupt)) else "failed"
+    return "interrupted" if isinstance(failed, KeyboardInterrupt) or interruption(failed) else "failed"
 
 
 def require(module: str, tracker: str, package: str):
