@@ -21,16 +21,19 @@ class Interrupted(BaseException):
     """
 
 
+def chain(err: BaseException | None, context: bool = False):
+    """``err`` and the errors behind it: its causes, and with ``context`` the errors it was raised while handling."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        yield err
+        seen.add(id(err))
+        err = err.__cause__ or (err.__context__ if context else None)
+
+
 def interruption(err: BaseException | None) -> Interrupted | None:
     """The ``Interrupted`` that ``err`` is, or wraps as its cause: Python itself wraps one raised in a class's
     ``__set_name__`` (as an import runs) in a RuntimeError."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, Interrupted):
-            return err
-        seen.add(id(err))
-        err = err.__cause__
-    return None
+    return next((e for e in chain(err) if isinstance(e, Interrupted)), None)
 
 
 class Refused(SystemExit):

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from advbench.errors import RunFailed
+from advbench.errors import RunFailed, chain
 
 # torch is imported where it is used: the Hydra callbacks write a run directory's lock record before torch loads.
 FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -25,14 +25,11 @@ class NoSpace(RunFailed):
 
 def no_space(err: BaseException) -> NoSpace | None:
     """``err`` as a NoSpace if a full disk caused it (whoever wrote the file), else None."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, NoSpace):
-            return err
-        if isinstance(err, OSError) and err.errno in FULL:
-            return NoSpace(err.filename or "a file of the run")
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
+    for cause in chain(err, context=True):
+        if isinstance(cause, NoSpace):
+            return cause
+        if isinstance(cause, OSError) and cause.errno in FULL:
+            return NoSpace(cause.filename or "a file of the run")
     return None
 
 
