@@ -246,6 +246,23 @@ def test_a_sigint_inside_torch_save_waits_for_the_checkpoint(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
+# A TINY run of 50 epochs in `python -c`: long enough that only a stop ends it before its last epoch.
+RUN_IN_SCRIPT = (f"sys.argv = ['advbench', *{TINY!r}, 'training=standard', 'epochs=50', 'hydra.run.dir=run']\n"
+                 "cli.main()\n")
+
+
+def at_training_step_5(call: str) -> str:
+    """Script lines that make the run ``call`` before its fifth training step."""
+    return ("from advbench.training import modes\n"
+            "real, calls = modes.Standard.step, []\n"
+            "def step(self, batch):\n"
+            "    calls.append(1)\n"
+            "    if len(calls) == 5:\n"
+            f"        {call}\n"
+            "    return real(self, batch)\n"
+            "modes.Standard.step = step\n")
+
+
 # The garbage collector runs __del__ methods and weakref callbacks (matplotlib's, torch's) in the middle of any code;
 # a signal handled in one raises there, and Python reports the exception and drops it.
 KILLS_ON_DEL = ("import os, signal, sys, time\n"
@@ -286,18 +303,8 @@ def test_a_stop_raised_in_a_del_is_raised_again_where_it_counts(racing):
 
 def test_a_sigint_handled_in_a_del_during_training_stops_the_run(tmp_path):
     # It used to be dropped (and the signals after it ignored): the run went on to its last epoch and exit 0.
-    script = KILLS_ON_DEL + ("import advbench.cli as cli\n"
-                             "from advbench.training import modes\n"
-                             "real, calls = modes.Standard.step, []\n"
-                             "def step(self, batch):\n"
-                             "    calls.append(1)\n"
-                             "    if len(calls) == 5:\n"
-                             "        KillsOnDel(signal.SIGINT)\n"
-                             "    return real(self, batch)\n"
-                             "modes.Standard.step = step\n"
-                             f"sys.argv = ['advbench', *{TINY!r}, 'training=standard', 'epochs=50', "
-                             "'hydra.run.dir=run']\n"
-                             "cli.main()\n")
+    script = (KILLS_ON_DEL + "import advbench.cli as cli\n" + at_training_step_5("KillsOnDel(signal.SIGINT)")
+              + RUN_IN_SCRIPT)
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 3 and "Traceback" not in proc.stderr and "ignored" not in proc.stderr, proc.stderr
     assert (tmp_path / "run" / "status").read_text().startswith("interrupted: SIGINT")
@@ -336,22 +343,12 @@ def test_a_stop_wrapped_by_python_is_still_a_stop():
 @pytest.mark.parametrize("when", ["training", "start-up"])
 def test_a_sigint_wrapped_in_a_runtime_error_stops_with_exit_3(tmp_path, when):
     # It used to be a bug's exit 1 (status failed, a traceback), as a stress loop of random signals found.
-    patch = ("from advbench.training import modes\n"
-             "real, calls = modes.Standard.step, []\n"
-             "def step(self, batch):\n"
-             "    calls.append(1)\n"
-             "    if len(calls) == 5:\n"
-             "        make_a_class()\n"
-             "    return real(self, batch)\n"
-             "modes.Standard.step = step\n") if when == "training" else (
-             "real = cli._load_entry\n"
-             "def load():\n"
-             "    make_a_class()\n"
-             "    return real()\n"
-             "cli._load_entry = load\n")
-    script = (KILLS_ON_SET_NAME + "import advbench.cli as cli\n" + patch +
-              f"sys.argv = ['advbench', *{TINY!r}, 'training=standard', 'epochs=50', 'hydra.run.dir=run']\n"
-              "cli.main()\n")
+    patch = at_training_step_5("make_a_class()") if when == "training" else ("real = cli._load_entry\n"
+                                                                            "def load():\n"
+                                                                            "    make_a_class()\n"
+                                                                            "    return real()\n"
+                                                                            "cli._load_entry = load\n")
+    script = KILLS_ON_SET_NAME + "import advbench.cli as cli\n" + patch + RUN_IN_SCRIPT
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
     if when == "training":
