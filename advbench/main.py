@@ -16,7 +16,7 @@ from advbench.errors import AdvbenchError, Interrupted, interruption
 from advbench.runtime.callbacks import CLAIMED, NOT_RUN
 from advbench.runtime.outputs import DeferredLog, NoSpace, no_space, write_hydra_files, write_status
 from advbench.runtime.lock import LOCK, OWNER, DirectoryTaken, InUse, hold, holder, own, release, status_of
-from advbench.runtime.rundir import holds_run
+from advbench.runtime.rundir import holds_run, rank_scratch
 from advbench.runtime.signals import install_signal_handlers
 
 # torch is imported only once a run starts (run, distributed below): shell completion composes the config alone and
@@ -210,5 +210,7 @@ def main(cfg) -> float | None:
         if distributed.is_main():
             release(out)
         distributed.teardown()
-        if not distributed.is_main():
-            shutil.rmtree(out, ignore_errors=True)  # torchrun: the other ranks' scratch directory
+        if not distributed.is_main():  # torchrun: the other ranks' scratch directories
+            shutil.rmtree(out, ignore_errors=True)
+            if HydraConfig.get().runtime.output_dir == rank_scratch():  # not a directory the user named
+                shutil.rmtree(rank_scratch(), ignore_errors=True)

@@ -1,5 +1,6 @@
 """Data-parallel training with torchrun: 2 processes on the CPU (gloo)."""
 import json
+import os
 import subprocess
 import sys
 
@@ -8,18 +9,22 @@ import numpy as np
 from helpers import TINY, advbench
 
 
-def test_two_process_ddp_run_writes_one_directory_with_gathered_results(tmp_path):
-    run = tmp_path / "run"
+def test_two_process_ddp_run_writes_one_directory_with_gathered_results(tmp_path, tmp_path_factory):
+    scratch = tmp_path_factory.mktemp("tmpdir")  # the ranks' TMPDIR, to see what they leave there
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "advbench", *TINY, "eval.n_examples=101", f"hydra.run.dir={run}"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+                           "-m", "advbench", *TINY, "eval.n_examples=101"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TMPDIR": str(scratch)})
     assert proc.returncode == 0, proc.stderr
+    # rank 1's directory (Hydra's and its own) is removed; torchrun's torchelastic_* logs are torch's
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("advbench")] == []
+    [run] = (tmp_path / "outputs").glob("*/*")  # the one run directory, named as usual
     results = json.loads((run / "results.json").read_text())
     assert results["world_size"] == 2 and results["n_examples"] == 101  # both ranks' shards, gathered
     flags = np.load(run / "robust_flags.npz")
     assert len(flags["clean"]) == 101 and flags["clean"].mean() == results["clean_acc"]
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # only rank 0 wrote files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]  # only rank 0 wrote files
     assert (run / "advbench.log").read_text().count("epoch 1:") == 1
 
     # The gathered clean flags are those of evaluating the same weights in one process.

@@ -76,9 +76,8 @@ def labels(dataset: str, model_target: str, training: str, attack: str, choices:
 def run_dir(resume, job, checkpoint, seed, timestamp, dataset, model_target, training, attack, eps,
             model_choice, attack_choice, model_name=None, module_target=None) -> str:
     """``hydra.run.dir``: the directory being resumed; else a fresh outputs/<what ran>/<timestamp>."""
-    rank = int(os.environ.get("RANK", 0))
-    if rank > 0:  # torchrun: only rank 0 writes to the run directory; the others get scratch space
-        return os.path.join(tempfile.gettempdir(), f"advbench-rank{rank}-{os.getppid()}")
+    if int(os.environ.get("RANK", 0)) > 0:  # torchrun: only rank 0 writes to the run directory
+        return rank_scratch()
     if resume is not None and str(resume) != "auto":
         return str(resume)
     job = getattr(job, "value", job)  # the job (train, eval, saliency): the schema hands the resolver an enum
@@ -92,6 +91,11 @@ def run_dir(resume, job, checkpoint, seed, timestamp, dataset, model_target, tra
                      {"model": model_choice, "attack": attack_choice}, model_name, module_target)
         name = "_".join([*ran.values(), f"eps{eps}", f"seed{seed}"])
     return claim(f"outputs/{short(name)}/{timestamp}")
+
+
+def rank_scratch() -> str:
+    """Where Hydra puts a torchrun rank other than 0 (its log only, and removed when the run ends)."""
+    return os.path.join(tempfile.gettempdir(), f"advbench-rank{os.environ['RANK']}-{os.getppid()}")
 
 
 def sweep_dir(timestamp) -> str:
