@@ -18,6 +18,7 @@ from advbench.eps import parse_eps
 from advbench.errors import AdvbenchError
 from advbench.evaluation import EvalPlan, Evaluator, final_evaluation, tidy
 from advbench.evaluation.batch import auto_batch_size
+from advbench.evaluation.gradcam import find_layer, wants_gradcam
 from advbench.evaluation.summary import write_summary
 from advbench.run_config import (check_resume_overrides, checkpoint_config, command_line, plain, resolve_device,
                                  threads_per_job)
@@ -127,6 +128,8 @@ def prepare(cfg, out: Path, choices: dict, state: dict | None) -> Run:
                             "now: the token ids would not mean the same words")
     # channels_last lets oneDNN (CPU) and cuDNN pick their faster NHWC kernels: ~1.4x for small_cnn on CPU.
     model = model.to(device, memory_format=torch.channels_last) if len(data.shape) == 3 else model.to(device)
+    if cfg.job == "saliency" and wants_gradcam(cfg.saliency) and cfg.saliency.layer:
+        find_layer(model, cfg.saliency.layer)  # a misspelt layer is bad input: refused before the run starts
     compiled = resolve_compile(cfg.compile, device, task.pads_batches)  # the one place the setting is read
     log.info("%s: %d train / %d val / %d test examples; %s on %s%s", cfg.dataset.name, len(data.train[0]),
              len(data.val[0]), len(data.test[0]), cfg.model._target_.rsplit(".", 1)[-1], device,

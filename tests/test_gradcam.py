@@ -143,7 +143,8 @@ def test_gradcam_of_a_classifier_beside_its_input_gradients(tmp_path):
     code, err = cli("job=saliency", f"checkpoint={tmp_path / 'cnn.pt'}", "dataset=digits", "model=small_cnn",
                     "saliency.method=gradcam", "saliency.layer=conv9", "saliency.n_examples=2", "progress=false",
                     f"hydra.run.dir={tmp_path}/bad", cwd=tmp_path)
-    assert code != 0 and "e.g. 1, 4" in one_line_error(err, "saliency.layer=conv9: no such module in Sequential")
+    assert code == 2 and "e.g. 1, 4" in one_line_error(err, "saliency.layer=conv9: no such module in Sequential")
+    assert not (tmp_path / "bad").exists()  # bad input, refused before the run began: no directory left behind
 
 
 DET = ["dataset=digits_det", "model=yolo_tiny", "dataset.n_scenes=24", "dataset.n_test=4", "dataset.val_size=4",
