@@ -177,6 +177,31 @@ def test_a_run_does_not_start_on_a_full_disk(tmp_path, monkeypatch):
     assert not (tmp_path / "outputs").exists()  # nothing written, no empty .hydra files
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["hydra.run.dir=mine"], "hydra.run.dir=mine: cannot make the directory there (it is a file)"),
+    (["hydra.run.dir=mine/run"], "hydra.run.dir=mine/run: cannot make the directory there (Not a directory)"),
+    (["-m", "eps=0.1,0.2", "hydra.sweep.dir=mine"], "hydra.sweep.dir=mine: cannot make the directory there (it is a"),
+])
+def test_a_directory_that_cannot_be_made_is_one_line(tmp_path, args, expected):
+    (tmp_path / "mine").write_text("a file of the user's")
+    code, err = cli(*args, *TINY, cwd=tmp_path)
+    assert code == 2 and one_line_error(err, expected).endswith("give a directory advbench can write")
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"] and (tmp_path / "mine").read_text() == "a file of the user's"
+
+
+def test_a_read_only_launch_directory_is_one_line(tmp_path, monkeypatch):
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+    monkeypatch.setattr(os, "mkdir", read_only)
+    # A file system of no blocks (/proc's) is not a full disk: the directory that cannot be made is the reason.
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(0, 0, 0))
+    for args, key in [((), "hydra.run.dir"), (("-m", "eps=0.1,0.2"), "hydra.sweep.dir")]:
+        code, err = cli(*args, *TINY, cwd=tmp_path)
+        assert code == 2, err
+        one_line_error(err, f"{key}: cannot make the directory below {tmp_path} (Read-only file system): start")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sigint_during_start_up_is_a_clean_exit_3(tmp_path):
     # The signal arrives while the heavy imports run (deterministically: sent from inside the start-up).
     script = ("import os, signal, sys\n"

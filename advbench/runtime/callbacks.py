@@ -15,8 +15,9 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from advbench.errors import AdvbenchError, Refused
+from advbench.errors import AdvbenchError, Refused, chain
 from advbench.runtime.lock import LOCK, InUse, hold, holder, own, release, status_of
 from advbench.runtime.rundir import holds_run
 
@@ -37,8 +38,9 @@ def refuse(message: str, code: int = 2) -> None:
 def check_free_space(path: Path) -> None:
     """Refuse to start on a (nearly) full disk: half-written config files are worse than no run."""
     existing = next(p for p in [Path(path).absolute(), *Path(path).absolute().parents] if p.exists())
-    free = shutil.disk_usage(existing).free
-    if free < MIN_FREE_BYTES:
+    usage = shutil.disk_usage(existing)
+    free = usage.free
+    if usage.total and free < MIN_FREE_BYTES:  # no blocks at all (/proc): not a disk, and make_dir says why
         refuse(f"{existing}: no space left on device ({free // 2**20} MiB free; advbench needs at least "
                f"{MIN_FREE_BYTES // 2**20} MiB to start a run)", code=1)
 
@@ -82,9 +84,31 @@ def claim_resumed(path: Path) -> None:
                "resume: start it again without resume=")
 
 
+def make_dir(path: Path, key: str) -> None:
+    """Make ``path`` and its parents, or refuse in one line saying why ``key`` cannot be there."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        why = "it is a file" if path.is_file() else err.strerror or str(err)
+        refuse(f"{key}={path}: cannot make the directory there ({why}): give a directory advbench can write")
+
+
+def resolved_dir(config, key: str) -> Path:
+    """``key`` (hydra.run.dir, hydra.sweep.dir) resolved; advbench's default is made as it resolves, and where the
+    launch directory is read-only that is refused in one line."""
+    try:
+        return Path(str(OmegaConf.select(config, key)))
+    except OmegaConfBaseException as err:
+        os_error = next((e for e in chain(err, context=True) if isinstance(e, OSError)), None)
+        if os_error is None:
+            raise
+        refuse(f"{key}: cannot make the directory below {Path.cwd()} ({os_error.strerror}): start advbench in a "
+               f"directory it can write, or give {key}=<a directory it can write>")
+
+
 def claim_new(out: Path, key: str) -> None:
     """A new run: hold ``out`` (made if missing), which must hold no run."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, key)
     def refuse_if_taken() -> None:
         status = status_of(out)
         if status:
@@ -101,7 +125,7 @@ def claim_new(out: Path, key: str) -> None:
 def new_run_dir(config) -> Path:
     """Resolve hydra.run.dir for a new run, noting in CLAIMED what was there before it and what is made for it."""
     raw = str(OmegaConf.to_container(config.hydra.run, resolve=False).get("dir"))
-    out = Path(str(OmegaConf.select(config, "hydra.run.dir")))  # run_dir's resolver makes it here
+    out = resolved_dir(config, "hydra.run.dir")  # run_dir's resolver makes it here
     where = out.absolute()
     if "${run_dir:" in raw:  # made exclusively (rundir.claim), with outputs/<name>/ below the launch directory
         made = [where, *(p for p in where.parents if Path.cwd().absolute() in p.parents)]
@@ -172,11 +196,11 @@ class RunGuard(Callback):
             check_search_space(config)
         except AdvbenchError as err:
             refuse(str(err))
-        sweep = Path(str(config.hydra.sweep.dir))
+        sweep = resolved_dir(config, "hydra.sweep.dir")
         if sweep.is_dir() and not (sweep / LOCK).exists():  # an advbench without locks ran it: create nothing
             _reused(config, sweep)
         check_free_space(sweep)
-        sweep.mkdir(parents=True, exist_ok=True)
+        make_dir(sweep, "hydra.sweep.dir")
         take(sweep, f"hydra.sweep.dir={sweep} is in use: a sweep is running there",
              None if resume else "choose another directory")
         _reused(config, sweep)  # no sweep runs there, but one did: resume=auto only
