@@ -259,6 +259,21 @@ def test_evaluation_reports_map_under_attack_and_how_the_attack_won():
                               "hallucinated_per_image": 0.0}
 
 
+def test_map_under_attack_attacks_the_images_missed_clean_too():
+    """mAP is a number over the whole split: an image whose clean recall is under ``broken_below`` (not "correct")
+    still has the objects it finds, and they count in mAP: the attacks must take those as well."""
+    model, (x, y) = KnownDetector().eval(), known_scenes(12, seed=2)
+    ghosts = torch.tensor([[0, 0, 8, 8], [48, 0, 56, 8], [0, 48, 8, 56], [48, 48, 56, 56]], dtype=torch.float32)
+    y = [{"boxes": torch.cat([t["boxes"], ghosts]), "labels": torch.full((len(t["labels"]) + 4,), 3)} for t in y]
+    assert (TASK.recalls(TASK.predict(model, x), y) < TASK.broken_below).all()  # 1-3 of 5-7 objects found
+    attacks = {"tog_vanishing": make_attack("pgd", "linf", 0.05, steps=5, task=TASK, terms={"obj": 1.0},
+                                            goal="empty", descend=True)}
+    found = Evaluator(TASK, "cpu", batch_size=16).evaluate(model, x, y, attacks)
+    assert found["clean_map50"] > 0.3  # the real objects are found with sure scores, the ghosts never
+    assert found["robust_map50_by_attack"] == {"tog_vanishing": 0.0} and found["robust_map50"] == 0.0
+    assert found["rates"]["vanished"] == 1.0
+
+
 def test_a_classification_attack_cannot_craft_detection_goals():
     spec = OmegaConf.create({"name": "pgd", "norm": "linf", "eps": None, "alpha": None, "steps": 2,
                              "random_start": False, "restarts": 1, "targeted": False, "bn_mode": "eval",

@@ -98,7 +98,9 @@ class Evaluator:
 
         With ``cascade`` each attack runs only on the examples that survived every attack before it, so its flags
         are cumulative; without, each attack runs on every clean-correct example. Examples wrong already count as
-        broken and are never attacked. The kept adversarial of an example is the one that broke it, if any.
+        broken and are never attacked, except where the task keeps records (a metric over the whole split, such as
+        mAP): there every attack runs on every example, and the flags are as above. The kept adversarial of an
+        example is the one that broke it, if any.
         Each attack takes the examples left across the whole split, packed into full batches, so the work per
         step stays large as examples drop out (batch by batch, the later attacks would see shrinking batches).
         """
@@ -124,7 +126,10 @@ class Evaluator:
         seconds, attacked = dict.fromkeys(attacks, 0.0), dict.fromkeys(attacks, 0)
         for name, attack in attacks.items():
             began, ok = time.perf_counter(), torch.zeros(n, dtype=torch.bool)
-            todo = (alive if cascade else flags["clean"]).nonzero().squeeze(1)
+            counted = alive if cascade else flags["clean"]  # the examples this attack's flags can leave correct
+            # A metric over the whole split (mAP, mIoU: the task keeps records) counts every example's predictions,
+            # those wrong already too, and one attack's worst is not every attack's: each attack runs on them all.
+            todo = torch.arange(n) if records is not None else counted.nonzero().squeeze(1)
             size = self._rows(attack, model, batches, todo)
             for idx in todo.split(size) if todo.numel() else ():  # (an empty tensor splits in one)
                 xi, ti = batches.rows(idx)
@@ -142,6 +147,7 @@ class Evaluator:
                 bar.update(len(idx))
             if records is not None:
                 records.close(name, range(n))
+            ok &= counted
             alive &= ok
             flags[name] = ok
             seconds[name], attacked[name] = time.perf_counter() - began, todo.numel()
