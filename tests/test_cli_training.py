@@ -46,6 +46,20 @@ def test_free_counts_epochs_in_gradient_computations(tmp_path):
     assert [r["grad_computations_per_example"] for r in rows] == [2, 4, 6]  # ceil(5 / 2) = 3 passes
 
 
+@pytest.mark.parametrize("overrides, per_epoch", [
+    (["training=standard"], 1),  # the update
+    (["training=adversarial", "attack=fgsm_rs"], 2),  # Fast-AT: one attack step, the update
+    (["training=adversarial", "attack=pgd", "attack.steps=3"], 4),
+    (["training=trades", "attack=pgd", "attack.steps=2"], 3),
+])
+def test_gradient_computations_count_the_attacks_steps_too(tmp_path, overrides, per_epoch):
+    code, err = cli(*TINY, *overrides, "val.n_examples=10", "eval.n_examples=10", f"hydra.run.dir={tmp_path}/run",
+                    cwd=tmp_path)
+    assert code == 0, err
+    rows = lines(tmp_path / "run" / "metrics.jsonl")
+    assert [r["grad_computations_per_example"] for r in rows] == [per_epoch, 2 * per_epoch]
+
+
 @pytest.mark.parametrize("mode, attack, extra, expected", [
     ("fast", "pgd", [], "training=fast accepts attack=fgsm, fgsm_rs; attack=pgd given"),
     ("free", "fgm", [], "training=free accepts attack=fgsm, fgsm_rs; attack=fgm given"),

@@ -121,6 +121,13 @@ def as_input(t):
     return tree_map(lambda v: (v.clone() if v.is_inference() else v.detach()) if torch.is_tensor(v) else v, t)
 
 
+class Passes:
+    """Backward passes taken in this process, an attack's input gradients and the training updates alike: the
+    epoch loop reports them per batch (``grad_computations_per_example``), so that modes compare by their cost."""
+
+    taken = 0
+
+
 def loss_and_grad(model, x: torch.Tensor, objective):
     """Per-example ``objective(model(x))``, the outputs and the gradient of the summed objective in ``x``.
 
@@ -137,11 +144,13 @@ def loss_and_grad(model, x: torch.Tensor, objective):
         lambda v: v.detach() if torch.is_tensor(v) else v, outputs)
     if not loss.requires_grad:  # the output does not depend on x at all: its gradient is zero
         return losses.detach(), detached, torch.zeros_like(x)
+    Passes.taken += 1
     if not fp16:
         grad = torch.autograd.grad(loss, x)[0]
     else:  # no retained graph: an overflow (rare) pays a second forward pass instead of every step a kept graph
         grad = torch.autograd.grad(loss * FP16_LOSS_SCALE, x)[0] / FP16_LOSS_SCALE
         if not torch.isfinite(grad).all():  # overflow: the unscaled gradient is the safe fallback
+            Passes.taken += 1
             grad = torch.autograd.grad(objective(model(x)).sum(), x)[0]
     check_half(x, grad)
     return losses.detach(), detached, grad
@@ -168,6 +177,7 @@ def terms_grad(model, x: torch.Tensor, terms_fn, weights: dict) -> torch.Tensor:
             continue
         if name not in terms:
             raise AdvbenchError(f"attack.terms: this model has no {name} loss term; it has {', '.join(terms)}")
+        Passes.taken += 1
         grad = torch.autograd.grad(terms[name].float().sum(), x, retain_graph=True, allow_unused=True)[0]
         if grad is not None:
             total += weight * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)

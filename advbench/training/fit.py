@@ -116,7 +116,7 @@ def fit(model, data, task, recipe: Recipe, evaluator, out: Path, config: dict, c
         row = {"epoch": epoch, **train_epoch(trained, loader, mode, task, recipe.attack, optimizer, scheduler,
                                              scaler, recipe.plan, evaluator.device, epoch,
                                              desc=f"epoch {epoch}/{passes}", clean_sample=clean_sample)}
-        row["grad_computations_per_example"] = epoch * mode.updates_per_batch
+        row["grad_computations_per_example"] += metrics[-1].get("grad_computations_per_example", 0) if metrics else 0
         if len(val_x):  # model selection and monitoring never look at the test split
             val = evaluator.evaluate(model, val_x, val_y, {"val": recipe.val_attack})
             row |= {f"val_{clean_key}": val[clean_key], f"val_{robust_key}": val[robust_key]}

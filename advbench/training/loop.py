@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from advbench.attacks.gradients import Passes
 from advbench.errors import RunFailed
 from advbench.runtime.amp import autocast
 from advbench.runtime.distributed import bare
@@ -41,10 +42,14 @@ def train_epoch(model, loader, mode, task, attack, optimizer, scheduler, scaler,
     mode.start_epoch()
     totals, watch, n = Totals(device), FiniteWatch(), 0
 
+    def backward(loss):
+        Passes.taken += 1
+        scaler.scale(loss).backward()
+
     def update(loss, after_backward=None):
         watch.add(i, loss)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        backward(loss)
         if after_backward:  # e.g. the embedding-weights recipe adds its adversarial gradient to the clean one
             after_backward()
         if plan.grad_clip is not None:
@@ -61,7 +66,7 @@ def train_epoch(model, loader, mode, task, attack, optimizer, scheduler, scaler,
                             + (f"last.pt keeps epoch {epoch - 1}" if epoch > 1 else "no epoch finished")
                             + " (lower lr, or set grad_clip)")
 
-    start = time.perf_counter()
+    start, passes = time.perf_counter(), Passes.taken
     bar = tqdm(loader, desc=desc, leave=False, disable=not (plan.progress and sys.stderr.isatty()))
     for i, (x, y) in enumerate(bar):
         x, y = x.to(device, non_blocking=True), task.to(y, device)
@@ -69,8 +74,7 @@ def train_epoch(model, loader, mode, task, attack, optimizer, scheduler, scaler,
         scaled = attack and attack.scaled(eps_factor(plan.eps_warmup_epochs, epoch - 1 + i / len(loader)))
         step = mode.step(Batch(
             model, net, task, x, y, attack=_bound(scaled, net), eps=scaled.eps if scaled else 0.0,
-            autocast=lambda: autocast(device, plan.amp), update=update,
-            backward=lambda loss: scaler.scale(loss).backward()))
+            autocast=lambda: autocast(device, plan.amp), update=update, backward=backward))
         totals.add("loss", step.loss, len(x))
         if task.scores_training:
             for kind, outputs in (("clean", step.clean), ("adv", step.adv)):
@@ -99,6 +103,8 @@ def train_epoch(model, loader, mode, task, attack, optimizer, scheduler, scaler,
         "lr": lr,
         "seconds": seconds,
         "images_per_s": n / seconds,
+        # backward passes per batch: each example's share of the epoch's cost (fit sums it over the epochs)
+        "grad_computations_per_example": (Passes.taken - passes) / max(len(loader), 1),
     }
 
 

@@ -4,7 +4,7 @@ import math
 import torch
 
 from advbench.attacks.embedding import ascend_embedding_weights, move_embedding_weights, put_back_embedding_weights
-from advbench.attacks.gradients import FP16_LOSS_SCALE
+from advbench.attacks.gradients import FP16_LOSS_SCALE, Passes
 from advbench.errors import AdvbenchError
 from advbench.training.losses import mart_boosted_ce, mart_weighted_kl, trades_attack_loss, trades_kl
 from advbench.training.embedding_modes import FreeLB, Smart
@@ -86,6 +86,7 @@ class Mixed(Mode):
                     if last:
                         b.backward(found["loss"])
                     else:  # no parameter gradient accumulates; scaled against fp16 underflow (normalized away)
+                        Passes.taken += 1
                         grad = torch.autograd.grad(found["loss"] * FP16_LOSS_SCALE, embedding.weight)[0]
                         ascend_embedding_weights(embedding, grad, alpha, b.eps, clean_weights)
             finally:  # whatever stopped the pass, the clean matrix is what the optimizer and a checkpoint see
