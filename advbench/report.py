@@ -163,6 +163,9 @@ def write_report(root: Path, by: str = "eps") -> list:
     rows = collect(root, by)
     if not rows:
         raise AdvbenchError(f"advbench-report: no run directories (with .hydra/) below {root}")
+    if all(row.get("x") is None for row in rows):  # a misspelt key would plot an empty figure
+        raise AdvbenchError(f"--by {by}: no run below {root} has a value for this config key; give a key of "
+                            "their .hydra/config.yaml (eps, lr, training.adv_weight...)")
     long = long_table(rows).encode()
     atomic_write(root / "report_long.csv", lambda f: f.write(long))
     text = io.StringIO()
@@ -193,6 +196,9 @@ def main(argv=None) -> None:
     except AdvbenchError as err:
         log.error("%s", err)
         sys.exit(2)
+    except OSError as err:  # a read-only or full disk: the tables already there are left as they were
+        log.error("advbench-report: cannot write the report in %s (%s)", args.dir, err.strerror or err)
+        sys.exit(1)
     done, refused = (sum(r["status"] == s for r in rows) for s in ("finished", "refused"))
     apart = f", {refused} refused before they began" if refused else ""  # never counted as failed
     log.info("%d runs (%d finished, %d failed or unfinished%s): %s", len(rows), done, len(rows) - done - refused,

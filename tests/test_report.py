@@ -1,8 +1,10 @@
 """advbench-report on fixture runs (finished, failed, unfinished), and a sweep that survives a failing job."""
 import csv
+import errno
 import importlib.util
 import json
 import logging
+import os
 import subprocess
 import sys
 
@@ -163,6 +165,22 @@ def test_report_plots_against_any_config_key(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "advbench.report", str(tmp_path), "--by", "lr"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    png = (tmp_path / "report.png").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "advbench.report", str(tmp_path), "--by", "lr_typo"],
+                          capture_output=True, text=True)  # no run has it: not an empty figure
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"--by lr_typo: no run below {tmp_path} has a value for this config key" in proc.stderr
+    assert (tmp_path / "report.png").read_bytes() == png
+
+
+def test_a_directory_the_report_cannot_write_is_one_line(sweep, monkeypatch, caplog):
+    def read_only(path, write):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+    monkeypatch.setattr(report, "atomic_write", read_only)
+    with pytest.raises(SystemExit) as stop, caplog.at_level(logging.ERROR):
+        report.main([str(sweep)])
+    assert stop.value.code == 1
+    assert caplog.messages == [f"advbench-report: cannot write the report in {sweep} (Read-only file system)"]
 
 
 def test_report_long_holds_every_run_with_its_status(sweep):
