@@ -32,6 +32,8 @@ from helpers import DIGITS, TINY, cli, one_line_error
     (["eval.sanity.sample=0"], "eval.sanity.sample=0"),
     (["dataset.std=[0]"], "dataset.std=[0.0]"),
     (["eps=" + "1" * 300], "characters long"),
+    (["eval.eps_list=[abc]"], "eval.eps_list[0]='abc' is not a valid budget"),  # the entry, not the attack
+    (["eval.eps_list=[0.05,2]"], "eval.eps_list[1]=2: eval.attacks.pgd20: eps=2 is above 1"),
     (["+unknown_key=1"], "unknown_key is not a key advbench knows"),
     (["+attack.bogus=1"], "attack.bogus is not a key advbench knows"),
     (["+eval.attacks.fgsm={name: fgsm, bogus: 1}"], "eval.attacks.fgsm"),

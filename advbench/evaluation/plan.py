@@ -98,8 +98,14 @@ class EvalPlan:
 
     def check(self) -> None:
         """Build every attack at every eps, so a bad value stops the run before any work."""
-        for eps in [self.eps, *(self.eps_list or [])]:
-            self.attacks(eps)
+        self.attacks(self.eps)
+        for i, eps in enumerate(self.eps_list or []):  # the error names the entry the user wrote
+            key = f"eval.eps_list[{i}]"
+            parse_eps(eps, key)
+            try:
+                self.attacks(eps)
+            except AdvbenchError as err:
+                raise AdvbenchError(f"{key}={eps}: {err}") from None
         if self.save_examples and not self.task.draws_examples:
             raise AdvbenchError(f"eval.save_examples draws images; {self.task.name} has none to draw: use "
                                 "job=saliency")
