@@ -164,7 +164,9 @@ def _check_model_fits(cfg, task: str) -> None:
     needs = model_tasks_of(cfg.model)
     if not needs or task in needs:
         return
-    name = str(cfg.model._target_).rsplit(".", 1)[-1]
+    target = str(cfg.model._target_)
+    options = [option for option, shipped in shipped_targets("model").items() if shipped == target]
+    name = options[0] if len(options) == 1 else target.rsplit(".", 1)[-1]  # the option as the user writes it
     whose = " (the checkpoint's)" if cfg.job != "train" and cfg.checkpoint else ""
     fitting = ", ".join(n for n, (_, t) in sources().items() if t in needs)
     given, wanted = task_class(task), " or ".join(task_class(k).name for k in needs)

@@ -71,14 +71,14 @@ def test_evaluating_a_detector_checkpoint_under_segmentation_attacks_is_refused(
 def test_a_detector_checkpoint_on_classification_data_is_refused_naming_the_data_it_needs(tmp_path, no_work):
     # Before: a torch.cat traceback deep in the evaluation.
     line = refused(tmp_path, "job=eval", f"checkpoint={detector_checkpoint(tmp_path)}", "dataset=digits",
-                   "eval=pgd20", expected="model=YoloTiny (the checkpoint's) does not take classification data "
+                   "eval=pgd20", expected="model=yolo_tiny (the checkpoint's) does not take classification data "
                                           "(dataset=digits): it is a detection model")
     assert "needs dataset=digits_det, fashion_mnist_det, yolo, coco" in line
 
 
 def test_a_model_of_another_task_is_refused_for_training(tmp_path, no_work):
     line = refused(tmp_path, "dataset=digits", "model=unet_tiny",
-                   expected="model=UNetTiny does not take classification data (dataset=digits)")
+                   expected="model=unet_tiny does not take classification data (dataset=digits)")
     assert "it is a segmentation model" in line and "classification takes model=mlp, small_cnn" in line
 
 
