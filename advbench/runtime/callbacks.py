@@ -97,13 +97,16 @@ def resolved_dir(config, key: str) -> Path:
     """``key`` (hydra.run.dir, hydra.sweep.dir) resolved; advbench's default is made as it resolves, and where the
     launch directory is read-only that is refused in one line."""
     try:
-        return Path(str(OmegaConf.select(config, key)))
+        found = OmegaConf.select(config, key)
     except OmegaConfBaseException as err:
         os_error = next((e for e in chain(err, context=True) if isinstance(e, OSError)), None)
         if os_error is None:
             raise
         refuse(f"{key}: cannot make the directory below {Path.cwd()} ({os_error.strerror}): start advbench in a "
                f"directory it can write, or give {key}=<a directory it can write>")
+    if not str(found or "").strip():  # Path("") is the launch directory: never meant
+        refuse(f"{key} is empty: give a directory (or leave {key} out for advbench's own)")
+    return Path(str(found))
 
 
 def claim_new(out: Path, key: str) -> None:
