@@ -39,9 +39,8 @@ def check_free_space(path: Path) -> None:
     """Refuse to start on a (nearly) full disk: half-written config files are worse than no run."""
     existing = next(p for p in [Path(path).absolute(), *Path(path).absolute().parents] if p.exists())
     usage = shutil.disk_usage(existing)
-    free = usage.free
-    if usage.total and free < MIN_FREE_BYTES:  # no blocks at all (/proc): not a disk, and make_dir says why
-        refuse(f"{existing}: no space left on device ({free // 2**20} MiB free; advbench needs at least "
+    if usage.total and usage.free < MIN_FREE_BYTES:  # no blocks at all (/proc): not a disk, and make_dir says why
+        refuse(f"{existing}: no space left on device ({usage.free // 2**20} MiB free; advbench needs at least "
                f"{MIN_FREE_BYTES // 2**20} MiB to start a run)", code=1)
 
 
