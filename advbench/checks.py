@@ -175,6 +175,21 @@ def _check_model_fits(cfg, task: str) -> None:
                         f"{', '.join(given.models)}")
 
 
+def _attack_of_another_task(task: str) -> AdvbenchError | None:
+    """Where the attack option chosen serves other tasks only, the error that says so by its name
+    (attack=tog_vanishing on classification data); None otherwise, or outside a Hydra run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from advbench import options
+    choice = HydraConfig.get().runtime.choices.get("attack") if HydraConfig.initialized() else None
+    if choice not in options.options("attack") or task in (served := options.serves("attack", choice)):
+        return None
+    given, found = task_class(task).name, options.by_task()
+    return AdvbenchError(f"attack={choice} is an attack of {' or '.join(task_class(k).name for k in served)}, "
+                         f"not of {given}: {given} takes attack="
+                         f"{', '.join(found[task].get('attack', []) + found[None].get('attack', []))}")
+
+
 @dataclasses.dataclass
 class Checked:
     """The objects a config was checked by building, before any data was read: the run uses these very ones."""
@@ -224,7 +239,10 @@ def check_config(cfg) -> Checked:
     mode = build_mode(cfg.training, task)
     attack = val_attack = None
     if cfg.job == "train":
-        attack = build_attack(cfg.attack, cfg.eps, task)
+        try:
+            attack = build_attack(cfg.attack, cfg.eps, task)
+        except AdvbenchError as err:
+            raise _attack_of_another_task(task_name) or err from None
         mode.check(attack)
         val_attack = validation_attack(task, cfg.val.attack, cfg.attack, cfg.eps)
     plan = EvalPlan(task, dict(cfg.eval.attacks), cfg.attack, cfg.eps, cfg.eval.n_examples, cfg.eval.eps_list,

@@ -76,6 +76,15 @@ def test_a_detector_checkpoint_on_classification_data_is_refused_naming_the_data
     assert "needs dataset=digits_det, fashion_mnist_det, yolo, coco" in line
 
 
+def test_an_attack_of_another_task_is_refused_by_its_option_name(tmp_path, no_work):
+    line = refused(tmp_path, "dataset=digits", "model=mlp", "attack=tog_vanishing",
+                   expected="attack=tog_vanishing is an attack of detection, not of classification")
+    assert "classification takes attack=" in line and "pgd" in line and "tog_vanishing" not in line.split(":")[-1]
+    # Only where the option cannot serve: a key overridden into nonsense is named by its key, as before.
+    refused(tmp_path, "dataset=digits", "model=mlp", "attack=pgd", "attack.terms=obj",
+            expected="attack.terms: obj is not a loss term of classification: expected ce")
+
+
 def test_a_model_of_another_task_is_refused_for_training(tmp_path, no_work):
     line = refused(tmp_path, "dataset=digits", "model=unet_tiny",
                    expected="model=unet_tiny does not take classification data (dataset=digits)")

@@ -155,7 +155,8 @@ class Task(ABC):
 
     @abstractmethod
     def correct(self, outputs, targets) -> torch.Tensor:
-        """Per example: still counts as correct (the cascade and the restarts attack only these)."""
+        """Per example: still counts as correct (the restarts attack only these, and the cascade too where the
+        metric splits over examples; a task that keeps records is attacked whole)."""
 
     def new_records(self, attacks: list, n: int, cascade: bool = True):
         """What an evaluation keeps per example beyond the flags (None: nothing, the flags say it all)."""
