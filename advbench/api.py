@@ -114,7 +114,7 @@ def preset(name: str, eps="8/255", task=None) -> dict:
     except AdvbenchError as err:
         if task.perturbs == "input":
             raise
-        raise AdvbenchError(f"attacks={name!r} on {task.name}: {err} (presets pgd20, pgd and quick fit)") from None
+        raise AdvbenchError(f"attacks={name!r} on {task.name}: {err} (presets pgd20 and quick fit)") from None
 
 
 def _evaluated_task(task, attacks):

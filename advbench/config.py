@@ -200,7 +200,7 @@ class EvalConf:
     name: Optional[str] = None  # the preset's name and version, recorded in results.json (autoattack, standard)
     version: Optional[str] = None
     n_examples: Optional[int] = None  # the first n test examples; null: all
-    batch_size: Any = "auto"  # a number, or auto: on CUDA the largest that fits (probed once), on the CPU 500
+    batch_size: Any = "auto"  # a number, or auto: on CUDA the largest that fits (probed once), on the CPU 32-500
     # Any, not AttackConf: OmegaConf cannot add a typed entry from the command line ('+eval.attacks.fgsm={name:
     # fgsm}'). The presets type their entries with the attack_schema default; checks.py validates added ones.
     attacks: Dict[str, Any] = field(default_factory=dict)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import advbench
+from advbench.api import preset
 from advbench.errors import AdvbenchError
 from advbench.evaluation import Evaluator
 from advbench.tasks.classification import Classification
@@ -97,3 +98,10 @@ def test_evaluate_attacks_a_large_loader_batch_in_small_blocks_on_the_cpu():
     assert result["n_examples"] == 150 and result["clean_acc"] == 1.0
     # the probe's two inputs; the clean pass; per block, FGSM's gradient pass and the pass that judges it
     assert model.sizes == [2, 64, 64, 22, 64, 64, 64, 64, 22, 22]
+
+
+def test_a_text_evaluation_names_the_presets_that_fit_it():
+    # pgd has 5 restarts, and an attack on the embeddings takes one: refused, naming the presets that do fit.
+    with pytest.raises(AdvbenchError, match=r"attacks='pgd' on text classification: .*one restart \(presets pgd20 and quick fit\)"):
+        preset("pgd", 1.0, "text")
+    assert set(preset("pgd20", 1.0, "text")) == {"pgd20"} and set(preset("quick", 1.0, "text")) == {"fgsm", "pgd10"}
