@@ -396,7 +396,10 @@ def test_a_sigint_wrapped_in_a_runtime_error_stops_with_exit_3(tmp_path, when):
 def test_deferred_signals_reach_the_handler_in_place_after_the_block():
     from advbench.runtime.signals import deferred
     done = []
-    with pytest.raises(KeyboardInterrupt):  # Python's own SIGINT handler, as in a user's script
+    # Python's own SIGINT handler, as in a user's script (not inherited: a background job starts with it ignored;
+    # the autouse fixture puts back the one the test began with)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    with pytest.raises(KeyboardInterrupt):
         with deferred():
             # raise_signal, not os.kill: the kernel may hand a process-directed signal to another thread (torch's,
             # Lightning's), whose handler runs later, maybe after the block; raise_signal is the calling thread's.
