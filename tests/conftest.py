@@ -1,5 +1,4 @@
 """Shared fixtures: Hydra's compose API on conf/, and a small model trained on scikit-learn's digits."""
-import signal
 from pathlib import Path
 
 import pytest
@@ -59,13 +58,3 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
-
-@pytest.fixture(autouse=True)
-def signal_handlers():
-    """Each test ends with the SIGINT and SIGTERM handlers it began with: advbench run in this process sets its
-    own (and ignores both once a command is over), and the signal tests expect Python's."""
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for signum, handler in before.items():
-        if handler is not None:  # None: set outside Python, and signal.signal cannot put it back
-            signal.signal(signum, handler)

@@ -393,12 +393,18 @@ def test_a_sigint_wrapped_in_a_runtime_error_stops_with_exit_3(tmp_path, when):
         assert not (tmp_path / "run").exists()
 
 
-def test_deferred_signals_reach_the_handler_in_place_after_the_block():
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler, as in a user's script (not inherited: a background job starts with SIGINT
+    ignored); afterwards the one the test found."""
+    found = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, found)
+
+
+def test_deferred_signals_reach_the_handler_in_place_after_the_block(python_sigint):
     from advbench.runtime.signals import deferred
     done = []
-    # Python's own SIGINT handler, as in a user's script (not inherited: a background job starts with it ignored;
-    # the autouse fixture puts back the one the test began with)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     with pytest.raises(KeyboardInterrupt):
         with deferred():
             # raise_signal, not os.kill: the kernel may hand a process-directed signal to another thread (torch's,
