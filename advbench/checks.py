@@ -151,11 +151,15 @@ def _check_numbers(cfg) -> None:
 def model_tasks_of(model_cfg) -> tuple:
     """The task keys a model config builds a model for, as the tasks declare its option; () for a model advbench
     does not ship (model=module builds the user's own)."""
+    by_option = model_tasks()
+    return tuple(key for option in model_options(model_cfg) for key in by_option.get(option, ()))
+
+
+def model_options(model_cfg) -> list:
+    """The options of conf/model/ that build what ``model_cfg`` builds (its ``_target_``, an old one's as today's)."""
     target = str(OmegaConf.select(model_cfg, "_target_"))
     target = LEGACY_TARGETS.get(target, target)
-    options = [option for option, shipped in shipped_targets("model").items() if shipped == target]
-    by_option = model_tasks()
-    return tuple(key for option in options for key in by_option.get(option, ()))
+    return [option for option, shipped in shipped_targets("model").items() if shipped == target]
 
 
 def _check_model_fits(cfg, task: str) -> None:
@@ -164,9 +168,8 @@ def _check_model_fits(cfg, task: str) -> None:
     needs = model_tasks_of(cfg.model)
     if not needs or task in needs:
         return
-    target = str(cfg.model._target_)
-    options = [option for option, shipped in shipped_targets("model").items() if shipped == target]
-    name = options[0] if len(options) == 1 else target.rsplit(".", 1)[-1]  # the option as the user writes it
+    options = model_options(cfg.model)  # the option as the user writes it, where one option builds it
+    name = options[0] if len(options) == 1 else str(cfg.model._target_).rsplit(".", 1)[-1]
     whose = " (the checkpoint's)" if cfg.job != "train" and cfg.checkpoint else ""
     fitting = ", ".join(n for n, (_, t) in sources().items() if t in needs)
     given, wanted = task_class(task), " or ".join(task_class(k).name for k in needs)
@@ -182,12 +185,12 @@ def _attack_of_another_task(task: str) -> AdvbenchError | None:
 
     from advbench import options
     choice = HydraConfig.get().runtime.choices.get("attack") if HydraConfig.initialized() else None
-    if choice not in options.options("attack") or task in (served := options.serves("attack", choice)):
+    served = options.elsewhere("attack", choice, task)
+    if not served:
         return None
-    given, found = task_class(task).name, options.by_task()
+    given = task_class(task).name
     return AdvbenchError(f"attack={choice} is an attack of {' or '.join(task_class(k).name for k in served)}, "
-                         f"not of {given}: {given} takes attack="
-                         f"{', '.join(found[task].get('attack', []) + found[None].get('attack', []))}")
+                         f"not of {given}: {given} takes attack={', '.join(options.takes(task, 'attack'))}")
 
 
 @dataclasses.dataclass

@@ -84,9 +84,9 @@ def help_text(overrides: list) -> str:
         lines += [f"  {'+' * (group == 'experiment')}{group}: {', '.join(names)}" for group, names in groups.items()]
     # A chosen option of another task (the default model after dataset=digits_det) would be refused: say so.
     notes = [f"# {group}={choices[group]} does not serve {task}: {task} takes {group}="
-             f"{', '.join(found[task].get(group, []) + found[None].get(group, []))}"
+             f"{', '.join(options.takes(task, group, found))}"
              for group in ("model", "attack", "training") if any(k.startswith(f"{group}.") for k in keys)
-             if choices.get(group) in options.options(group) and task not in options.serves(group, choices[group])]
+             if options.elsewhere(group, choices.get(group), task)]
     return Template(cfg.hydra.help.template).safe_substitute(
         APP_CONFIG_GROUPS="\n".join(lines), CONFIG="".join(f"{n}\n" for n in notes) + OmegaConf.to_yaml(
             options.keep(tree, keys)))

@@ -215,6 +215,21 @@ def keep(tree: dict, keys: set, prefix: str = "") -> dict:
     return out
 
 
+def elsewhere(group: str, option, task: str) -> tuple:
+    """The tasks that option ``option`` of ``group`` serves, where ``task`` is not one of them; () for an option
+    that serves ``task``, or that advbench does not ship."""
+    if option not in options(group):
+        return ()
+    served = serves(group, option)
+    return () if task in served else served
+
+
+def takes(task: str, group: str, found: dict | None = None) -> list:
+    """The options of ``group`` that ``task`` takes: its own, then those every task takes (``found``: by_task())."""
+    found = found or by_task()
+    return found[task].get(group, []) + found[None].get(group, [])
+
+
 def by_task() -> dict:
     """{task key, or None for the options every task takes: {group: [its options serving that task]}}, the tasks
     in registry order; an option serving every task appears only under None."""
