@@ -76,6 +76,25 @@ def test_bn_mode_train_attacks_in_train_mode():
     assert seen and all(seen) and not model.training
 
 
+def test_bn_mode_train_targeted_pgd_probes_in_eval_mode_and_square_refuses_it():
+    # Targeted PGD counts the classes with a one-example forward: batch norm in train mode refuses a batch of one,
+    # so that probe runs in eval mode; the attack's own forwards stay in train mode.
+    import advbench
+    from advbench.errors import AdvbenchError
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 32),
+                          nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    x, y = data()
+    before, seen = [b.clone() for b in model.buffers()], []
+    model.register_forward_pre_hook(lambda m, inp: seen.append((m.training, len(inp[0]))))
+    Attack("pgd", "linf", 0.1, 0.03, steps=2, targeted=True, bn_mode="train")(model, x, y)
+    assert all(training for training, n in seen if n > 1) and any(training for training, _ in seen)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers())) and not model.training
+    # Square's queries take changing sets of rows, whose outputs in train mode depend on each other: refused.
+    with pytest.raises(AdvbenchError, match="attack.bn_mode=train does not apply to square"):
+        advbench.attack("square", eps=0.1, steps=20, bn_mode="train")
+
+
 def test_existing_parameter_grads_are_left_untouched():
     model, (x, y) = bn_model(), data()
     for p in model.parameters():

@@ -142,6 +142,7 @@ def test_a_term_the_detector_lacks_is_an_error():
     {"goal": "predictions", "relabel": "ll", "descend": True},
     {"goal": "predictions"},  # TOG untargeted
     {"normalize_terms": True, "terms": {"box": 1.0, "obj": 1.0, "cls": 1.0}},
+    {"normalize_terms": True},  # every term yolo_tiny has (it has no dfl, which only a term named must have)
 ])
 def test_every_detection_attack_stays_in_the_ball_and_the_box(trained, settings):
     model, (x, y) = trained
@@ -194,7 +195,12 @@ def test_normalized_terms_sum_unit_gradients(trained):
             objective = TASK.objective(weights={term: 1.0})
             g = loss_and_grad(model, x[:4], lambda out, f=objective: f(out, y[:4]))[2]
             expected = expected + weight * g / g.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        every = terms_grad(model, x[:4], lambda out: TASK.loss(out, y[:4]))
+        named = terms_grad(model, x[:4], lambda out: TASK.loss(out, y[:4]), {"box": 1.0, "obj": 1.0, "cls": 1.0})
+        with pytest.raises(AdvbenchError, match="no dfl loss term; it has box, obj, cls"):
+            terms_grad(model, x[:4], lambda out: TASK.loss(out, y[:4]), {"dfl": 1.0})
     assert torch.allclose(got, expected, atol=1e-6)
+    assert torch.equal(every, named)
 
 
 def test_adversarial_validation_inside_an_inference_mode_loop(trained):

@@ -165,14 +165,15 @@ def check_half(x: torch.Tensor, grad: torch.Tensor) -> None:
                             "torch.bfloat16) or in fp32")
 
 
-def terms_grad(model, x: torch.Tensor, terms_fn, weights: dict) -> torch.Tensor:
-    """sum_t w_t g_t / ||g_t||_2 (per example) of the named terms ``terms_fn(model(x))``: one forward pass, one
-    backward pass per term."""
+def terms_grad(model, x: torch.Tensor, terms_fn, weights: dict | None = None) -> torch.Tensor:
+    """sum_t w_t g_t / ||g_t||_2 (per example) of the named terms ``terms_fn(model(x))`` (no ``weights``: every
+    term the model has, weight 1; a term named that the model lacks is an error): one forward pass, one backward
+    pass per term."""
     x = x.detach().requires_grad_(True)
     terms = terms_fn(model(x))
     shape = (-1,) + (1,) * (x.dim() - 1)
     total = torch.zeros_like(x)
-    for name, weight in weights.items():
+    for name, weight in (weights or dict.fromkeys(terms, 1.0)).items():
         if not weight:
             continue
         if name not in terms:

@@ -14,7 +14,8 @@ def pgd(model, x, targets, threat, steps: int, task, objective=None, random_star
     ``goal(model, x, targets)`` the objective is taken against crafted targets (a random wrong class; TOG's empty
     or relabeled detections), and ``descend`` moves towards them. With ``normalized_terms`` (term -> weight) each
     term's gradient is scaled to unit L2 norm per example before the weighted sum: terms whose scales differ by
-    orders of magnitude then steer the attack as their weights say.
+    orders of magnitude then steer the attack as their weights say; an empty mapping takes every term the model
+    has, with weight 1.
     """
     objective = objective or task.objective()
     with attack_mode(model, bn_mode):
@@ -25,7 +26,7 @@ def pgd(model, x, targets, threat, steps: int, task, objective=None, random_star
             aim = goal(model, xr, tr) if goal else tr
             x_adv = threat.init(xr) if random_start else xr.clone()
             for _ in range(steps):
-                if normalized_terms:
+                if normalized_terms is not None:
                     grad = terms_grad(model, x_adv, lambda outputs: task.loss(outputs, aim), normalized_terms)
                 else:
                     grad = loss_and_grad(model, x_adv, lambda outputs: objective(outputs, aim))[2]

@@ -26,7 +26,7 @@ def _run_pgd(a, model, x, targets, threat, objective):
     elif a.goal != "truth":
         goal = partial(a.task.goal, a.goal, a.relabel)
     return pgd(model, x, targets, threat, a.steps, a.task, objective, a.random_start, a.restarts, goal, descend,
-               a.bn_mode, a.task.check_terms(a.terms) if a.normalize_terms else None)
+               a.bn_mode, (a.task.check_terms(a.terms) if a.terms else {}) if a.normalize_terms else None)
 
 
 def _run_apgd(a, model, x, targets, threat, objective):
@@ -216,6 +216,10 @@ def build_attack(spec, run_eps, task: Task | None = None) -> Attack | None:
     if kind.norm and str(spec.norm) != kind.norm:
         raise AdvbenchError(f"attack.norm={spec.norm} does not apply to {name}, which is {kind.norm} by "
                             "definition; use pgd for other norms")
+    if name == "square" and str(spec.bn_mode) == "train":  # its queries take shrinking, changing sets of rows
+        raise AdvbenchError("attack.bn_mode=train does not apply to square: it compares an example's margins over "
+                            "queries of changing sets of rows, and batch norm in train mode makes them depend on "
+                            "the rows beside it; use attack.bn_mode=eval")
     target = _target(spec, name, task)
     key = "eps" if spec.eps is None else f"attack {name} eps"
     eps = parse_eps(run_eps if spec.eps is None else spec.eps, key)

@@ -2,6 +2,7 @@
 import torch
 import torch.nn.functional as F
 
+from advbench.attacks.gradients import preserved_modes
 from advbench.errors import AdvbenchError
 from advbench.tasks.base import Task, worst_case
 
@@ -62,7 +63,8 @@ class Classification(Task):
 
     def random_wrong(self, model, x, y) -> torch.Tensor:
         """A uniformly random wrong class per example (targeted PGD's goal)."""
-        with torch.no_grad():
+        with preserved_modes(model), torch.no_grad():
+            model.eval()  # a probe of the class count: batch norm in train mode would refuse a batch of one
             n_classes = model(x[:1]).shape[1]
         return (y + torch.randint(1, n_classes, y.shape, device=y.device)) % n_classes
 
