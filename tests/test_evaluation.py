@@ -161,6 +161,22 @@ def test_each_sanity_check_fires_on_a_model_built_to_trip_it(trained_mlp, digits
     assert any(words in w for w in found["warnings"]), found["warnings"]
 
 
+class RoundInLowPrecision(nn.Module):
+    """Rounds what reaches it in bf16 or fp16: its input gradient is zero under autocast only."""
+
+    def forward(self, x):
+        return x if x.dtype == torch.float32 else torch.round(x)
+
+
+@pytest.mark.parametrize("amp, zero", [("off", 0.0), ("bf16", 1.0)])
+def test_the_zero_gradient_check_sees_the_gradients_the_attacks_see_under_autocast(trained_mlp, digits, amp, zero):
+    model, (x, y) = nn.Sequential(trained_mlp, RoundInLowPrecision()).eval(), digits.test
+    flags = flags_of(model, x[:50], y[:50], {"pgd": PGD})
+    found = sanity_checks(model, x[:50], y[:50], {"pgd": PGD}, flags, sanity_settings(),
+                          Evaluator(Classification(0), "cpu", amp=amp))
+    assert found["zero_grad_frac"] == zero
+
+
 def test_the_order_of_the_attacks_is_no_symptom(trained_mlp, digits):
     weak = Attack("fgsm", "linf", 0.01, 0.01)  # a weak attack listed last is no sign of masking (tests/test_sanity.py)
     assert check(trained_mlp, digits, {"weak": weak, "pgd": PGD})["warnings"] == []

@@ -4,13 +4,15 @@ import copy
 from contextlib import contextmanager
 
 import torch
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from advbench.attacks.grayscale_conv import fast_input_grad
 from advbench.attacks.pool_first import pool_first
 from advbench.errors import AdvbenchError
 
-# fp16 gradients of confident examples underflow; scaling the loss (and unscaling the gradient) keeps them.
+# fp16 gradients of confident examples underflow. Where the outputs are tensors of one row per example, each
+# example's output gradient is scaled to a largest entry of 1 (fp32 -> fp16 at the outputs is where it underflows);
+# other outputs (a detector's own structures) take this one scale for all.
 FP16_LOSS_SCALE = 2.0**12
 
 
@@ -138,22 +140,57 @@ def loss_and_grad(model, x: torch.Tensor, objective):
     fp16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
     x = as_input(x).requires_grad_(True)
     outputs = model(x)
-    losses = objective(outputs)
-    loss = losses.sum()
     detached = outputs.detach() if hasattr(outputs, "detach") else tree_map(
         lambda v: v.detach() if torch.is_tensor(v) else v, outputs)
-    if not loss.requires_grad:  # the output does not depend on x at all: its gradient is zero
-        return losses.detach(), detached, torch.zeros_like(x)
-    Passes.taken += 1
-    if not fp16:
-        grad = torch.autograd.grad(loss, x)[0]
-    else:  # no retained graph: an overflow (rare) pays a second forward pass instead of every step a kept graph
-        grad = torch.autograd.grad(loss * FP16_LOSS_SCALE, x)[0] / FP16_LOSS_SCALE
-        if not torch.isfinite(grad).all():  # overflow: the unscaled gradient is the safe fallback
-            Passes.taken += 1
+    rows = _example_rows(outputs, len(x)) if fp16 else None
+    if rows is not None:
+        losses, grad = _per_example_scaled(model, x, outputs, rows, objective)
+    else:
+        losses = objective(outputs)
+        if not losses.requires_grad:  # the output does not depend on x at all: its gradient is zero
+            return losses.detach(), detached, torch.zeros_like(x)
+        Passes.taken += 1
+        scale = FP16_LOSS_SCALE if fp16 else 1.0  # no retained graph: an overflow (rare) pays a pass in fp32 below
+        grad = torch.autograd.grad(losses.sum() * scale, x)[0] / scale if fp16 else \
+            torch.autograd.grad(losses.sum(), x)[0]
+    if fp16 and not torch.isfinite(grad).all():  # overflow: the gradient in fp32 is the safe fallback
+        Passes.taken += 1
+        with torch.autocast(device, enabled=False):
             grad = torch.autograd.grad(objective(model(x)).sum(), x)[0]
     check_half(x, grad)
     return losses.detach(), detached, grad
+
+
+def _example_rows(outputs, n: int) -> list | None:
+    """The output tensors autograd reaches, where every one has a row per example (else None)."""
+    leaves = [t for t in tree_flatten(outputs)[0] if torch.is_tensor(t) and t.requires_grad]
+    if not leaves or not all(t.is_floating_point() and t.dim() and len(t) == n for t in leaves):
+        return None
+    return leaves
+
+
+def _per_example_scaled(model, x, outputs, rows: list, objective):
+    """fp16: the objective's gradient at the outputs taken in fp32, each example's scaled to a largest entry of 1
+    before the backward pass through the fp16 network, and unscaled at the input. One pass, as without scaling.
+
+    The scale is exact where examples do not interact (eval mode); with batch norm in train mode they do, and
+    the batch shares one scale, its smallest."""
+    leaves, spec = tree_flatten(outputs)
+    proxies = [t.detach().float().requires_grad_(True) if any(t is r for r in rows) else t for t in leaves]
+    held = [p for p, t in zip(proxies, leaves) if any(t is r for r in rows)]
+    losses = objective(tree_unflatten(proxies, spec))
+    if not losses.requires_grad:
+        return losses.detach(), torch.zeros_like(x)
+    Passes.taken += 1
+    g_out = [torch.zeros_like(p) if g is None else g
+             for p, g in zip(held, torch.autograd.grad(losses.sum(), held, allow_unused=True))]
+    peak = torch.stack([g.flatten(1).abs().amax(1) for g in g_out]).amax(0)
+    scale = 1.0 / peak.clamp_min(1e-30)  # an all-zero row keeps a finite scale: its gradient is zero either way
+    if any(m.training for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)):
+        scale = scale.min().expand_as(scale)
+    scaled = [(g * scale.view((-1,) + (1,) * (g.dim() - 1))).to(r.dtype) for g, r in zip(g_out, rows)]
+    grad = torch.autograd.grad(rows, x, grad_outputs=scaled)[0]
+    return losses.detach(), grad / scale.view((-1,) + (1,) * (x.dim() - 1))
 
 
 def check_half(x: torch.Tensor, grad: torch.Tensor) -> None:

@@ -10,6 +10,7 @@ import logging
 from advbench.attacks.gradients import as_input, attack_mode, loss_and_grad
 from advbench.attacks.spec import make_attack
 from advbench.data.loaders import to_unit
+from advbench.runtime.amp import autocast
 from advbench.tasks import worst_case
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def sanity_checks(model, x, targets, attacks: dict, flags: dict, s, evaluator) -
     found["zero_grad_frac"] = None  # token ids have no input gradient: text skips this check
     if xs.is_floating_point():
         objective = task.objective()
-        with attack_mode(model):
+        with attack_mode(model), autocast(evaluator.device, evaluator.amp):  # the gradients the attacks see
             xg, tg = as_input((xs, ts))  # the caller's inference-mode tensors cannot enter autograd
             grad = loss_and_grad(model, xg, lambda outputs: objective(outputs, tg))[2]
         found["zero_grad_frac"] = (grad.flatten(1).abs().amax(1) == 0).float().mean().item()
