@@ -39,6 +39,19 @@ def test_image_folder_trains_and_evaluates_with_its_class_names(tmp_path):
     assert (tmp_path / "run" / "adversarial_examples.png").is_file()
 
 
+def test_an_image_folders_test_split_comes_in_a_fixed_random_order_so_its_first_examples_span_classes(tmp_path):
+    from advbench.data.external import image_folder
+    from conftest import compose_config
+    write_folder(tmp_path / "train", 2)
+    write_folder(tmp_path / "test", 4)
+    cfg = compose_config(["dataset=image_folder", f"dataset.train_dir={tmp_path}/train",
+                          f"dataset.test_dir={tmp_path}/test", "dataset.resize=8"]).dataset
+    labels = [label for _, label in image_folder(cfg).test.samples]
+    assert sorted(labels) == [0] * 4 + [1] * 4 + [2] * 4  # every image once (ImageFolder: class by class)
+    assert len(set(labels[:4])) > 1  # eval.n_examples=4 does not score the first class alone
+    assert labels == [label for _, label in image_folder(cfg).test.samples]  # the same order every run
+
+
 def write_idx(path, array: np.ndarray, code: int):
     header = bytes([0, 0, code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     path.write_bytes(header + array.astype(">u1" if code == 0x08 else array.dtype).tobytes())

@@ -87,6 +87,14 @@ def test_numeric_labels_sort_as_numbers_and_names_are_kept(tmp_path):
     assert data.classes == ["1", "2", "10"] and data.test[1].tolist() == [1, 2]
 
 
+def test_a_test_file_sorted_by_label_is_read_in_a_fixed_random_order(tmp_path):
+    rows = [[f"text {i}", label] for i, label in enumerate(["neg"] * 5 + ["pos"] * 5)]
+    data = load_data(csv_config(tmp_path, rows, rows))
+    labels = data.test[1].tolist()
+    assert sorted(labels) == [0] * 5 + [1] * 5 and len(set(labels[:4])) == 2  # eval.n_examples=4: both classes
+    assert labels == load_data(csv_config(tmp_path, rows, rows)).test[1].tolist()
+
+
 def test_a_single_class_data_set_is_refused(tmp_path, fortunes_dir):
     with pytest.raises(AdvbenchError, match="1 class; a classifier needs at least 2"):
         load_data(csv_config(tmp_path, [["a", "pos"], ["b", "pos"]] * 3, [["c", "pos"]]))

@@ -50,7 +50,17 @@ def image_folder(cfg) -> RawSets:
             raise AdvbenchError(f"dataset.{key}: its classes ({', '.join(split.classes)}) differ from train_dir's "
                                 f"({', '.join(train.classes)}); every split needs the same sub-folders")
     _check_headers({"train_dir": train, "val_dir": val, "test_dir": test}, cfg.resize)
-    return RawSets(train, test, val, list(train.classes))
+    return RawSets(train, _fixed_order(test, cfg.split_seed), val and _fixed_order(val, cfg.split_seed),
+                   list(train.classes))
+
+
+def _fixed_order(folder, seed: int):
+    """``folder``'s images in a fixed random order (``dataset.split_seed``): ImageFolder lists them class by class,
+    so its first ``eval.n_examples`` would all be of the first classes."""
+    perm = torch.randperm(len(folder.samples), generator=torch.Generator().manual_seed(seed)).tolist()
+    folder.samples = folder.imgs = [folder.samples[i] for i in perm]
+    folder.targets = [label for _, label in folder.samples]
+    return folder
 
 
 def _check_headers(splits: dict, resize) -> None:

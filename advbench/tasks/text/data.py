@@ -140,6 +140,7 @@ def _labelled_files(cfg, keys: tuple, read, kind: str):
         if not rows:
             raise AdvbenchError(f"dataset.{key}={path}: the {kind} file holds no examples")
         splits.append(rows)
+    random.Random(cfg.split_seed).shuffle(splits[1])  # a file sorted by label: the first eval.n_examples of all
     names = _label_order({label for _, label in splits[0]})
     index = {name: i for i, name in enumerate(names)}
     unknown = {label for _, label in splits[1]} - set(names)
