@@ -95,6 +95,20 @@ def test_bn_mode_train_targeted_pgd_probes_in_eval_mode_and_square_refuses_it():
         advbench.attack("square", eps=0.1, steps=20, bn_mode="train")
 
 
+def test_a_model_built_under_inference_mode_is_attacked_as_its_twin_and_left_as_it_was():
+    # YOLOv5's val.run loads its model under inference mode: every parameter is an inference tensor.
+    attack, (x, y) = Attack("pgd", "linf", 0.1, 0.025, steps=5), data()
+    twin = bn_model().eval()
+    with torch.inference_mode():
+        model = bn_model().eval()
+        params = list(model.parameters())
+        assert all(p.is_inference() and p.requires_grad for p in params)
+        x_adv = attack(model, x, y)
+    assert torch.equal(x_adv, attack(twin, x, y)) and not torch.equal(x_adv, x)
+    assert all(a is b for a, b in zip(params, model.parameters()))
+    assert all(p.is_inference() and p.requires_grad and p.grad is None for p in model.parameters())
+
+
 def test_existing_parameter_grads_are_left_untouched():
     model, (x, y) = bn_model(), data()
     for p in model.parameters():

@@ -147,12 +147,12 @@ def test_a_model_with_nothing_to_fix_makes_no_copy(monkeypatch):
     assert len(copies) == 3  # the list's grid, the dict's table, the buffer: one copy each per attack
 
 
-def test_containers_are_rebuilt_not_changed_and_parameters_are_never_copied():
+def test_containers_are_rebuilt_not_changed_and_only_inference_parameters_are_copied():
     Pair = namedtuple("Pair", "a b")
     module = nn.Linear(2, 2)
     with torch.inference_mode():
         t = torch.ones(2)
-        module.frozen = nn.Parameter(torch.ones(2), requires_grad=False)  # made under inference mode: left alone
+        module.frozen = nn.Parameter(torch.ones(2), requires_grad=False)  # made under inference mode: copied
         module.held = {"pair": Pair(t, 1), "nested": [(t, "x")], "plain": torch.zeros(1).clone()}
     module.plain = torch.ones(1)
     held, frozen, weight = module.held, module.frozen, module.weight
@@ -160,7 +160,9 @@ def test_containers_are_rebuilt_not_changed_and_parameters_are_never_copied():
         assert module.held is not held and not module.held["pair"].a.is_inference()
         assert type(module.held["pair"]) is Pair and module.held["pair"].b == 1
         assert not module.held["nested"][0][0].is_inference() and module.held["nested"][0][1] == "x"
-        assert module.frozen is frozen and module.weight is weight
+        assert module.weight is weight  # a normal parameter is the model's own
+        assert not module.frozen.is_inference() and torch.equal(module.frozen, frozen)
+        assert not module.frozen.requires_grad
         assert held["pair"].a is t  # the original container was not changed in place
     assert module.held is held and module.held["pair"].a is t and module.frozen is frozen
 

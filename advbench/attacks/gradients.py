@@ -64,14 +64,20 @@ _MODULE_INTERNALS = frozenset(vars(torch.nn.Module())) - {"training"}
 @contextmanager
 def normal_caches(model: torch.nn.Module):
     """Run the body with every inference tensor the model's modules hold (attributes, lists, tuples and dicts of
-    tensors, buffers; never parameters) replaced by a normal copy; the very originals are put back on exit.
+    tensors, buffers, parameters) replaced by a normal copy; the very originals are put back on exit.
 
     A cache built by a forward under ``torch.inference_mode()`` (YOLOv5's ``Detect.grid`` and ``anchor_grid``,
-    positional tables, masks) holds inference tensors, which autograd cannot save; the attack's forwards use
+    positional tables, masks) holds inference tensors, which autograd cannot save; so does every parameter of a
+    model built there (YOLOv5's ``val.run`` loads its weights under inference mode). The attack's forwards use
     the copies. A model holding none pays one walk over its modules' attributes, and no copy.
     """
-    swapped = []  # (dict, key, original, copy)
+    swapped, copies = [], {}  # (dict, key, original, copy); a parameter shared by modules gets one copy
     for module in model.modules():
+        for key, value in module._parameters.items():
+            if value is not None and value.is_inference():
+                new = copies.setdefault(id(value), torch.nn.Parameter(_normal_copy(value.detach()),
+                                                                      requires_grad=value.requires_grad))
+                swapped.append((module._parameters, key, value, new))
         for key, value in module.__dict__.items():
             if isinstance(value, _HOLDERS) and key not in _MODULE_INTERNALS and (
                     new := _without_inference(value)) is not None:
@@ -97,10 +103,10 @@ def attack_mode(model: torch.nn.Module, bn_mode: str = "eval"):
     model whose caches were filled under inference mode (``normal_caches``). With ``bn_mode="train"`` the
     batch-norm running statistics the attack's forwards update are put back.
     """
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
     with (preserved_modes(model), torch.inference_mode(False), normal_caches(model), fast_input_grad(model),
           pool_first(model)):
+        params = list(model.parameters())  # after the swap: an inference tensor's flag cannot be set back
+        flags = [p.requires_grad for p in params]
         # Saved after the swap: the statistics restored are the ones the forwards update (copies, if swapped).
         buffers = [b.detach().clone() for b in model.buffers()] if bn_mode == "train" else None
         model.train(bn_mode == "train")
