@@ -256,3 +256,19 @@ def test_a_validation_split_with_no_labelled_pixel_is_refused_before_a_model_is_
             "dataset.categories=[bg,a]", "dataset.mean=[0.5,0.5,0.5]",
             "dataset.std=[0.25,0.25,0.25]", "model=unet_tiny", "eval=segmentation",
             expected="the 2 validation masks (the val/ split or dataset.val_size) have no labelled pixel")
+
+
+def test_detection_test_or_validation_images_without_any_object_are_refused_at_bind():
+    # A YOLO split whose label folder is missing reads as images without objects: mAP would score nothing (0.00%).
+    from types import SimpleNamespace
+    some = {"boxes": torch.tensor([[1.0, 1.0, 5.0, 5.0]]), "labels": torch.tensor([1])}
+    none = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
+
+    def data(test, val):
+        return SimpleNamespace(test=(None, test), val=(None, val), n_classes=2, classes=["a", "b"])
+    settings = SimpleNamespace(det_score=0.25, det_recall=0.5, n_examples=2)
+    assert Detection.configured(settings).bind(data([none, some], [some])).classes == ["a", "b"]
+    with pytest.raises(AdvbenchError, match=r"the 2 test images evaluated \(eval.n_examples=2\) hold no labelled"):
+        Detection.configured(settings).bind(data([none, none, some], [some]))  # only the first 2 are evaluated
+    with pytest.raises(AdvbenchError, match="the 1 validation images .* hold no labelled object"):
+        Detection.configured(settings).bind(data([some], [none]))

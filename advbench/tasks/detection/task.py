@@ -32,16 +32,30 @@ class Detection(Task):
     scores_training = False  # per-step NMS to count found images would cost more than the step: the loss terms say
 
     def __init__(self, n_classes: int = 0, classes: list | None = None, score: float = 0.25,
-                 broken_below: float = 0.5):
+                 broken_below: float = 0.5, n_examples: int | None = None):
         super().__init__(n_classes, classes)
-        self.score, self.broken_below = score, broken_below
+        self.score, self.broken_below, self.n_examples = score, broken_below, n_examples
 
     @classmethod
     def configured(cls, evaluation=None) -> "Detection":
-        """eval.det_score (a detection counts from this score) and eval.det_recall (an image is broken below it)."""
+        """eval.det_score (a detection counts from this score), eval.det_recall (an image is broken below it) and
+        eval.n_examples (checked by bind)."""
         if evaluation is None:
             return cls()
-        return cls(score=evaluation.det_score, broken_below=evaluation.det_recall)
+        return cls(score=evaluation.det_score, broken_below=evaluation.det_recall,
+                   n_examples=evaluation.n_examples)
+
+    def bind(self, data) -> "Detection":
+        """The classes; refused when the test images evaluated, or the validation images, hold no object (mAP
+        would score nothing, as 0.00%), before a model is built or trained."""
+        n = self.n_examples
+        for targets, which in ((data.test[1][:n], f"test images evaluated (eval.n_examples={n})"),
+                               (data.val[1], "validation images (the val split or dataset.val_size)")):
+            if isinstance(targets, list) and targets and not any(len(t["labels"]) for t in targets):
+                raise AdvbenchError(f"the {len(targets)} {which} hold no labelled object, so mAP would score "
+                                    "nothing; check the label files or annotations (an image without a label file "
+                                    "has no objects)")
+        return super().bind(data)
 
     @classmethod
     def check_training_targets(cls, targets, dataset: str) -> None:
