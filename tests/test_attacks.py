@@ -109,6 +109,17 @@ def test_a_model_built_under_inference_mode_is_attacked_as_its_twin_and_left_as_
     assert all(p.is_inference() and p.requires_grad and p.grad is None for p in model.parameters())
 
 
+def test_an_attack_refuses_inputs_outside_the_unit_box_rather_than_clamp_them():
+    # Normalized inputs would be clamped into [0,1] by the projection: x_adv 2 away from x at eps 0.1.
+    from advbench.errors import AdvbenchError
+    model, (x, y) = bn_model().eval(), data()
+    attack = Attack("pgd", "linf", 0.1, 0.025, steps=2)
+    with pytest.raises(AdvbenchError, match=r"attack pgd: inputs range over \[-1, 0.99\d*\]; advbench attacks \[0,1\]"):
+        attack(model, x * 2 - 1, y)
+    assert linf(attack(model, x, y) - x).max() <= 0.1 + 1e-6  # checked once, then no more synchronizations
+    assert "_in_box" not in attack.settings()
+
+
 def test_existing_parameter_grads_are_left_untouched():
     model, (x, y) = bn_model(), data()
     for p in model.parameters():

@@ -107,12 +107,24 @@ class Attack:
     normalize_terms: bool = False  # each term's gradient scaled to unit norm before the weighted sum
     eot: int = 1  # apgd: gradients averaged over this many forward passes (randomized defenses)
     task: Task = field(default_factory=default_task, repr=False, compare=False)  # a classifier's, by default
+    _in_box: bool = field(default=False, init=False, repr=False, compare=False)  # inputs seen in [0,1] once
 
     def __call__(self, model, x, targets, objective=None):
+        if not self._in_box and self.task.perturbs == "input" and torch.is_tensor(x):
+            self._check_box(x)
         view, point = self.task.view(model, x)
         threat = THREATS[self.norm](self.eps, self.alpha, box=self.task.perturbs == "input")
         x_adv = KINDS[self.name].run(self, view, point, targets, threat, objective)
         return self.task.finish(view, x_adv)
+
+    def _check_box(self, x: torch.Tensor) -> None:
+        """The first call's inputs are in [0,1] (one synchronization per attack; the projection would clamp others
+        into the box silently, far outside eps)."""
+        if x.is_floating_point() and (x.min() < 0 or x.max() > 1):
+            raise AdvbenchError(f"attack {self.name}: inputs range over [{x.min().item():.3g}, {x.max().item():.3g}]; "
+                                "advbench attacks [0,1] images, with normalization as the model's first layer "
+                                "(advbench.models.Normalize(mean, std)), so eps is in pixel units")
+        self._in_box = True
 
     def outputs(self, model, x, x_adv):
         """The model's outputs at this attack's result ``x_adv`` for clean inputs ``x`` (no grad, eval mode)."""
@@ -130,7 +142,7 @@ class Attack:
 
     def settings(self) -> dict:
         """The attack's settings, as results.json records them."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "task"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "task" and f.init}
 
 
 def make_attack(name: str, norm: str | None = None, eps: float = 0.0, steps: int | None = None,
