@@ -21,7 +21,7 @@ from advbench.report_views import GROUP, eps_key, markdown, plot
 from advbench.runtime.outputs import atomic_write
 
 log = logging.getLogger("advbench.report")
-COLUMNS = ["run", "status", "job", "dataset", "model", "training", "attack", "eval", "eps", "seed", "setting",
+COLUMNS = ["run", "status", "job", "task", "dataset", "model", "training", "attack", "eval", "eps", "seed", "setting",
            "clean_acc", "robust_acc", "metric", "wall_seconds"]
 LONG = ("run", "status", *(c for c in tidy.COLUMNS if c != "run"))  # report_long's columns (then any newer ones)
 LABELS = tidy.LABELS
@@ -82,6 +82,7 @@ def read_run(run: Path, root: Path, by: str = "eps") -> dict:
         if (run / "results.json").exists():
             results = _load(run / "results.json", json.loads)
             row |= {k: (results.get("labels") or results.get("choices") or {}).get(k, row[k]) for k in LABELS}
+            row["task"] = results.get("task")  # the problem: classification, detection, ...
             current = "results.csv"
             row["long"] = _long(run, row, results)
             found = tidy.headline(row["long"])

@@ -30,7 +30,8 @@ def fake_run(root, name, training, eps, seed, robust=None, status=None, job="tra
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     if robust is not None:
         (run / "results.json").write_text(json.dumps({"clean_acc": 0.9, "robust_acc": robust, "wall_seconds": 1.5,
-                                                      "choices": choices, "labels": labels or choices}))
+                                                      "choices": choices, "labels": labels or choices,
+                                                      "task": "classification"}))
     if status:
         (run / "status").write_text(status + "\n")
     return run
@@ -67,6 +68,7 @@ def test_report_lists_every_run_and_aggregates_over_seeds(sweep):
     assert [(r["run"], r["status"]) for r in rows] == [
         ("a/seed=0", "finished"), ("a/seed=1", "finished"), ("b/seed=0", "finished"), ("c/seed=0", "finished"),
         ("d/seed=0", "failed"), ("e/seed=0", "unfinished")]
+    assert [r["task"] for r in rows] == ["classification"] * 4 + [""] * 2  # the problem, from results.json
     text = (sweep / "report.md").read_text()
     assert ("| train | digits | mlp | adversarial | pgd |  | 2/255 | eps=2/255,training=adversarial | 2 | "
             "90.00 ± 0.00% | 65.00 ± 7.07% |") in text
