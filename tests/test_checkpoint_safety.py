@@ -70,3 +70,24 @@ def test_a_target_given_on_the_command_line_is_trusted(tmp_path):
     cli("job=eval", f"checkpoint={tmp_path}/run", "model._target_=helpers.tiny_cnn",
         f"hydra.run.dir={tmp_path}/e2", cwd=tmp_path, check=True)
     assert (tmp_path / "e2" / "results.json").exists()
+
+
+@pytest.mark.parametrize("build", ["classifier", "detector"])
+def test_torchvision_model_weights_are_data_and_every_failure_names_the_key(tmp_path, build):
+    from advbench.errors import AdvbenchError
+    from advbench.models.external import torchvision_classifier
+    from advbench.models.torchvision_detectors import build as build_detector
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.touch, ())
+    torch.save({"fc.weight": Payload()}, tmp_path / "payload.pt")
+    (tmp_path / "text.pt").write_text("hello\n")
+    make = {"classifier": lambda w: torchvision_classifier((3, 16, 16), 10, [0.5] * 3, [0.25] * 3, weights=w),
+            "detector": lambda w: build_detector("ssdlite320_mobilenet_v3_large", 10, 64, weights=w)}[build]
+    for name, words in (("payload.pt", "refused by torch.load\\(weights_only=True\\)"),
+                        ("text.pt", "not a readable torch file"), ("missing.pt", "no such file")):
+        with pytest.raises(AdvbenchError, match=f"^model.weights={tmp_path / name}: {words}"):
+            make(str(tmp_path / name))
+    assert not marker.exists()

@@ -42,10 +42,8 @@ def adapt_channels(model: nn.Module, channels: int) -> nn.Module:
 
 def _load_weights(model: nn.Module, weights: str | None, what: str) -> nn.Module:
     if weights:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise AdvbenchError(f"model.weights={weights}: no such file (a state dict saved with torch.save)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        from advbench.runtime.checkpoint import load_tensors
+        state = load_tensors(Path(weights).expanduser(), f"model.weights={weights}")
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         try:
             model.load_state_dict(state)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -83,10 +84,18 @@ def build(name: str, n_classes: int, image_size: int | tuple[int, int], weights:
         model.transform.fixed_size = (size[1], size[0])
     detector = TorchvisionDetector(model, n_classes, background)
     if weights is not None:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        from advbench.runtime.checkpoint import load_tensors
+        state = load_tensors(Path(weights).expanduser(), f"model.weights={weights}")
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise AdvbenchError(f"model.weights={weights}: not a state dict")
         # accept both the wrapper's state dict ("model." keys) and the bare torchvision model's
         target = detector if all(k.startswith("model.") for k in state) else model
-        target.load_state_dict(state)
+        try:
+            target.load_state_dict(state)
+        except RuntimeError as err:
+            raise AdvbenchError(f"model.weights={weights}: does not fit {name}: "
+                                f"{' '.join(str(err).split())[:200]}") from None
     return detector
 
 

@@ -45,6 +45,22 @@ def _is_torchscript(path: Path) -> bool:
         return any("/code/" in name for name in archive.namelist())
 
 
+def load_tensors(path, named: str):
+    """``torch.load(path, weights_only=True)``: a stored file is data, never code. A missing or unreadable file,
+    or a pickle of anything but tensors and plain containers, is a one-line error beginning with ``named`` (the key
+    and value that gave the path)."""
+    if not Path(path).is_file():
+        raise AdvbenchError(f"{named}: no such file (a state dict saved with torch.save)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = next((line.split(" was not an allowed")[0].strip() for line in str(err).splitlines()
+                       if "Unsupported global" in line), "it holds objects other than tensors and plain containers")
+        raise AdvbenchError(f"{named}: refused by torch.load(weights_only=True): {reason}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as err:
+        raise AdvbenchError(f"{named}: not a readable torch file ({type(err).__name__})") from None
+
+
 def load_checkpoint(path: str) -> dict:
     """Load a checkpoint safely: an advbench one ({state_dict, config}), a plain state dict (config: None; the
     command line's model builds it), or a TorchScript archive ({"torchscript": module}). Every failure is a
@@ -57,14 +73,7 @@ def load_checkpoint(path: str) -> dict:
             return {"torchscript": torch.jit.load(str(p), map_location="cpu"), "state_dict": None, "config": None}
         except (RuntimeError, OSError, ValueError) as err:
             raise AdvbenchError(f"checkpoint={path}: not a readable TorchScript file ({type(err).__name__})") from None
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        reason = next((line.split(" was not an allowed")[0].strip() for line in str(err).splitlines()
-                       if "Unsupported global" in line), "it holds objects other than tensors and plain containers")
-        raise AdvbenchError(f"checkpoint={path}: refused by torch.load(weights_only=True): {reason}") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
-        raise AdvbenchError(f"checkpoint={path}: not a readable torch file ({type(err).__name__})") from None
+    state = load_tensors(p, f"checkpoint={path}")
     if isinstance(state, dict) and {"state_dict", "config"} <= set(state):
         return state
     weights = state.get("state_dict", state) if isinstance(state, dict) else None
