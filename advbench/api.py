@@ -82,6 +82,8 @@ def evaluate(model, loader, attacks="autoattack", eps="8/255", device=None, amp:
         x, y = _unpack(batch)
         _check_inputs(x, task)
         x, y = x.to(device), y.to(device)
+        if not flags:
+            _check_labels(model, x, y)
         if block is None:  # on the CPU a loader's batch is attacked in small blocks (evaluation/batch.py)
             block = auto_batch_size(model, tuple(x.shape[1:]), device) if device.type == "cpu" else math.inf
         flags.append(Evaluator(task, device, amp, min(len(y), block), cascade).local_flags(model, x, y, attacks,
@@ -150,6 +152,23 @@ def _check_inputs(x: torch.Tensor, task) -> None:
     if x.min() < 0 or x.max() > 1:
         raise AdvbenchError(f"evaluate: inputs range over [{x.min().item():.3g}, {x.max().item():.3g}]; advbench "
                             "attacks [0,1] images: pass raw images and normalization=(mean, std)")
+
+
+def _check_labels(model, x: torch.Tensor, y) -> None:
+    """Labels are class indices below the model's number of outputs (a float label would reach the loss as an
+    error; one out of range would count as wrong, silently)."""
+    from advbench.attacks.gradients import preserved_modes
+    if not torch.is_tensor(y) or y.is_floating_point() or y.dtype == torch.bool or y.dim() != 1:
+        what = f"{y.dtype} shaped {tuple(y.shape)}" if torch.is_tensor(y) else type(y).__name__
+        raise AdvbenchError(f"evaluate: the labels are {what}; class indices expected, one per example "
+                            "(a torch.long tensor shaped (N,))")
+    with preserved_modes(model), torch.no_grad():
+        model.eval()  # a probe of the number of classes: one example, nothing updated
+        out = model(x[:1])
+    width = out.shape[-1] if torch.is_tensor(out) else None  # a model's own output type: its task reads it
+    if len(y) and (y.min() < 0 or (width is not None and y.max() >= width)):
+        raise AdvbenchError(f"evaluate: labels range over [{y.min().item()}, {y.max().item()}], but the model has "
+                            f"{width} outputs: class indices must be in [0, {width - 1}]")
 
 
 _IMAGE_KEYS, _LABEL_KEYS = ("image", "images", "x", "input", "inputs"), ("label", "labels", "y", "target", "targets")

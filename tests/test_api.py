@@ -83,6 +83,15 @@ def test_evaluate_takes_presets_normalization_dict_batches_and_checks_the_range(
         advbench.evaluate(trained_mlp, [{"pixels": x, "label": y}], "pgd20")
 
 
+def test_evaluate_takes_class_indices_below_the_number_of_outputs(trained_mlp, digits):
+    x, y = digits.test[0][:20], digits.test[1][:20]
+    for labels, words in ((y.float(), "labels are torch.float32 shaped \\(20,\\); class indices expected"),
+                          (y[:, None], "labels are torch.int64 shaped \\(20, 1\\)"),
+                          (y + 10, "labels range over \\[10, 19\\], but the model has 10 outputs")):
+        with pytest.raises(AdvbenchError, match=words):
+            advbench.evaluate(trained_mlp, [(x, labels)], "pgd20", eps=0.05, sanity=False)
+
+
 def test_evaluate_attacks_a_large_loader_batch_in_small_blocks_on_the_cpu():
     # small_cnn's first layer outputs 50 KB per 28x28 image: auto picks blocks of 64 on the CPU
     # (evaluation/batch.py); the loader's batch of 150 is attacked 64, 64 and 22 rows at a time.
