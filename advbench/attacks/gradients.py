@@ -140,7 +140,8 @@ def loss_and_grad(model, x: torch.Tensor, objective):
     """Per-example ``objective(model(x))``, the outputs and the gradient of the summed objective in ``x``.
 
     Summed, not averaged: a per-example gradient must not shrink with the batch size. Objectives compute in
-    fp32 even under autocast; with fp16 the loss is scaled before the backward pass and the gradient unscaled.
+    fp32 even under autocast; with fp16 each example's output gradient is scaled before the backward pass
+    through the network and the input gradient unscaled (``_per_example_scaled``), so that none underflows.
     """
     device = x.device.type
     fp16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
@@ -156,9 +157,10 @@ def loss_and_grad(model, x: torch.Tensor, objective):
         if not losses.requires_grad:  # the output does not depend on x at all: its gradient is zero
             return losses.detach(), detached, torch.zeros_like(x)
         Passes.taken += 1
-        scale = FP16_LOSS_SCALE if fp16 else 1.0  # no retained graph: an overflow (rare) pays a pass in fp32 below
-        grad = torch.autograd.grad(losses.sum() * scale, x)[0] / scale if fp16 else \
-            torch.autograd.grad(losses.sum(), x)[0]
+        if fp16:  # no retained graph: an overflow (rare) pays a pass in fp32 below instead of every step a kept one
+            grad = torch.autograd.grad(losses.sum() * FP16_LOSS_SCALE, x)[0] / FP16_LOSS_SCALE
+        else:
+            grad = torch.autograd.grad(losses.sum(), x)[0]
     if fp16 and not torch.isfinite(grad).all():  # overflow: the gradient in fp32 is the safe fallback
         Passes.taken += 1
         with torch.autocast(device, enabled=False):
