@@ -23,7 +23,8 @@ from advbench.evaluation.summary import write_summary
 from advbench.run_config import (check_resume_overrides, checkpoint_config, command_line, plain, resolve_device,
                                  threads_per_job)
 from advbench.runtime import distributed, readable
-from advbench.runtime.checkpoint import build_model, data_kwargs, load_checkpoint, save_checkpoint
+from advbench.runtime.checkpoint import (build_model, data_kwargs, load_checkpoint, save_checkpoint,
+                                        with_whole_folders)
 from advbench.runtime.compiled import resolve_compile
 from advbench.runtime.outputs import versions, write_json, write_yaml
 from advbench.runtime.rundir import labels
@@ -174,8 +175,8 @@ def train_job(run: Run) -> dict:
     config = OmegaConf.to_container(run.cfg)
     training = fit(run.model, run.data, run.task, recipe(run), run.evaluator, run.out, config, run.choices,
                    resume=run.state, trackers=run.trackers)
-    save_checkpoint(run.out / "model.pt", run.model, config, choices=run.choices, vocab=run.data.vocab,
-                    classes=run.data.classes, data_kwargs=data_kwargs(run.data, run.cfg.dataset))
+    save_checkpoint(run.out / "model.pt", run.model, with_whole_folders(copy.deepcopy(config)), choices=run.choices,
+                    vocab=run.data.vocab, classes=run.data.classes, data_kwargs=data_kwargs(run.data, run.cfg.dataset))
     results = eval_job(run)
     results["training"] = training | {"best": evaluate_best(run, training)}
     return results

@@ -240,3 +240,25 @@ def test_a_pair_data_set_trains_an_hf_model_and_its_saliency_joins_word_pieces(t
     page = (tmp_path / "sal" / "saliency.html").read_text()
     assert ">w123</span>" in page and "##" not in page  # w123 is the pieces w12 and ##3, joined
     assert page.count(">[SEP]</span>") == 4  # both segments of both pairs closed by [SEP]
+
+
+def test_a_run_given_a_relative_model_folder_loads_from_any_directory(tiny_dir, tmp_path, monkeypatch):
+    # Relative, `models/bert` reads as a hub id (org/name) wherever no such folder is: model.pt keeps it whole.
+    import shutil
+    import advbench
+    shutil.copytree(tiny_dir, tmp_path / "models" / "bert")
+    rows = [[f"k{c}x1 w1{i % 10} k{c}x2", str(c)] for i in range(20) for c in range(3)]
+    for split, part in (("train", rows), ("test", rows[:9])):
+        (tmp_path / f"{split}.csv").write_text("text,label\n" + "\n".join(",".join(r) for r in part) + "\n")
+    cli("dataset=text_csv", "dataset.train_csv=train.csv", "dataset.test_csv=test.csv", "dataset.val_size=6",
+        "dataset.max_len=16", "model=hf", "model.name_or_path=models/bert", "training=standard", "epochs=1",
+        "eval=pgd20", "eval.attacks.pgd20.steps=1", "progress=false", "threads=1", "hydra.run.dir=run",
+        cwd=tmp_path, check=True)
+    stored = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["config"]["model"]
+    assert stored["name_or_path"] == stored["tokenizer"] == str((tmp_path / "models" / "bert").resolve())
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub id would fail here at once
+    model = advbench.load_model(str(tmp_path / "run"))
+    assert isinstance(model, HFClassifier)
+    assert OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml").model.name_or_path == "models/bert"

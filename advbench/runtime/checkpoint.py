@@ -39,6 +39,21 @@ def resolve(path: str) -> Path:
     return p
 
 
+# Keys whose value is a local folder or a hub id (``org/name``): given relatively, model.pt stores the folder whole.
+FOLDER_KEYS = (("model", "name_or_path"), ("model", "tokenizer"), ("dataset", "tokenizer"))
+
+
+def with_whole_folders(config: dict) -> dict:
+    """``config`` (changed in place) with the folders ``FOLDER_KEYS`` name relatively made absolute: model.pt is
+    loaded from anywhere, and there a relative ``data/bert`` that is no folder would be taken for a hub id."""
+    for section, key in FOLDER_KEYS:
+        value = (config.get(section) or {}).get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute() \
+                and Path(value).expanduser().is_dir():
+            config[section][key] = str(Path(value).expanduser().resolve())
+    return config
+
+
 def _is_torchscript(path: Path) -> bool:
     """Whether ``path`` is a TorchScript archive (torch.jit.save): it holds the model's code as TorchScript."""
     with zipfile.ZipFile(path) as archive:
