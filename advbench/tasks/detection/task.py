@@ -43,7 +43,7 @@ class Detection(Task):
         if evaluation is None:
             return cls()
         return cls(score=evaluation.det_score, broken_below=evaluation.det_recall,
-                   n_examples=evaluation.n_examples)
+                   n_examples=evaluation.get("n_examples"))
 
     def bind(self, data) -> "Detection":
         """The classes; refused when the test images evaluated, or the validation images, hold no object (mAP
