@@ -20,8 +20,8 @@ from advbench.evaluation import EvalPlan, Evaluator, final_evaluation, tidy
 from advbench.evaluation.batch import auto_batch_size
 from advbench.evaluation.gradcam import find_layer, wants_gradcam
 from advbench.evaluation.summary import write_summary
-from advbench.run_config import (check_resume_overrides, checkpoint_config, command_line, plain, resolve_device,
-                                 threads_per_job)
+from advbench.run_config import (check_finished_overrides, check_resume_overrides, checkpoint_config, command_line,
+                                 plain, resolve_device, threads_per_job)
 from advbench.runtime import distributed, readable
 from advbench.runtime.checkpoint import (build_model, data_kwargs, load_checkpoint, save_checkpoint,
                                         with_whole_folders)
@@ -73,7 +73,9 @@ def load_config(cfg, out: Path):
         source = f"checkpoint={cfg.checkpoint}"
         stored(state, cfg, source)
         check_state(state, source)
-        choices = _choices(state) | {k: v for k, v in choices.items() if k == "eval"}
+        # The evaluation is the checkpoint's unless this command line names one (Hydra's default is no choice)
+        given = command_line()
+        choices = _choices(state) | {k: v for k, v in choices.items() if k == "eval" and k in given}
         return checked(checkpoint_config(cfg, state, job=cfg.job), source), choices, state, None
     if cfg.resume and (out / "last.pt").exists():
         state = load_checkpoint(str(out / "last.pt"))
@@ -86,6 +88,17 @@ def load_config(cfg, out: Path):
     if cfg.resume and cfg.resume != "auto":
         raise AdvbenchError(f"resume={cfg.resume}: no last.pt there to resume from (is it a training run?)")
     return cfg, choices, None, None
+
+
+def check_finished(cfg, out: Path) -> None:
+    """Before a finished run is skipped (``resume``): refuse a command line that would change it."""
+    if not (out / "last.pt").exists():
+        return
+    check_keys(cfg)
+    cfg, state = plain(cfg), load_checkpoint(str(out / "last.pt"))
+    source = f"resume={cfg.resume}: last.pt"
+    stored(state, cfg, source)
+    check_finished_overrides(checked(checkpoint_config(cfg, state, job="train", overrides=False), source), cfg, out)
 
 
 def stored(state: dict, cfg, source: str) -> None:

@@ -92,6 +92,8 @@ def job(cfg, out: Path, owned: list, logs) -> float | None:
     if resumed:
         done, result = finished_result(out)
         if done:
+            from advbench.experiment import check_finished
+            check_finished(cfg, out)
             log.info("%s has finished already: skipped", out)
             return result
     else:

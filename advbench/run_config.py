@@ -96,16 +96,33 @@ def _plain(node):
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
 
 
+def changed_keys(stored, cfg, allowed: tuple) -> list:
+    """The keys of this command line, other than ``allowed`` (and their sub-keys), that differ from ``stored``."""
+    return sorted(key for key in command_line()
+                  if not key.startswith("hydra") and not any(key == k or key.startswith(k + ".") for k in allowed)
+                  and _plain(OmegaConf.select(stored, key)) != _plain(OmegaConf.select(cfg, key)))
+
+
+def check_finished_overrides(stored, cfg, out) -> None:
+    """A finished run resumed (a sweep's ``resume=auto``) is skipped; an override that would change it, its
+    length or its evaluation included, is refused rather than silently ignored."""
+    changed = changed_keys(stored, cfg, tuple(k for k in RESUMABLE if k not in ("epochs", "eval")))
+    if changed:
+        raise AdvbenchError(f"resume={cfg.resume}: {out} has finished; {', '.join(changed)} would change it: "
+                            f"evaluate it again with job=eval checkpoint={out} (eval.*), or start a new run")
+
+
 def check_resume_overrides(stored, cfg, done_epochs: int) -> None:
     """A resume continues the same experiment: refuse overrides that change it, naming the keys."""
-    changed = []
-    for key in command_line():
-        if key.startswith("hydra") or any(key == k or key.startswith(k + ".") for k in RESUMABLE):
-            continue
-        if _plain(OmegaConf.select(stored, key)) != _plain(OmegaConf.select(cfg, key)):
-            changed.append(key)
+    changed = changed_keys(stored, cfg, RESUMABLE)
     if changed:
         raise AdvbenchError(f"resume: {', '.join(sorted(changed))} would change the experiment being resumed; a "
                             f"resume may change only {', '.join(RESUMABLE)} (eval.*); start a new run instead")
     if cfg.epochs < done_epochs:
         raise AdvbenchError(f"epochs={cfg.epochs} is below the {done_epochs} epochs the resumed run has finished")
+    if "epochs" in command_line() and cfg.epochs != stored.epochs and str(stored.schedule) != "constant":
+        raise AdvbenchError(f"resume: epochs={cfg.epochs} differs from the run's {stored.epochs}, and "
+                            f"schedule={stored.schedule} sets the learning rate by the share of the run done: the "
+                            "epochs left would follow another schedule than those done, and no run of the recorded "
+                            f"config would give its numbers; resume with epochs={stored.epochs} (only "
+                            "schedule=constant lets a resume change epochs), or start a new run")

@@ -266,7 +266,7 @@ def test_detection_test_or_validation_images_without_any_object_are_refused_at_b
 
     def data(test, val):
         return SimpleNamespace(test=(None, test), val=(None, val), n_classes=2, classes=["a", "b"])
-    settings = SimpleNamespace(det_score=0.25, det_recall=0.5, n_examples=2)
+    settings = OmegaConf.create({"det_score": 0.25, "det_recall": 0.5, "n_examples": 2})
     assert Detection.configured(settings).bind(data([none, some], [some])).classes == ["a", "b"]
     with pytest.raises(AdvbenchError, match=r"the 2 test images evaluated \(eval.n_examples=2\) hold no labelled"):
         Detection.configured(settings).bind(data([none, none, some], [some]))  # only the first 2 are evaluated

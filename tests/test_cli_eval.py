@@ -22,6 +22,18 @@ def results(run_dir):
     return json.loads((run_dir / "results.json").read_text())
 
 
+def test_eval_of_a_checkpoint_is_labelled_with_the_evaluation_that_ran(tmp_path):
+    # Without eval=, the checkpoint's own evaluation (quick: FGSM, PGD-10) runs, and is named so, not pgd20.
+    cli("dataset=digits", "model=mlp", "model.hidden=32", "epochs=1", "progress=false", "threads=1", "eval=quick",
+        "eval.n_examples=30", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, check=True)
+    for given, name in (((), "quick"), (("eval=pgd20", "eval.attacks.pgd20.steps=2"), "pgd20")):
+        cli("job=eval", f"checkpoint={tmp_path}/run", *given, "progress=false", f"hydra.run.dir={tmp_path}/{name}",
+            cwd=tmp_path, check=True)
+        evaluated = results(tmp_path / name)
+        assert evaluated["evaluation"]["preset"] == evaluated["choices"]["eval"] == name
+        assert list(evaluated["robust_acc_by_attack"]) == (["fgsm", "pgd10"] if name == "quick" else ["pgd20"])
+
+
 def test_eval_of_a_checkpoint_reproduces_the_training_runs_evaluation(trained_run, tmp_path):
     for i, checkpoint in enumerate((trained_run, trained_run / "model.pt")):
         cli("job=eval", f"checkpoint={checkpoint}", "progress=false", f"hydra.run.dir={tmp_path}/e{i}",

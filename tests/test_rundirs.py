@@ -80,11 +80,37 @@ def test_resume_refuses_overrides_that_change_the_experiment(tmp_path, override)
 
 
 def test_resume_accepts_how_long_where_and_how_it_is_evaluated(tmp_path):
-    run = stopped(tmp_path)
+    run = stopped(tmp_path, "schedule=constant")
     cli(f"resume={run}", "epochs=4", "threads=1", "progress=false", "device=cpu", "eval.n_examples=30",
         cwd=tmp_path, check=True)
     results = json.loads((run / "results.json").read_text())
     assert results["training"]["epochs_run"] == 4 and results["n_examples"] == 30
+    # results.csv labels the run with what ran: the resume's eval.n_examples and epochs replace the first ones
+    setting = (run / "results.csv").read_text().splitlines()[1]
+    assert "epochs=4" in setting and "eval.n_examples=30" in setting and "epochs=3" not in setting
+
+
+def test_resume_refuses_a_new_length_where_the_schedule_spans_the_run(tmp_path):
+    # onecycle (the default) sets the rate by the share of the run done: epochs 2-4 of a 4-epoch schedule after
+    # epoch 1 of a 3-epoch one would give numbers no run of the recorded config gives.
+    run = stopped(tmp_path)
+    code, err = cli(f"resume={run}", "epochs=4", cwd=tmp_path)
+    line = one_line_error(err, "resume: epochs=4 differs from the run's 3, and schedule=onecycle")
+    assert code == 2 and "resume with epochs=3" in line
+    assert (run / "status").read_text().startswith("interrupted")
+
+
+def test_resume_of_a_finished_run_refuses_what_would_change_it_and_skips_it_otherwise(tmp_path):
+    run = tmp_path / "run"
+    cli(*DIGITS, "epochs=1", f"hydra.run.dir={run}", cwd=tmp_path, check=True)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    for override in ("lr=0.5", "epochs=2", "eval.n_examples=30"):
+        code, err = cli(f"resume={run}", override, cwd=tmp_path)
+        key = override.split("=")[0]
+        assert code == 2 and f"has finished; {key} would change it" in one_line_error(err, "has finished")
+    code, err = cli(f"resume={run}", *DIGITS, "epochs=1", cwd=tmp_path)  # the same command again: skipped
+    assert code == 0 and "has finished already: skipped" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
 def test_resume_needs_a_run_that_finished_an_epoch(tmp_path, monkeypatch):

@@ -31,10 +31,16 @@ def setting(overrides: list) -> str:
 
 
 def recorded_overrides(out: Path) -> list | None:
-    """The overrides the run in ``out`` recorded in .hydra/overrides.yaml (the run as first started); None if it
+    """The overrides the run in ``out`` recorded in .hydra/overrides.yaml (the run as first started), with those
+    of its last resume (.hydra_resume/: an ``eval.*`` or ``epochs`` it changed) in their place; None if it
     recorded none."""
-    path = Path(out) / ".hydra" / "overrides.yaml"
-    return (yaml.safe_load(path.read_text()) or []) if path.is_file() else None
+    first, resumed = (Path(out) / folder / "overrides.yaml" for folder in (".hydra", ".hydra_resume"))
+    if not first.is_file():
+        return None
+    later = (yaml.safe_load(resumed.read_text()) or []) if resumed.is_file() else []
+    replaced = {o.split("=", 1)[0].lstrip("+~") for o in later}
+    return [o for o in yaml.safe_load(first.read_text()) or [] if o.split("=", 1)[0].lstrip("+~") not in replaced] \
+        + later
 
 
 def overrides(out: Path) -> list:
