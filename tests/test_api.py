@@ -105,8 +105,9 @@ def test_evaluate_attacks_a_large_loader_batch_in_small_blocks_on_the_cpu():
     torch.manual_seed(0)
     result = advbench.evaluate(model, [(x, y)], {"fgsm": advbench.attack("fgsm", eps=0.0)}, sanity=False)
     assert result["n_examples"] == 150 and result["clean_acc"] == 1.0
-    # the probe's two inputs; the clean pass; per block, FGSM's gradient pass and the pass that judges it
-    assert model.sizes == [2, 64, 64, 22, 64, 64, 64, 64, 22, 22]
+    # the labels' probe of the class count (one input); the block size's probe (two); the clean pass; per block,
+    # FGSM's gradient pass and the pass that judges it
+    assert model.sizes == [1, 2, 64, 64, 22, 64, 64, 64, 64, 22, 22]
 
 
 def test_a_text_evaluation_names_the_presets_that_fit_it():
