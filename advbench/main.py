@@ -92,7 +92,7 @@ def job(cfg, out: Path, owned: list, logs) -> float | None:
     if resumed:
         done, result = finished_result(out)
         if done:
-            from advbench.experiment import check_finished
+            from advbench.config_sources import check_finished
             check_finished(cfg, out)
             log.info("%s has finished already: skipped", out)
             return result
